@@ -1,0 +1,1 @@
+"""Shared UI code of the LungLens Streamlit app (session state, widgets, charts)."""

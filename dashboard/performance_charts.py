@@ -1,0 +1,140 @@
+"""Plotly figures and tables of diagnostic performance: Wan's Table 1 with CIs, confusion, ROC / PR, depth curves."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from pandas.io.formats.style import Styler
+from plotly.colors import qualitative
+
+from engine.evaluation import METRICS
+
+#: Wan et al. colour the best result of each criterion red in Table 1.
+BEST_CSS = "background-color: #fee2e2; color: #b91c1c; font-weight: 700"
+
+
+def format_ci(value: float | None, low: float | None, high: float | None, digits: int = 3) -> str:
+    """``0.912 [0.871, 0.947]``; ``n/a`` for an undefined value, the value alone when its interval is undefined."""
+    def finite(x: float | None) -> bool:
+        return x is not None and bool(np.isfinite(x))
+
+    if not finite(value):
+        return "n/a"
+    if not (finite(low) and finite(high)):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def best_methods(table: pd.DataFrame) -> dict[str, list[str]]:
+    """For each metric of ``compare_methods``' table, the method(s) with the highest value (none if all undefined)."""
+    out = {}
+    for metric in METRICS:
+        values = table[metric].astype(float)
+        out[metric] = table.loc[np.isclose(values, values.max()), "method"].tolist() if values.notna().any() else []
+    return out
+
+
+def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``compare_methods``' table as text, one row per method: every metric as ``value [low, high]`` and the SVM's C."""
+    rows = {}
+    for r in table.to_dict("records"):
+        row = {m: format_ci(r[m], r[f"{m}_low"], r[f"{m}_high"]) for m in METRICS}
+        row["SVM C"] = "—" if pd.isna(r["C"]) else f"{r['C']:g}"
+        rows[r["method"]] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
+
+
+def comparison_styler(table: pd.DataFrame) -> Styler:
+    """``comparison_table`` with the best method of each metric highlighted, as Wan et al. mark it in Table 1."""
+    text = comparison_table(table)
+    css = pd.DataFrame("", index=text.index, columns=text.columns)
+    for metric, methods in best_methods(table).items():
+        css.loc[methods, metric] = BEST_CSS
+    return text.style.apply(lambda _: css, axis=None)
+
+
+def confusion_figure(matrix: Sequence[Sequence[float]], classes: Sequence[str], normalised: bool) -> go.Figure:
+    """Heatmap of a confusion matrix, true class in rows (top to bottom in class order), predicted in columns."""
+    fig = px.imshow(np.asarray(matrix, dtype=float), x=list(classes), y=list(classes), color_continuous_scale="Blues",
+                    text_auto=".2f" if normalised else ".0f", zmin=0, zmax=1 if normalised else None,
+                    labels=dict(x="Predicted class", y="True class", color="Share of true class" if normalised else "Images"))
+    fig.update_layout(height=380, margin=dict(t=30, b=40, l=60, r=20))
+    fig.update_xaxes(side="bottom")
+    return fig
+
+
+def _curves(curves: Mapping[str, Mapping[str, Any]], x: str, y: str, score: str, score_name: str,
+            positive: str) -> go.Figure:
+    fig = go.Figure()
+    palette = qualitative.D3
+    for i, (name, c) in enumerate(curves.items()):
+        label = f"{name} ({score_name} {c[score]:.3f})" if c[score] is not None else f"{name} ({score_name} n/a)"
+        fig.add_trace(go.Scatter(x=c[x], y=c[y], mode="lines", name=label,
+                                 line=dict(color=palette[i % len(palette)], width=3 if name == positive else 1.8)))
+    fig.update_layout(height=380, margin=dict(t=30, b=40, l=60, r=20), legend=dict(x=1, xanchor="right", y=0.02,
+                                                                                   bgcolor="rgba(255,255,255,0.8)"))
+    fig.update_xaxes(range=[-0.01, 1.01])
+    fig.update_yaxes(range=[-0.01, 1.01])
+    return fig
+
+
+def roc_figure(roc: Mapping[str, Mapping[str, Any]], positive: str) -> go.Figure:
+    """One-vs-rest ROC curve per class with its AUC in the legend (the positive class drawn thicker), chance diagonal."""
+    fig = _curves(roc, "fpr", "tpr", "auc", "AUC", positive)
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="#94a3b8", dash="dash")))
+    fig.update_xaxes(title_text="False positive rate (1 − specificity)")
+    fig.update_yaxes(title_text="True positive rate (sensitivity)")
+    return fig
+
+
+def pr_figure(pr: Mapping[str, Mapping[str, Any]], positive: str) -> go.Figure:
+    """One-vs-rest precision-recall curve per class with its average precision (AP) in the legend."""
+    fig = _curves(pr, "recall", "precision", "ap", "AP", positive)
+    fig.update_xaxes(title_text="Recall (sensitivity)")
+    fig.update_yaxes(title_text="Precision (PPV)")
+    return fig
+
+
+def per_class_figure(per_class: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Grouped bars of precision, recall and F1 per class (Cheng et al. tables 2-3)."""
+    df = pd.DataFrame(per_class)
+    fig = go.Figure([
+        go.Bar(x=df["class"], y=df[m].astype(float), name=m, text=df[m].astype(float).round(3), textposition="outside",
+               marker_color=color)
+        for m, color in (("precision", "#0f766e"), ("recall", "#2563eb"), ("F1", "#c2410c"))
+    ])
+    fig.update_layout(barmode="group", height=360, margin=dict(t=30, b=40, l=60, r=20),
+                      legend=dict(orientation="h", y=1.1, x=0))
+    fig.update_yaxes(range=[0, 1.1], title_text="Score")
+    return fig
+
+
+def depth_figure(curve: pd.DataFrame, metric: str) -> go.Figure:
+    """``depth_curve``'s table as metric vs fine-tuned blocks, a line per backbone, CI error bars, the best starred."""
+    fig = go.Figure()
+    palette = qualitative.D3
+    for i, (backbone, df) in enumerate(curve.groupby("backbone", sort=True)):
+        fig.add_trace(go.Scatter(
+            x=df["depth"], y=df["value"], mode="lines+markers", name=backbone,
+            line=dict(color=palette[i % len(palette)]), marker=dict(size=8),
+            error_y=dict(type="data", array=df["high"] - df["value"], arrayminus=df["value"] - df["low"], visible=True),
+            customdata=np.stack([df["low"], df["high"]], axis=1),
+            hovertemplate=f"{backbone} depth %{{x}}: %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]"
+                          "<extra></extra>",
+        ))
+    best = curve[curve["best"]]
+    if len(best):
+        b = best.iloc[0]
+        fig.add_trace(go.Scatter(x=[b["depth"]], y=[b["value"]], mode="markers", name="best",
+                                 marker=dict(symbol="star", size=20, color="#facc15", line=dict(width=1, color="#854d0e")),
+                                 hoverinfo="skip"))
+        fig.add_annotation(x=b["depth"], y=b["value"], text=f"best: {b['backbone']} depth {b['depth']} ({b['value']:.3f})",
+                           showarrow=True, arrowhead=0, ay=-36, bgcolor="rgba(255,255,255,0.8)")
+    fig.update_layout(height=400, margin=dict(t=30, b=40, l=60, r=20))
+    fig.update_xaxes(title_text="Fine-tuned convolutional blocks (depth)", dtick=1)
+    fig.update_yaxes(title_text=f"Test {metric}")
+    return fig

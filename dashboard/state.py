@@ -1,0 +1,53 @@
+"""The user's choice of data and experiment, kept in session state so every page shows the same runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import streamlit as st
+
+import engine
+
+KEY = "selection"
+#: Real datasets shipped beside the repository for integration tests and demos, when present.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Data source, base run config and the fine-tuning depths to compare."""
+
+    config: engine.RunConfig = field(default_factory=lambda: engine.preset("demo").config)
+    depths: tuple[int, ...] = field(default_factory=lambda: engine.preset("demo").depths)
+
+    def configs(self) -> list[engine.RunConfig]:
+        """One run config per selected depth."""
+        return engine.sweep_configs(self.config, self.depths, folds=1)
+
+    def with_config(self, **changes) -> Selection:
+        """A copy with some config fields changed."""
+        return replace(self, config=self.config.replace(**changes))
+
+    @property
+    def data_label(self) -> str:
+        """Short name of the data source for captions."""
+        return "built-in phantoms" if self.config.data == "builtin" else Path(self.config.data).name
+
+
+def selection() -> Selection:
+    """The current selection (the demo preset until the user changes it on Home)."""
+    if KEY not in st.session_state:
+        st.session_state[KEY] = Selection()
+    return st.session_state[KEY]
+
+
+def set_selection(sel: Selection) -> None:
+    """Replace the current selection."""
+    st.session_state[KEY] = sel
+
+
+def shared_datasets() -> dict[str, Path]:
+    """The folders of ``../shared/data`` that look like datasets, by name."""
+    if not SHARED_DATA.is_dir():
+        return {}
+    return {p.name: p for p in sorted(SHARED_DATA.iterdir()) if (p / "images").is_dir()}

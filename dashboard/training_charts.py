@@ -1,0 +1,135 @@
+"""Plotly figures of training dynamics (Wan et al. fig. 4-5): loss and the five criteria per epoch, with epoch marks."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+if TYPE_CHECKING:
+    from engine import Run
+
+#: The five criteria of Wan et al. (eq. 1-5), as the history names its columns, with their display names.
+CRITERIA = {"acc": "ACC", "sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV"}
+#: What the compare mode can overlay: the loss or one criterion.
+QUANTITIES = {"loss": "Loss", **CRITERIA}
+SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
+#: Train solid, validation dotted, test dashed, everywhere on the Training page.
+SPLIT_DASH = {"train": "solid", "val": "dot", "test": "dash"}
+SPLIT_COLOR = {"train": "#0f766e", "val": "#64748b", "test": "#c2410c"}
+BEST_COLOR, STOP_COLOR, LR_COLOR = "#16a34a", "#dc2626", "#94a3b8"
+#: Config fields that must agree for two runs to be compared: same initialisation, budget, input size and split.
+SAME_EXPERIMENT = ("init", "epochs", "image_size", "clahe", "seed", "test_fraction", "val_fraction", "folds", "fold")
+
+
+def lr_drops(history: pd.DataFrame) -> list[tuple[int, float]]:
+    """(epoch, new learning rate) for every epoch trained at a lower rate than the one before (plateau steps)."""
+    lr = history["lr"].to_numpy(dtype=float)
+    epochs = history["epoch"].to_numpy()
+    return [(int(epochs[i]), float(lr[i])) for i in range(1, len(lr)) if lr[i] < lr[i - 1]]
+
+
+def _has(history: pd.DataFrame, column: str) -> bool:
+    return column in history and history[column].notna().any()
+
+
+def _mark_epochs(fig: go.Figure, history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> None:
+    """Vertical lines in every panel at the best epoch, the early stop and each learning-rate drop, labelled once."""
+    marks = [(best_epoch, f"best epoch {best_epoch}", BEST_COLOR, "solid")]
+    if stopped_early:
+        last = int(history["epoch"].max())
+        marks.append((last, f"early stop after {last}", STOP_COLOR, "dash"))
+    marks += [(e, f"lr → {lr:.0e}", LR_COLOR, "dot") for e, lr in lr_drops(history)]
+    for i, (epoch, text, color, dash) in enumerate(marks):
+        fig.add_vline(x=epoch, line=dict(color=color, dash=dash, width=1.5), row="all", col="all")
+        # One label per mark, in the first panel, staggered so that marks on neighbouring epochs stay legible.
+        fig.add_annotation(x=epoch, y=1 - 0.09 * (i % 3), xref="x", yref="y domain", text=text, showarrow=False,
+                           xanchor="left", font=dict(size=11, color=color), bgcolor="rgba(255,255,255,0.7)")
+
+
+def loss_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> go.Figure:
+    """Cross-entropy loss per epoch on train, validation and test, with the epoch marks (Wan fig. 4)."""
+    fig = make_subplots(rows=1, cols=1)
+    for split in SPLIT_NAMES:
+        if _has(history, f"{split}_loss"):
+            fig.add_trace(go.Scatter(x=history["epoch"], y=history[f"{split}_loss"], mode="lines+markers",
+                                     name=SPLIT_NAMES[split],
+                                     line=dict(color=SPLIT_COLOR[split], dash=SPLIT_DASH[split])))
+    _mark_epochs(fig, history, best_epoch, stopped_early)
+    fig.update_layout(height=360, margin=dict(t=30, b=40, l=60, r=20), hovermode="x unified",
+                      legend=dict(orientation="h", y=1.12, x=0))
+    fig.update_xaxes(title_text="Epoch", dtick=1 if len(history) <= 20 else None)
+    fig.update_yaxes(title_text="Cross-entropy loss")
+    return fig
+
+
+def criteria_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool,
+                    splits: Sequence[str] = ("train", "test"), prefix: str = "") -> go.Figure:
+    """One panel per criterion, a line per split (Wan fig. 5); ``prefix="macro_"`` plots the macro averages."""
+    fig = make_subplots(rows=1, cols=len(CRITERIA), shared_yaxes=True, horizontal_spacing=0.02,
+                        subplot_titles=list(CRITERIA.values()))
+    for col, key in enumerate(CRITERIA, start=1):
+        for split in splits:
+            column = f"{split}_{prefix}{key}"
+            if _has(history, column):
+                fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines+markers",
+                                         name=SPLIT_NAMES[split], legendgroup=split, showlegend=col == 1,
+                                         line=dict(color=SPLIT_COLOR[split], dash=SPLIT_DASH[split]),
+                                         marker=dict(size=5)), row=1, col=col)
+    _mark_epochs(fig, history, best_epoch, stopped_early)
+    fig.update_layout(height=340, margin=dict(t=60, b=40, l=50, r=20), legend=dict(orientation="h", y=1.25, x=0))
+    fig.update_xaxes(title_text="Epoch", dtick=1 if len(history) <= 10 else None)
+    fig.update_yaxes(range=[-0.02, 1.02])
+    return fig
+
+
+def compare_figure(histories: Mapping[str, pd.DataFrame], quantity: str, splits: Sequence[str],
+                   best_epochs: Mapping[str, int]) -> go.Figure:
+    """``quantity`` per epoch for several runs in one chart: a colour per run, a dash per split, a star at the best epoch."""
+    if quantity not in QUANTITIES:
+        raise ValueError(f"Unknown quantity {quantity!r}; choose one of {', '.join(QUANTITIES)}.")
+    fig = go.Figure()
+    palette = qualitative.D3
+    for i, (label, history) in enumerate(histories.items()):
+        color = palette[i % len(palette)]
+        for split in splits:
+            column = f"{split}_{quantity}"
+            if not _has(history, column):
+                continue
+            fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines", legendgroup=label,
+                                     name=f"{label} · {SPLIT_NAMES[split]}", line=dict(color=color, dash=SPLIT_DASH[split])))
+            best = history[history["epoch"] == best_epochs[label]]
+            fig.add_trace(go.Scatter(x=best["epoch"], y=best[column], mode="markers", legendgroup=label,
+                                     showlegend=False, name=f"{label} · best epoch",
+                                     marker=dict(symbol="star", size=13, color=color, line=dict(width=1, color="white")),
+                                     hovertemplate=f"{label}: best epoch %{{x}}<br>{SPLIT_NAMES[split]} "
+                                                   f"{QUANTITIES[quantity]} %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(height=440, margin=dict(t=30, b=40, l=60, r=20), legend=dict(font=dict(size=11)))
+    fig.update_xaxes(title_text="Epoch")
+    fig.update_yaxes(title_text=QUANTITIES[quantity], range=None if quantity == "loss" else [-0.02, 1.02])
+    return fig
+
+
+def related_runs(base: Run, candidates: Iterable[Run]) -> dict[tuple[str, int], Run]:
+    """Runs comparable with ``base`` by (backbone, depth): same data fingerprint and ``SAME_EXPERIMENT`` fields.
+
+    Runs of ``base``'s own backbone must match its whole config but the depth (the same sweep); of another backbone,
+    only the experiment fields (its head width or optimiser may differ). The first candidate wins a (backbone, depth),
+    so pass the selection's own runs first and the rest newest first.
+    """
+    out: dict[tuple[str, int], Run] = {}
+    cfg = base.config
+    for run in candidates:
+        other = run.config
+        if run.meta["data_fingerprint"] != base.meta["data_fingerprint"]:
+            continue
+        if other.backbone == cfg.backbone:
+            same = other.key_dict() | {"depth": 0} == cfg.key_dict() | {"depth": 0}
+        else:
+            same = all(getattr(other, f) == getattr(cfg, f) for f in SAME_EXPERIMENT)
+        if same:
+            out.setdefault((other.backbone, other.depth), run)
+    return out

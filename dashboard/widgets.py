@@ -1,0 +1,96 @@
+"""Widgets and guards every page uses: the sidebar summary, the depth slider and the empty state."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import engine
+
+from .state import Selection, selection
+
+HOME = Path(__file__).resolve().parent / "Home.py"
+
+
+@st.cache_resource(show_spinner="Loading the dataset…")
+def _dataset(data: str, per_class: int, confounder_class: str, confounder_prob: float, skip_bad: bool) -> engine.Dataset:
+    return engine.load_dataset(data, per_class=per_class, confounder_class=confounder_class,
+                               confounder_prob=confounder_prob, skip_bad=skip_bad)
+
+
+def dataset(cfg: engine.RunConfig) -> engine.Dataset:
+    """The dataset a config reads, loaded once per session."""
+    return _dataset(cfg.data, cfg.builtin_per_class, cfg.confounder_class, cfg.confounder_prob, cfg.skip_bad)
+
+
+@st.cache_resource(max_entries=64)
+def _run(run_id: str, finished: float) -> engine.Run:
+    # ``finished`` is part of the key so a run trained again after deletion is not served stale.
+    return engine.load_run(run_id)
+
+
+def cached_runs(sel: Selection) -> dict[int, engine.Run | None]:
+    """The selection's run per depth, or None where it is not trained yet."""
+    ds = dataset(sel.config)
+    out: dict[int, engine.Run | None] = {}
+    for cfg in sel.configs():
+        run = engine.get_run(cfg, ds)
+        out[cfg.depth] = _run(run.id, run.result["finished"]) if run else None
+    return out
+
+
+def sidebar() -> Selection:
+    """Show the current selection in the sidebar (on every page) and return it."""
+    sel = selection()
+    c = sel.config
+    with st.sidebar:
+        st.markdown("**Current experiment**")
+        st.caption(
+            f"Data: {sel.data_label}  \nBackbone: {c.backbone} · init: {c.init}  \n"
+            f"Depths: {', '.join(map(str, sel.depths))} · {c.epochs} epochs · {c.image_size} px"
+        )
+        st.page_link(str(HOME), label="Change on Home", icon=":material/tune:")
+    return sel
+
+
+def require_runs(page: str) -> tuple[Selection, dict[int, engine.Run]]:
+    """The selection's trained runs; without any, a helpful empty state and the page stops."""
+    sel = selection()
+    try:
+        runs = {d: r for d, r in cached_runs(sel).items() if r is not None}
+    except engine.LungLensError as exc:
+        st.error(f"The selected data cannot be used: {exc}")
+        st.stop()
+    if not runs:
+        st.info(
+            f"**{page}** shows trained runs, and none of the selected experiment is trained yet "
+            f"({sel.config.backbone} on {sel.data_label}, depths {', '.join(map(str, sel.depths))}). "
+            "Train them on Home: it takes a few minutes for the demo on a laptop CPU."
+        )
+        st.page_link(str(HOME), label="Go to Home and train", icon=":material/play_arrow:")
+        st.stop()
+    return sel, runs
+
+
+def depth_slider(runs: dict[int, engine.Run], key: str, label: str = "Fine-tuning depth (trainable conv blocks)") -> int:
+    """A slider over the trained depths; returns the chosen depth."""
+    depths = sorted(runs)
+    if len(depths) == 1:
+        st.caption(f"Fine-tuning depth: {depths[0]} (the only trained depth)")
+        return depths[0]
+    return st.select_slider(label, options=depths, value=st.session_state.get(key, depths[-1]), key=key,
+                            help="Number of trailing convolutional blocks trained; the classifier head always trains.")
+
+
+def runs_table(df: pd.DataFrame) -> None:
+    """The cached runs with their key test criteria."""
+    if df.empty:
+        st.caption("No finished runs in the cache yet.")
+        return
+    cols = ["backbone", "depth", "init", "data", "best_epoch", "acc", "sensitivity", "specificity", "ppv", "npv", "auc",
+            "seconds", "run"]
+    st.dataframe(df[[c for c in cols if c in df.columns]], hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                for k in ("acc", "sensitivity", "specificity", "ppv", "npv", "auc")}
+                 | {"seconds": st.column_config.NumberColumn("train s", format="%.0f")})

@@ -1,0 +1,38 @@
+"""LungLens engine: train, evaluate and explain CNN classifiers of chest images, with every result cached on disk.
+
+The dashboard pages use only what this module exports. Names are imported on first use (PEP 562), so
+``import engine`` stays cheap and a submodule can be imported without loading torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .version import ENGINE_VERSION as __version__
+
+_EXPORTS: dict[str, str] = {
+    "PRESETS": "config", "Preset": "config", "RunConfig": "config", "preset": "config",
+    "Dataset": "data.dataset", "load_dataset": "data.sources",
+    "pick_device": "device",
+    "ConfigError": "errors", "DataError": "errors", "LungLensError": "errors", "WeightsError": "errors",
+    "CRITERIA": "metrics",
+    "BACKBONES": "models.backbones", "N_BLOCKS": "models.backbones",
+    "Run": "runs", "delete_run": "runs", "get_run": "runs", "list_runs": "runs", "load_run": "runs", "train_run": "runs",
+    "home": "store",
+    "SweepRow": "sweep", "run_sweep": "sweep", "sweep_configs": "sweep",
+    "Progress": "training",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,148 @@
+"""Run configuration: one frozen dataclass, validated, with the presets of the papers."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+from .models.backbones import BACKBONES, N_BLOCKS
+
+OPTIMIZERS = ("sgd", "rmsprop", "adam")
+SCHEDULERS = ("none", "plateau")
+#: Fields that change how a run executes but not what it computes; they stay out of the run's cache key.
+EXECUTION_FIELDS = frozenset({"prefix_cache", "skip_bad"})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a training run (together with the data it reads)."""
+
+    data: str = "builtin"
+    builtin_per_class: int = 300
+    confounder_prob: float = 0.0
+    confounder_class: str = "covid"
+    backbone: str = "alexnet"
+    depth: int = 5
+    init: str = "builtin"
+    head_width: int | None = None
+    image_size: int = 128
+    clahe: bool = False
+    augment: bool = False
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"
+    batch_size: int = 32
+    epochs: int = 10
+    patience: int = 3
+    class_weights: bool = True
+    positive_class: str = "covid"
+    seed: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.15
+    folds: int = 1
+    fold: int = 0
+    prefix_cache: bool = True
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (validated again)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"Unknown config field(s) {sorted(unknown)}; known: {sorted(f.name for f in dataclasses.fields(self))}.")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """The fields that identify the result (execution-only fields removed)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from a dict, rejecting unknown keys with a clear message."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"Unknown config field(s) {sorted(unknown)}; known: {sorted(known)}.")
+        return cls(**values)
+
+
+def validate(c: RunConfig) -> None:
+    """Raise ConfigError naming the first invalid field and what values it accepts."""
+    if c.backbone not in BACKBONES:
+        raise ConfigError(f"backbone={c.backbone!r} is unknown: choose one of {', '.join(BACKBONES)}.")
+    if not 0 <= c.depth <= N_BLOCKS:
+        raise ConfigError(f"depth={c.depth} is out of range: fine-tuning depth is 0..{N_BLOCKS} blocks.")
+    if c.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer={c.optimizer!r} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
+    if c.scheduler not in SCHEDULERS:
+        raise ConfigError(f"scheduler={c.scheduler!r} is unknown: choose one of {', '.join(SCHEDULERS)}.")
+    if not c.init:
+        raise ConfigError("init is empty: use builtin, imagenet, scratch or a path to a weights file.")
+    checks = [
+        ("image_size", 64 <= c.image_size <= 1024, "between 64 and 1024 pixels"),
+        ("epochs", 1 <= c.epochs <= 1000, "between 1 and 1000"),
+        ("batch_size", 1 <= c.batch_size <= 4096, "between 1 and 4096"),
+        ("lr", 0 < c.lr < 10, "a positive learning rate below 10"),
+        ("patience", c.patience >= 0, "0 (no early stopping) or more epochs"),
+        ("test_fraction", 0 < c.test_fraction < 0.9, "between 0 and 0.9"),
+        ("val_fraction", 0 < c.val_fraction < 0.9, "between 0 and 0.9"),
+        ("folds", 1 <= c.folds <= 20, "1 (hold-out) or 2..20 folds"),
+        ("fold", 0 <= c.fold < c.folds, f"0..{c.folds - 1} for {c.folds} fold(s)"),
+        ("builtin_per_class", 10 <= c.builtin_per_class <= 20000, "between 10 and 20000 images per class"),
+        ("confounder_prob", 0 <= c.confounder_prob <= 1, "a probability in [0, 1]"),
+        ("head_width", c.head_width is None or 8 <= c.head_width <= 8192, "unset, or 8..8192 units"),
+    ]
+    for name, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{name}={getattr(c, name)!r} is invalid: it must be {expected}.")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named experiment: a base config and the fine-tuning depths to sweep."""
+
+    name: str
+    description: str
+    config: RunConfig
+    depths: tuple[int, ...] = field(default=tuple(range(N_BLOCKS + 1)))
+
+
+PRESETS: dict[str, Preset] = {
+    "demo": Preset(
+        "demo",
+        "CPU demo: AlexNet on the built-in phantoms, built-in init, depths 0-5, 128 px. "
+        "Adam instead of Wan's SGD and fc6/fc7 narrowed to 512 units so the sweep fits in minutes on 2 cores.",
+        RunConfig(backbone="alexnet", init="builtin", image_size=128, head_width=512, optimizer="adam", lr=1e-4,
+                  epochs=10, patience=3, batch_size=32),
+    ),
+    "wan": Preset(
+        "wan",
+        "Wan et al. 2021: modified AlexNet from ImageNet, SGD with momentum, lr 1e-4, batch 32, 50 epochs, 224 px.",
+        RunConfig(backbone="alexnet", init="imagenet", image_size=224, optimizer="sgd", lr=1e-4, momentum=0.9,
+                  batch_size=32, epochs=50, scheduler="none", patience=0),
+        depths=(5,),
+    ),
+    "lee": Preset(
+        "lee",
+        "Lee et al. 2020: VGG16 from ImageNet, 0-5 unfrozen blocks, CLAHE, RMSprop lr 1e-5, ReduceLROnPlateau, "
+        "early stopping on validation loss, 5-fold cross-validation, 224 px.",
+        RunConfig(backbone="vgg16", init="imagenet", image_size=224, clahe=True, optimizer="rmsprop", lr=1e-5,
+                  scheduler="plateau", epochs=50, patience=5, folds=5),
+    ),
+}
+
+
+def preset(name: str) -> Preset:
+    """The preset called ``name``, or ConfigError listing the known ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
+    return PRESETS[name]

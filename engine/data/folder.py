@@ -1,0 +1,232 @@
+"""Loading a user's image folder (class folders, optional masks, optional manifest) into a checked Dataset.
+
+Layouts, in order of precedence:
+
+* ``ROOT/manifest.csv`` with columns ``file,class`` (paths relative to ROOT) and optional ``patient_id``, ``group_id``,
+  ``sim_group``, ``split`` (train/val/test or empty), ``mask_file``, ``lung_mask_file``. Masks come only from the
+  manifest's columns.
+* ``ROOT/images/<class>/...`` with optional lesion masks ``ROOT/masks/<class>/...`` and lung masks
+  ``ROOT/lung_masks/<class>/...``, matched to their image by relative folder and file stem.
+* ``ROOT/<class>/...`` (no masks).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from engine.data.dataset import ITEM_COLUMNS, Dataset
+from engine.data.imageio import IMAGE_SUFFIXES, decode_image_bytes, read_bytes
+from engine.errors import DataError
+from engine.store import stable_hash
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+REQUIRED_COLUMNS = ("file", "class")
+GROUP_COLUMNS = ("patient_id", "group_id", "sim_group")
+MASK_COLUMNS = ("mask_file", "lung_mask_file")
+SPLIT_VALUES = ("train", "val", "test", "")
+_MASK_DIRS = {"mask_file": "masks", "lung_mask_file": "lung_masks"}
+_ENTRY_COLUMNS = ("file", "label", *MASK_COLUMNS, *GROUP_COLUMNS, "split", "where")
+_SKIP_HINT = "; to skip bad images and go on, pass --skip-bad (skip_bad=True)"
+
+
+def _is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a visible file with an image suffix."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _mask_index(folder: Path, root: Path) -> dict[str, str]:
+    """Map ``<class>/<subfolders>/<stem>`` to each mask file's path relative to ``root``."""
+    index: dict[str, str] = {}
+    if not folder.is_dir():
+        return index
+    for path in sorted(p for p in folder.rglob("*") if _is_image_file(p)):
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        if key in index:
+            raise DataError(f"{root / index[key]} and {path} are two masks for the same image stem; keep one")
+        index[key] = path.relative_to(root).as_posix()
+    return index
+
+
+def _layout_entries(root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Images found in class folders (with masks matched by stem) and the class names."""
+    base = root / "images"
+    if not base.is_dir():
+        for extra in _MASK_DIRS.values():
+            if (root / extra).is_dir():
+                raise DataError(f"{root} has a {extra}/ folder but no images/ folder; move the class folders into "
+                                f"{base} so that masks can be matched to images")
+        base = root
+    class_dirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    masks = {column: _mask_index(root / folder, root) for column, folder in _MASK_DIRS.items()}
+    records = []
+    for class_dir in class_dirs:
+        for path in sorted(p for p in class_dir.rglob("*") if _is_image_file(p)):
+            key = path.relative_to(base).with_suffix("").as_posix()
+            records.append({"file": path.relative_to(root).as_posix(), "label": class_dir.name,
+                            **{column: index.pop(key, "") for column, index in masks.items()}})
+    for column, index in masks.items():
+        if index:
+            orphans = sorted(index.values())
+            raise DataError(f"{len(orphans)} mask(s) in {root / _MASK_DIRS[column]} have no image of the same class "
+                            f"folder and stem under {base}, e.g. {root / orphans[0]}; rename or remove them")
+    entries = pd.DataFrame.from_records(records, columns=["file", "label", *MASK_COLUMNS])
+    for column in (*GROUP_COLUMNS, "split", "where"):
+        entries[column] = ""
+    return entries, [d.name for d in class_dirs]
+
+
+def _clean_relpath(text: str) -> str:
+    """A manifest path in POSIX form without ``./`` (Windows backslashes accepted)."""
+    return PurePosixPath(text.replace("\\", "/")).as_posix() if text else ""
+
+
+def _manifest_entries(root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Rows of ``ROOT/manifest.csv``, validated, and the class names they use."""
+    path = root / MANIFEST
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a readable CSV file ({exc}); fix it or delete it to use the folder "
+                        "layout") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{path} lacks the required column(s) {', '.join(missing)} (it has: "
+                        f"{', '.join(table.columns)}); a manifest needs 'file' (path relative to {root}) and 'class'")
+    table = table.apply(lambda column: column.str.strip())
+    for column in (*MASK_COLUMNS, *GROUP_COLUMNS, "split"):
+        if column not in table.columns:
+            table[column] = ""
+    lines = np.arange(len(table)) + 2  # CSV line numbers: the header is line 1
+    blank = lines[(table["file"] == "") | (table["class"] == "")]
+    if len(blank):
+        raise DataError(f"{path} line(s) {', '.join(map(str, blank[:5]))} have an empty 'file' or 'class'; fill "
+                        "them in or delete those rows")
+    for column in ("file", *MASK_COLUMNS):
+        table[column] = table[column].map(_clean_relpath)
+    duplicated = table["file"][table["file"].duplicated()]
+    if len(duplicated):
+        raise DataError(f"{path} lists {duplicated.iloc[0]} more than once; keep one row per image")
+    table["split"] = table["split"].str.lower()
+    bad_split = ~table["split"].isin(SPLIT_VALUES)
+    if bad_split.any():
+        line, value = lines[bad_split][0], table["split"][bad_split].iloc[0]
+        raise DataError(f"{path} line {line} has split '{value}'; use train, val, test or leave it empty")
+    entries = table.rename(columns={"class": "label"})
+    entries["where"] = [f"{path} line {line}: " for line in lines]
+    return entries[list(_ENTRY_COLUMNS)], sorted(entries["label"].unique())
+
+
+def _inspect(root: Path, entry: dict[str, str]) -> list[str] | str:
+    """Content hashes of an entry's image and masks, or the reason the entry cannot be used."""
+    try:
+        image_path = root / entry["file"]
+        data = read_bytes(image_path)
+        shape = decode_image_bytes(data, str(image_path)).shape
+        hashes = [hashlib.sha256(data).hexdigest()]
+        for column in MASK_COLUMNS:
+            if not entry[column]:
+                hashes.append("")
+                continue
+            mask_path = root / entry[column]
+            mask_data = read_bytes(mask_path)
+            mask_shape = decode_image_bytes(mask_data, str(mask_path)).shape
+            if mask_shape != shape:
+                raise DataError(f"mask {mask_path} is {mask_shape[1]}x{mask_shape[0]} (width x height) but its image "
+                                f"{image_path} is {shape[1]}x{shape[0]}; masks must have their image's size")
+            hashes.append(hashlib.sha256(mask_data).hexdigest())
+    except DataError as exc:
+        return f"{entry['where']}{exc}"
+    return hashes
+
+
+def _groups(entries: pd.DataFrame) -> list[str]:
+    """Group key per entry: connected components over shared patient_id/group_id/sim_group, else the file."""
+    n = len(entries)
+    links = entries[list(GROUP_COLUMNS)].reset_index(drop=True).melt(ignore_index=False)
+    links = links[links["value"] != ""]
+    key_codes, keys = pd.factorize(links["variable"] + ":" + links["value"])
+    image_nodes = links.index.to_numpy()
+    # Bipartite graph image -- key: images sharing any key end up in one component.
+    graph = coo_matrix((np.ones(len(links)), (image_nodes, n + key_codes)), shape=(n + len(keys), n + len(keys)))
+    _, component = connected_components(graph, directed=False)
+    linked = np.zeros(n, dtype=bool)
+    linked[image_nodes] = True
+    numbers: dict[int, int] = {}
+    return [f"g{numbers.setdefault(component[i], len(numbers)):04d}" if linked[i] else file
+            for i, file in enumerate(entries["file"])]
+
+
+def _require_two_classes(root: Path, classes: list[str]) -> None:
+    """Raise when there are fewer than two classes."""
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} class ({', '.join(classes)}); a classifier needs at least two: "
+                        "put each class's images in its own folder (or give them different 'class' values)")
+
+
+def _require_min_per_class(root: Path, entries: pd.DataFrame, classes: list[str], min_per_class: int,
+                           n_skipped: int) -> None:
+    """Raise when a class has fewer than ``min_per_class`` images."""
+    counts = entries["label"].value_counts().reindex(classes, fill_value=0)
+    few = counts[counts < min_per_class]
+    if len(few):
+        after = f" after skipping {n_skipped} bad image(s)" if n_skipped else ""
+        listing = ", ".join(f"'{c}' has {k}" for c, k in few.items())
+        raise DataError(f"too few images in {root}{after}: {listing}; each class needs at least {min_per_class} "
+                        "images to split into train/val/test: add images or lower min_per_class")
+
+
+def load_folder(root: str | Path, *, skip_bad: bool = False, min_per_class: int = 5) -> Dataset:
+    """Load and check an image folder: every image is decoded once, masks are size-checked, groups are derived."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root} does not exist or is not a folder; give the dataset's root folder")
+    entries, classes = _manifest_entries(root) if (root / MANIFEST).is_file() else _layout_entries(root)
+    if entries.empty:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}; expected "
+                        f"{root}/images/<class>/<image>, {root}/<class>/<image> or a {MANIFEST}")
+    _require_two_classes(root, classes)
+    entries = entries.sort_values("file", ignore_index=True)
+    records = entries.to_dict("records")
+    # OpenCV's decoder releases the GIL, so threads use every core.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(lambda entry: _inspect(root, entry), records))
+    skipped = []
+    for entry, result in zip(records, results):
+        if isinstance(result, str):
+            if not skip_bad:
+                raise DataError(result + _SKIP_HINT)
+            log.warning("skipping %s: %s", entry["file"], result)
+            skipped.append((entry["file"], result))
+    good = [not isinstance(result, str) for result in results]
+    entries = entries[good].reset_index(drop=True)
+    hashes = [result for result in results if not isinstance(result, str)]
+    _require_min_per_class(root, entries, classes, min_per_class, len(skipped))
+
+    groups = _groups(entries)
+    fingerprint = stable_hash(sorted(
+        [file, label, *content, group, split]
+        for file, label, content, group, split in zip(entries["file"], entries["label"], hashes, groups,
+                                                      entries["split"])))
+    items = pd.DataFrame({
+        "file": entries["file"],
+        "path": [str(root / f) for f in entries["file"]],
+        "label": entries["label"],
+        "y": entries["label"].map({c: i for i, c in enumerate(classes)}).astype(int),
+        "group": groups,
+        "split": entries["split"],
+        "mask": [str(root / f) if f else "" for f in entries["mask_file"]],
+        "lung_mask": [str(root / f) if f else "" for f in entries["lung_mask_file"]],
+    })[list(ITEM_COLUMNS)]
+    return Dataset(root=root, name=root.name, classes=tuple(classes), items=items, fingerprint=fingerprint,
+                   skipped=tuple(skipped))

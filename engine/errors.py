@@ -1,0 +1,17 @@
+"""Errors the engine raises for bad input: each message says what to fix."""
+
+
+class LungLensError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class DataError(LungLensError):
+    """A dataset, image, mask or manifest that cannot be used as given."""
+
+
+class ConfigError(LungLensError):
+    """A run configuration or option that is invalid."""
+
+
+class WeightsError(LungLensError):
+    """Pretrained weights that cannot be found or loaded."""

@@ -1,0 +1,135 @@
+"""Explanations and consistency scores of a trained run, computed once per split or image and cached in the run."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ..data.imageio import read_mask
+from ..data.transforms import preprocess_mask
+from ..store import cached_arrays, cached_json, stable_hash
+from .consistency import (SUPPORT_THRESHOLD, consistency_degree, lung_uniform_heatmap, pointing_game,
+                          random_heatmap, support_area)
+from .lime_maps import lime_map
+from .methods import check_method, heatmaps
+
+if TYPE_CHECKING:
+    from ..runs import Run
+
+#: How a run's explanations pick the class to explain: the model's prediction, the true class, or a class index.
+RunTarget = str | int
+
+
+def split_rows(run: Run, split: str) -> pd.DataFrame:
+    """The rows of ``run.predictions`` for one split, in ``run.images(split)`` order, renumbered from 0."""
+    return run.predictions[run.predictions["split"] == split].reset_index(drop=True)
+
+
+def _targets(rows: pd.DataFrame, target: RunTarget) -> np.ndarray | int:
+    """Class indices to explain for ``rows``: column ``pred`` or ``y``, or one class index for all."""
+    if target == "pred":
+        return rows["pred"].to_numpy()
+    if target == "true":
+        return rows["y"].to_numpy()
+    if isinstance(target, str):
+        raise ValueError(f"target must be 'pred', 'true' or a class index, got {target!r}")
+    return int(target)
+
+
+def _key(method: str, split: str, target: RunTarget, params: dict[str, Any]) -> str:
+    """Artifact name part identifying one explanation setting."""
+    target_name = target if isinstance(target, str) else f"class{int(target)}"
+    return f"{method}-{split}-{target_name}-{stable_hash(params, 10)}"
+
+
+def run_heatmaps(run: Run, method: str = "gradcam", split: str = "test", target: RunTarget = "pred",
+                 layer: str | None = None, **params: Any) -> np.ndarray:
+    """(N, S, S) maps in [0, 1] of every image of ``split`` (``split_rows`` order), computed in batches and cached."""
+    check_method(method)
+    if layer is not None:
+        params["layer"] = layer
+
+    def compute() -> dict[str, np.ndarray]:
+        rows = split_rows(run, split)
+        maps = heatmaps(run.load_model(), run.images(split), method, _targets(rows, target), **params)
+        return {"heatmaps": maps.astype(np.float32)}
+
+    return cached_arrays(run.artifact(f"explain/heatmaps-{_key(method, split, target, params)}.npz"), compute)["heatmaps"]
+
+
+def run_image_explanation(run: Run, row: int, split: str = "test", method: str = "lime", target: RunTarget = "pred",
+                          **params: Any) -> dict[str, np.ndarray]:
+    """One image's explanation (``row`` of ``split_rows``), cached: ``heatmap`` and, for LIME, ``map``,
+    ``segments`` and ``weights`` as well."""
+    check_method(method)
+
+    def compute() -> dict[str, np.ndarray]:
+        rows = split_rows(run, split)
+        t = _targets(rows.iloc[[row]], target)
+        image = run.images(split)[row]
+        if method == "lime":
+            lime = lime_map(run.load_model(), image, int(np.ravel(t)[0]), **params)
+            return {k: np.asarray(lime[k]) for k in ("heatmap", "map", "segments", "weights")}
+        return {"heatmap": heatmaps(run.load_model(), image[None], method, t, **params)[0]}
+
+    key = _key(method, split, target, params)
+    return cached_arrays(run.artifact(f"explain/image-{row}-{key}.npz"), compute)
+
+
+def _read_mask(path: str, size: int) -> np.ndarray:
+    """A mask file as bool, resized by nearest neighbour to the run's image size."""
+    return preprocess_mask(read_mask(path), size)
+
+
+def run_masks(run: Run, split: str = "test") -> dict[str, np.ndarray]:
+    """Lesion and lung masks of ``split`` at the run's image size, cached: ``lesion``, ``lung`` (N, S, S) bool and
+    ``has_lesion``, ``has_lung`` (N,) bool (an image without a mask file gets an all-False mask)."""
+
+    def compute() -> dict[str, np.ndarray]:
+        rows = split_rows(run, split)
+        size = run.config.image_size
+        out: dict[str, np.ndarray] = {}
+        for name, column in (("lesion", "mask"), ("lung", "lung_mask")):
+            paths = rows[column].fillna("").astype(str).to_numpy()
+            has = paths != ""
+            masks = np.zeros((len(rows), size, size), dtype=bool)
+            for i in np.flatnonzero(has):
+                masks[i] = _read_mask(paths[i], size)
+            out[name], out[f"has_{name}"] = masks, has
+        return out
+
+    return cached_arrays(run.artifact(f"explain/masks-{split}-{run.config.image_size}px.npz"), compute)
+
+
+def run_consistency(run: Run, threshold: float = SUPPORT_THRESHOLD, method: str = "gradcam",
+                    target: RunTarget = "pred", **params: Any) -> pd.DataFrame:
+    """Per test image with a lesion mask: Wan's consistency degree and, scored the same way, the lung-uniform and
+    random-field baselines, the pointing game, and the areas of the lesion and of the support region."""
+    check_method(method)
+
+    def compute() -> list[dict[str, Any]]:
+        rows = split_rows(run, "test")
+        maps = run_heatmaps(run, method, "test", target, **params)
+        masks = run_masks(run, "test")
+        records = []
+        for i in np.flatnonzero(masks["has_lesion"]):
+            lesion, r = masks["lesion"][i], rows.iloc[i]
+            lung_baseline = (consistency_degree(lung_uniform_heatmap(masks["lung"][i]), lesion, threshold)
+                             if masks["has_lung"][i] else float("nan"))
+            records.append({
+                "row": int(i), "file": r["file"], "y": int(r["y"]), "pred": int(r["pred"]),
+                "correct": bool(r["y"] == r["pred"]),
+                "lesion_area": float(lesion.mean()),
+                "support_area": support_area(maps[i], threshold),
+                "consistency": consistency_degree(maps[i], lesion, threshold),
+                "lung_baseline": lung_baseline,
+                "random_baseline": consistency_degree(random_heatmap(lesion.shape, seed=int(i)), lesion, threshold),
+                "pointing_game": pointing_game(maps[i], lesion),
+            })
+        return records
+
+    name = f"explain/consistency-{_key(method, 'test', target, params)}-t{threshold:g}.json"
+    columns = ["row", "file", "y", "pred", "correct", "lesion_area", "support_area", "consistency", "lung_baseline",
+               "random_baseline", "pointing_game"]
+    return pd.DataFrame(cached_json(run.artifact(name), compute), columns=columns)

@@ -1,0 +1,282 @@
+"""Wan et al. sec. 3.4: first-layer filters, hidden neurons by guided backpropagation (Captum) and activation maps."""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from captum.attr import NeuronGuidedBackprop
+from torch import nn
+
+from .data.transforms import to_model_input
+from .errors import ConfigError, DataError
+from .models.backbones import conv_layers
+from .store import cached_arrays
+
+if TYPE_CHECKING:
+    from .runs import Run
+
+ChannelPick = Literal["top", "random"]
+FilterView = Literal["before", "after", "difference"]
+FILTER_VIEWS: tuple[str, ...] = ("before", "after", "difference")
+
+
+# ---- display scaling -------------------------------------------------------------------------------------------
+
+def _minmax(a: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
+    """Rescale each slice over ``axis`` to [0, 1] independently; a constant slice becomes mid-grey (0.5)."""
+    lo, hi = a.min(axis=axis, keepdims=True), a.max(axis=axis, keepdims=True)
+    span = hi - lo
+    return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1), 0.5).astype(np.float32)
+
+
+def _display(attributions: np.ndarray, grayscale: bool) -> np.ndarray:
+    """(..., 3, H, W) gradients -> (..., H, W, 3) images in [0, 1], each image min-max scaled on its own."""
+    maps = np.moveaxis(attributions, -3, -1)
+    if grayscale:
+        maps = np.repeat(maps.mean(axis=-1, keepdims=True), 3, axis=-1)
+    return _minmax(maps, axis=(-3, -2, -1))
+
+
+# ---- layers ----------------------------------------------------------------------------------------------------
+
+def _conv(model: nn.Module, layer_name: str) -> nn.Conv2d:
+    layers = dict(conv_layers(model))
+    if layer_name not in layers:
+        raise ConfigError(f"{layer_name!r} is not a convolutional layer of this model; "
+                          "pick one of layer_choices(model).")
+    return layers[layer_name]
+
+
+def layer_choices(model: nn.Module) -> list[tuple[str, str]]:
+    """Every conv layer as (qualified name, label such as ``"block 3 · conv 1 (blocks.2.0)"``), input to output."""
+    choices, count = [], {}
+    for name, _ in conv_layers(model):
+        block = int(name.split(".")[1])  # StagedNet names its conv layers "blocks.<i>...."
+        count[block] = count.get(block, 0) + 1
+        choices.append((name, f"block {block + 1} · conv {count[block]} ({name})"))
+    return choices
+
+
+def block_output_layers(model: nn.Module) -> list[str]:
+    """The last conv layer of each block: one layer per stage (for AlexNet, its five conv layers)."""
+    last = {int(name.split(".")[1]): name for name, _ in conv_layers(model)}
+    return [last[block] for block in sorted(last)]
+
+
+def _layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Output of ``layer`` when the model runs on ``x``, captured by a forward hook."""
+    captured = []
+    handle = layer.register_forward_hook(lambda _module, _inputs, output: captured.append(output.detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_one_image(image: torch.Tensor) -> None:
+    if image.ndim != 4 or image.shape[:2] != (1, 3):
+        raise DataError(f"Expected one model input image of shape (1, 3, H, W), got {tuple(image.shape)}.")
+
+
+# ---- first-layer filters ---------------------------------------------------------------------------------------
+
+def first_layer_weights(model: nn.Module) -> np.ndarray:
+    """Raw weights of the first conv layer as (n, k, k, 3) float32, input channels (RGB) last."""
+    name, conv = conv_layers(model)[0]
+    if conv.in_channels != 3:
+        raise ConfigError(f"The first conv layer {name} has {conv.in_channels} input channels; "
+                          "filters are shown as RGB (3).")
+    return conv.weight.detach().cpu().permute(0, 2, 3, 1).numpy().astype(np.float32)
+
+
+def filter_grid(model: nn.Module) -> np.ndarray:
+    """First-layer filters (AlexNet: 64 of 11 x 11) as (n, k, k, 3) images, each filter min-max scaled to [0, 1]."""
+    return _minmax(first_layer_weights(model), axis=(1, 2, 3))
+
+
+def filter_difference(before: nn.Module, after: nn.Module) -> np.ndarray:
+    """``after - before`` first-layer filters as (n, k, k, 3) in [0, 1], zero change at 0.5 (mid-grey).
+
+    One scale for all filters (the largest absolute change), so filters that changed more look stronger; a frozen
+    first layer is uniformly grey.
+    """
+    diff = first_layer_weights(after) - first_layer_weights(before)
+    scale = float(np.abs(diff).max())
+    return (0.5 + 0.5 * diff / scale if scale > 0 else np.full_like(diff, 0.5)).astype(np.float32)
+
+
+# ---- guided backpropagation ------------------------------------------------------------------------------------
+
+def _pick_channels(scores: torch.Tensor, n: int, mode: ChannelPick, rng: np.random.Generator) -> list[int]:
+    """The ``n`` channels with the highest ``scores`` (highest first), or ``n`` distinct random ones."""
+    if mode == "top":
+        return torch.argsort(scores, descending=True, stable=True)[:n].tolist()
+    if mode == "random":
+        return sorted(rng.choice(len(scores), size=min(n, len(scores)), replace=False).tolist())
+    raise ConfigError(f"Unknown channel choice {mode!r}: use 'top' or 'random'.")
+
+
+def _neuron_guided_backprop(model: nn.Module, layer: nn.Conv2d, inputs: torch.Tensor,
+                            channels: Sequence[int]) -> np.ndarray:
+    """Captum NeuronGuidedBackprop of one neuron per input row: channel ``channels[b]`` of ``layer`` at the spatial
+    position where that channel fires most on ``inputs[b]``. Returns (B, 3, H, W) float32 gradients.
+
+    A single neuron (not the whole channel) follows Wan et al. and Springenberg et al.: the reconstruction shows the
+    part of the image that drives that neuron, i.e. the channel's strongest response. All rows go through one
+    forward/backward pass: in eval mode the rows are independent, so the gradient of the sum of the selected
+    neurons splits into each row's own neuron gradient.
+    """
+    if model.training:
+        raise ConfigError("Guided backpropagation needs the model in eval mode (call model.eval()); batch-norm "
+                          "statistics would otherwise mix the images.")
+    rows = torch.arange(len(inputs))
+    chans = torch.as_tensor(list(channels))
+    out = _layer_output(model, layer, inputs)
+    flat = out[rows, chans].flatten(1).argmax(1)
+    ys, xs = flat // out.shape[-1], flat % out.shape[-1]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")  # Captum's notice, every call
+        attr = NeuronGuidedBackprop(model, layer).attribute(
+            inputs.detach().clone().requires_grad_(True), neuron_selector=lambda o: o[rows, chans, ys, xs]
+        )
+    return attr.detach().cpu().numpy().astype(np.float32)
+
+
+def _neuron_attributions(model: nn.Module, image: torch.Tensor, layer_name: str, n: int, mode: ChannelPick,
+                         seed: int) -> tuple[np.ndarray, list[int]]:
+    """Raw (n, 3, H, W) guided-backprop gradients of ``n`` channels of one layer for one image, and the channels."""
+    _check_one_image(image)
+    layer = _conv(model, layer_name)
+    image = image.to(_device(model))
+    out = _layer_output(model, layer, image)[0]
+    channels = _pick_channels(out.mean(dim=(1, 2)), n, mode, np.random.default_rng(seed))
+    attr = _neuron_guided_backprop(model, layer, image.expand(len(channels), -1, -1, -1), channels)
+    return attr, channels
+
+
+def guided_backprop_neurons(
+    model: nn.Module, image: torch.Tensor, layer_name: str, *, n: int = 8, mode: ChannelPick = "top", seed: int = 0,
+    grayscale: bool = False,
+) -> tuple[np.ndarray, list[int]]:
+    """Wan fig. 9: guided-backprop reconstructions of ``n`` neurons of one conv layer for one image.
+
+    Channels are the ``n`` with the highest mean activation (``mode="top"``, highest first) or ``n`` random ones
+    (``"random"``, seeded, as in the paper); each channel's neuron is its most activated position. Returns
+    (n, H, W, 3) images in [0, 1] (``grayscale``: mean over RGB) and the channel indices.
+    """
+    attr, channels = _neuron_attributions(model, image, layer_name, n, mode, seed)
+    return _display(attr, grayscale), channels
+
+
+def _across_layer_attributions(model: nn.Module, images: torch.Tensor, layer_names: Sequence[str], mode: ChannelPick,
+                               seed: int) -> tuple[np.ndarray, list[int]]:
+    """Raw (n_layers, B, 3, H, W) gradients of one channel per layer for every image, and the channel per layer."""
+    images = images.to(_device(model))
+    rng = np.random.default_rng(seed)
+    attrs, channels = [], []
+    for name in layer_names:
+        layer = _conv(model, name)
+        out = _layer_output(model, layer, images)
+        channel = _pick_channels(out.mean(dim=(0, 2, 3)), 1, mode, rng)[0]
+        attrs.append(_neuron_guided_backprop(model, layer, images, [channel] * len(images)))
+        channels.append(channel)
+    return np.stack(attrs), channels
+
+
+def guided_backprop_across_layers(model: nn.Module, images: torch.Tensor, *, layer_names: Sequence[str] | None = None,
+                                  mode: ChannelPick = "top", seed: int = 0,
+                                  grayscale: bool = False) -> tuple[np.ndarray, list[int]]:
+    """Wan fig. 10: one neuron per layer reconstructed on each image -> (n_layers, B, H, W, 3) in [0, 1], channels.
+
+    Per layer one channel is used for all images (the highest mean activation over the images, or a seeded random
+    one), at each image's most activated position. ``layer_names`` defaults to the last conv layer of each block.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise DataError(f"Expected model input images of shape (B, 3, H, W), got {tuple(images.shape)}.")
+    attr, channels = _across_layer_attributions(model, images, layer_names or block_output_layers(model), mode, seed)
+    return _display(attr, grayscale), channels
+
+
+# ---- activation maps -------------------------------------------------------------------------------------------
+
+def activation_maps(model: nn.Module, image: torch.Tensor, layer_name: str) -> tuple[np.ndarray, list[int]]:
+    """Every channel's output of a conv layer for one image as (C, h, w) maps in [0, 1] (each min-max scaled),
+    ordered by mean activation, highest first; and the channel index of each map."""
+    _check_one_image(image)
+    out = _layer_output(model, _conv(model, layer_name), image.to(_device(model)))[0]
+    order = torch.argsort(out.mean(dim=(1, 2)), descending=True, stable=True)
+    return _minmax(out[order].cpu().numpy(), axis=(1, 2)), order.tolist()
+
+
+# ---- cached wrappers for the pages -----------------------------------------------------------------------------
+
+def _run_image(run: Run, image_index: int) -> torch.Tensor:
+    """Model input (1, 3, S, S) of the run's image at row ``image_index`` of ``run.predictions``."""
+    images = run.images()
+    if not 0 <= image_index < len(images):
+        raise DataError(f"Image index {image_index} is out of range: the run has {len(images)} images.")
+    return to_model_input(images[image_index : image_index + 1])
+
+
+def run_guided_backprop(run: Run, image_index: int, layer_name: str, n: int = 8, mode: ChannelPick = "top",
+                        seed: int = 0, grayscale: bool = False) -> tuple[np.ndarray, list[int]]:
+    """``guided_backprop_neurons`` of the run's trained model on image ``image_index`` (a row of run.predictions).
+
+    The raw gradients are cached, so switching ``grayscale`` costs nothing.
+    """
+    def compute() -> dict[str, np.ndarray]:
+        attr, channels = _neuron_attributions(run.load_model(), _run_image(run, image_index), layer_name, n, mode, seed)
+        return {"attributions": attr, "channels": np.asarray(channels)}
+
+    cached = cached_arrays(run.artifact(f"gbp-img{image_index}-{layer_name}-n{n}-{mode}-seed{seed}.npz"), compute)
+    return _display(cached["attributions"], grayscale), cached["channels"].tolist()
+
+
+def run_guided_backprop_across_layers(run: Run, image_indices: Sequence[int], mode: ChannelPick = "top", seed: int = 0,
+                                      grayscale: bool = False) -> tuple[np.ndarray, list[int]]:
+    """``guided_backprop_across_layers`` of the run's trained model on the given images (rows of run.predictions)."""
+    indices = [int(i) for i in image_indices]
+
+    def compute() -> dict[str, np.ndarray]:
+        model = run.load_model()
+        images = torch.cat([_run_image(run, i) for i in indices])
+        attr, channels = _across_layer_attributions(model, images, block_output_layers(model), mode, seed)
+        return {"attributions": attr, "channels": np.asarray(channels)}
+
+    name = f"gbp-layers-img{'_'.join(map(str, indices))}-{mode}-seed{seed}.npz"
+    cached = cached_arrays(run.artifact(name), compute)
+    return _display(cached["attributions"], grayscale), cached["channels"].tolist()
+
+
+def run_activation_maps(run: Run, image_index: int, layer_name: str) -> tuple[np.ndarray, list[int]]:
+    """``activation_maps`` of the run's trained model on image ``image_index`` (a row of run.predictions)."""
+    def compute() -> dict[str, np.ndarray]:
+        maps, order = activation_maps(run.load_model(), _run_image(run, image_index), layer_name)
+        return {"maps": maps, "channels": np.asarray(order)}
+
+    cached = cached_arrays(run.artifact(f"activations-img{image_index}-{layer_name}.npz"), compute)
+    return cached["maps"], cached["channels"].tolist()
+
+
+def run_filter_grid(run: Run, which: FilterView) -> np.ndarray:
+    """First-layer filters before fine-tuning, after it, or their difference (see ``filter_difference``)."""
+    if which not in FILTER_VIEWS:
+        raise ConfigError(f"Unknown filter view {which!r}: choose one of {', '.join(FILTER_VIEWS)}.")
+
+    def compute() -> dict[str, np.ndarray]:
+        if which == "before":
+            return {"filters": filter_grid(run.initial_model())}
+        if which == "after":
+            return {"filters": filter_grid(run.load_model())}
+        return {"filters": filter_difference(run.initial_model(), run.load_model())}
+
+    return cached_arrays(run.artifact(f"filters-{which}.npz"), compute)["filters"]

@@ -1,0 +1,155 @@
+"""Torchvision backbones rearranged as five convolutional blocks, a pooling step and a classifier head."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from ..errors import ConfigError
+
+#: Every backbone has this many convolutional blocks; fine-tuning depth d unfreezes the last d of them.
+N_BLOCKS = 5
+
+
+class StagedNet(nn.Module):
+    """A CNN as ``classifier(pool(block5(...block1(x))))``.
+
+    Keeping the five blocks explicit makes fine-tuning depth, the frozen-prefix cache and "deep features"
+    (the input of the classifier) the same operation for every architecture.
+    """
+
+    def __init__(self, arch: str, blocks: list[nn.Module], pool: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.arch = arch
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = pool
+        self.classifier = classifier
+
+    def forward_blocks(self, x: torch.Tensor, start: int = 0, stop: int = N_BLOCKS) -> torch.Tensor:
+        """Run blocks ``start`` .. ``stop - 1`` (0-based)."""
+        for block in self.blocks[start:stop]:
+            x = block(x)
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Deep features: the flattened output of the last convolutional stage, as fed to the classifier."""
+        return self.pool(self.forward_blocks(x))
+
+    def forward_from(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits from the output of block ``start - 1`` (``start == 0``: from the image)."""
+        return self.classifier(self.pool(self.forward_blocks(h, start)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(x, 0)
+
+
+def _no_inplace(module: nn.Module) -> nn.Module:
+    # In-place ReLUs break the backward hooks that Captum's guided backpropagation and Grad-CAM install.
+    for m in module.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return module
+
+
+def _head_mlp(classifier: nn.Sequential, n_classes: int, width: int | None) -> nn.Sequential:
+    """AlexNet/VGG classifier with a new last layer; ``width`` narrows fc6/fc7 (a CPU-speed option)."""
+    layers = list(classifier)
+    if width is not None:
+        linears = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
+        first, second = linears[0], linears[1]
+        layers[first] = nn.Linear(layers[first].in_features, width)
+        layers[second] = nn.Linear(width, width)
+    last = max(i for i, m in enumerate(layers) if isinstance(m, nn.Linear))
+    layers[last] = nn.Linear(width or layers[last].in_features, n_classes)
+    return nn.Sequential(*layers)
+
+
+def _alexnet(tv: nn.Module, n_classes: int, width: int | None) -> StagedNet:
+    f = tv.features  # conv1..conv5 at indices 0, 3, 6, 8, 10 (Wan et al.'s five conv layers)
+    blocks = [f[0:3], f[3:6], f[6:8], f[8:10], f[10:13]]
+    return StagedNet("alexnet", blocks, nn.Sequential(tv.avgpool, nn.Flatten(1)), _head_mlp(tv.classifier, n_classes, width))
+
+
+def _vgg(tv: nn.Module, n_classes: int, width: int | None, arch: str) -> StagedNet:
+    blocks, start = [], 0
+    for i, m in enumerate(tv.features):  # five blocks, each closed by a max-pool (Lee et al. fig. 3)
+        if isinstance(m, nn.MaxPool2d):
+            blocks.append(tv.features[start : i + 1])
+            start = i + 1
+    return StagedNet(arch, blocks, nn.Sequential(tv.avgpool, nn.Flatten(1)), _head_mlp(tv.classifier, n_classes, width))
+
+
+def _resnet(tv: nn.Module, n_classes: int, width: int | None, arch: str) -> StagedNet:
+    stem = nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool)
+    blocks = [stem, tv.layer1, tv.layer2, tv.layer3, tv.layer4]
+    return StagedNet(arch, blocks, nn.Sequential(tv.avgpool, nn.Flatten(1)), nn.Linear(tv.fc.in_features, n_classes))
+
+
+def _densenet(tv: nn.Module, n_classes: int, width: int | None, arch: str) -> StagedNet:
+    f = tv.features
+    blocks = [
+        nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0),
+        nn.Sequential(f.denseblock1, f.transition1),
+        nn.Sequential(f.denseblock2, f.transition2),
+        nn.Sequential(f.denseblock3, f.transition3),
+        nn.Sequential(f.denseblock4, f.norm5),
+    ]
+    # torchvision's DenseNet applies F.relu before pooling inside forward(); here it is a module.
+    pool = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    return StagedNet(arch, blocks, pool, nn.Linear(tv.classifier.in_features, n_classes))
+
+
+_BUILDERS: dict[str, Callable[..., StagedNet]] = {
+    "alexnet": lambda tv, n, w: _alexnet(tv, n, w),
+    "vgg16": lambda tv, n, w: _vgg(tv, n, w, "vgg16"),
+    "vgg19": lambda tv, n, w: _vgg(tv, n, w, "vgg19"),
+    "resnet18": lambda tv, n, w: _resnet(tv, n, w, "resnet18"),
+    "resnet50": lambda tv, n, w: _resnet(tv, n, w, "resnet50"),
+    "densenet121": lambda tv, n, w: _densenet(tv, n, w, "densenet121"),
+}
+
+#: Backbones LungLens knows, by torchvision name.
+BACKBONES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def check_backbone(arch: str) -> None:
+    """Raise ConfigError unless ``arch`` is a known backbone."""
+    if arch not in _BUILDERS:
+        raise ConfigError(f"Unknown backbone {arch!r}: choose one of {', '.join(BACKBONES)}.")
+
+
+def torchvision_model(arch: str) -> nn.Module:
+    """An untrained torchvision model of ``arch`` with its ImageNet-shaped head."""
+    check_backbone(arch)
+    return torchvision.models.get_model(arch, weights=None)
+
+
+def stage(tv_model: nn.Module, arch: str, n_classes: int, head_width: int | None = None) -> StagedNet:
+    """Rearrange a torchvision model into a StagedNet whose last layer has ``n_classes`` outputs."""
+    check_backbone(arch)
+    if head_width is not None and arch not in ("alexnet", "vgg16", "vgg19"):
+        raise ConfigError(f"head_width applies to AlexNet and VGG only, not {arch!r}; leave it unset.")
+    return _no_inplace(_BUILDERS[arch](tv_model, n_classes, head_width))
+
+
+def set_depth(model: StagedNet, depth: int) -> None:
+    """Freeze all but the last ``depth`` blocks; the classifier head always trains."""
+    if not 0 <= depth <= N_BLOCKS:
+        raise ConfigError(f"Fine-tuning depth must be between 0 and {N_BLOCKS}, got {depth}.")
+    first_trainable = N_BLOCKS - depth
+    for i, block in enumerate(model.blocks):
+        block.requires_grad_(i >= first_trainable)
+    model.pool.requires_grad_(True)
+    model.classifier.requires_grad_(True)
+
+
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every Conv2d of the model with its qualified name, input to output."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def last_conv_layer(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The last Conv2d (Grad-CAM's default layer)."""
+    return conv_layers(model)[-1]

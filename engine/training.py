@@ -1,0 +1,250 @@
+"""The training loop: frozen prefix, trainable tail, per-epoch criteria, early stopping and resumable checkpoints."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+
+from .config import RunConfig
+from .data.transforms import augmentation, to_model_input
+from .metrics import classification_metrics
+from .models.backbones import N_BLOCKS, StagedNet, set_depth
+from .store import atomic_write_bytes
+
+SPLITS = ("train", "val", "test")
+#: Above this size (bytes) the frozen-prefix activations are recomputed per batch instead of kept in memory.
+PREFIX_CACHE_LIMIT = 4 * 1024**3
+
+
+@dataclass
+class Progress:
+    """One progress report: where training stands and what the last finished epoch scored."""
+
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    phase: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the run done, in [0, 1]."""
+        return min(1.0, (self.epoch - 1 + self.batch / max(self.batches, 1)) / max(self.epochs, 1))
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class TrainResult:
+    """What a finished training returns to the run store."""
+
+    history: list[dict[str, float]]
+    best_epoch: int
+    stopped_early: bool
+    model: StagedNet
+    proba: np.ndarray
+    prefix_cached: bool
+
+
+class _Inputs:
+    """Gives the trainable tail its inputs: cached prefix activations, or images run through the frozen prefix."""
+
+    def __init__(self, model: StagedNet, images: np.ndarray, start: int, device: torch.device,
+                 use_cache: bool, augment: nn.Module | None, batch_size: int):
+        self.model, self.images, self.start, self.device = model, images, start, device
+        self.augment = augment
+        self.cache: torch.Tensor | None = None
+        if use_cache and start > 0 and augment is None:
+            with torch.no_grad():
+                probe = model.forward_blocks(to_model_input(images[:1]).to(device), 0, start)
+            if probe.numel() * probe.element_size() * len(images) <= PREFIX_CACHE_LIMIT:
+                chunks = [self._prefix(np.arange(i, min(i + batch_size, len(images))))
+                          for i in range(0, len(images), batch_size)]
+                self.cache = torch.cat(chunks)
+
+    def _prefix(self, idx: np.ndarray, train: bool = False) -> torch.Tensor:
+        x = torch.from_numpy(self.images[idx])
+        if train and self.augment is not None:
+            x = torch.stack([self.augment(img[None])[0] for img in x])
+        x = to_model_input(x).to(self.device, non_blocking=True)
+        if self.start == 0:
+            return x
+        with torch.no_grad():
+            return self.model.forward_blocks(x, 0, self.start)
+
+    def get(self, idx: np.ndarray, train: bool = False) -> torch.Tensor:
+        """Inputs of the tail for images ``idx``."""
+        if self.cache is not None:
+            return self.cache[torch.from_numpy(idx)]
+        return self._prefix(idx, train)
+
+
+def _optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(cfg: RunConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    if cfg.scheduler == "plateau":
+        # Lee et al. use Keras' ReduceLROnPlateau (factor 0.1, patience 10 there); epochs here are fewer.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=max(1, cfg.patience // 2))
+    return None
+
+
+def _set_modes(model: StagedNet, start: int, training: bool) -> None:
+    # Frozen blocks stay in eval mode (batch-norm statistics fixed), so cached and recomputed prefixes agree.
+    model.train(training)
+    for block in model.blocks[:start]:
+        block.eval()
+
+
+def _evaluate(model: StagedNet, inputs: _Inputs, idx: np.ndarray, y: np.ndarray, loss_fn: nn.Module,
+              batch_size: int, amp: bool, n_classes: int) -> tuple[float, np.ndarray]:
+    """Mean loss and class probabilities of images ``idx``."""
+    probs, total = [], 0.0
+    with torch.no_grad(), torch.autocast(inputs.device.type, enabled=amp):
+        for i in range(0, len(idx), batch_size):
+            b = idx[i : i + batch_size]
+            logits = model.forward_from(inputs.get(b), inputs.start).float()
+            total += float(loss_fn(logits, torch.from_numpy(y[b]).to(logits.device))) * len(b)
+            probs.append(torch.softmax(logits, 1).cpu().numpy())
+    proba = np.concatenate(probs) if probs else np.zeros((0, n_classes))
+    return total / max(len(idx), 1), proba
+
+
+def _state_bytes(obj: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def train(
+    cfg: RunConfig,
+    model: StagedNet,
+    images: np.ndarray,
+    y: np.ndarray,
+    split: np.ndarray,
+    n_classes: int,
+    positive: int,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Train ``model`` at ``cfg.depth`` on the ``train`` rows, stop early on ``val`` loss, score ``test`` every epoch.
+
+    With ``checkpoint`` set, the state after every epoch is saved there atomically and a later call resumes from it.
+    """
+    torch.manual_seed(cfg.seed)
+    start = N_BLOCKS - cfg.depth
+    set_depth(model, cfg.depth)
+    model.to(device)
+    amp = device.type == "cuda"
+    aug = augmentation(cfg.image_size) if cfg.augment else None
+    _set_modes(model, start, False)
+    inputs = _Inputs(model, images, start, device, cfg.prefix_cache, aug, cfg.batch_size)
+    idx = {s: np.flatnonzero(split == s) for s in SPLITS}
+    train_idx = idx["train"]
+    weights = None
+    if cfg.class_weights:
+        present = np.unique(y[train_idx])
+        w = np.ones(n_classes, dtype=np.float32)
+        w[present] = compute_class_weight("balanced", classes=present, y=y[train_idx])
+        weights = torch.tensor(w, device=device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(cfg, params)
+    sched = _scheduler(cfg, opt)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    best = {"loss": math.inf, "epoch": 0, "state": None, "bad": 0}
+    first_epoch = 1
+    if checkpoint is not None and checkpoint.exists():
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if sched is not None and ck.get("scheduler"):
+            sched.load_state_dict(ck["scheduler"])
+        gen.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        history = [dict(zip(ck["history_keys"], row.tolist())) for row in ck["history"]]
+        best = {"loss": float(ck["best_loss"]), "epoch": int(ck["best_epoch"]), "state": ck["best_state"], "bad": int(ck["bad"])}
+        first_epoch = len(history) + 1
+
+    n_batches = math.ceil(len(train_idx) / cfg.batch_size)
+    stopped = False
+    epoch = first_epoch
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if cfg.patience and best["bad"] >= cfg.patience:
+            stopped = True
+            break
+        t0 = time.perf_counter()
+        _set_modes(model, start, True)
+        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        running, preds = 0.0, np.empty(len(order), dtype=int)
+        for b in range(n_batches):
+            bi = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            target = torch.from_numpy(y[bi]).to(device)
+            with torch.autocast(device.type, enabled=amp):
+                logits = model.forward_from(inputs.get(bi, train=True), start)
+                loss = loss_fn(logits.float(), target)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            running += float(loss.detach()) * len(bi)
+            preds[b * cfg.batch_size : b * cfg.batch_size + len(bi)] = logits.argmax(1).cpu().numpy()
+            if progress is not None:
+                progress(Progress(epoch, cfg.epochs, b + 1, n_batches, "train"))
+        # Train criteria come from the batches as trained (dropout on), as Keras reports them and Wan plots them.
+        row: dict[str, float] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": running / len(order)}
+        row.update({f"train_{k}": v for k, v in classification_metrics(y[order], preds, n_classes, positive).items()})
+        _set_modes(model, start, False)
+        for s in ("val", "test"):
+            if len(idx[s]):
+                loss_s, proba = _evaluate(model, inputs, idx[s], y, loss_fn, cfg.batch_size * 2, amp, n_classes)
+                row[f"{s}_loss"] = loss_s
+                m = classification_metrics(y[idx[s]], proba.argmax(1), n_classes, positive, proba)
+                row.update({f"{s}_{k}": v for k, v in m.items()})
+        monitor = row.get("val_loss", row["train_loss"])
+        if sched is not None:
+            sched.step(monitor)
+        if monitor < best["loss"] - 1e-6:
+            best = {"loss": monitor, "epoch": epoch, "state": copy.deepcopy(model.state_dict()), "bad": 0}
+        else:
+            best["bad"] += 1
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if checkpoint is not None:
+            keys = sorted({k for r in history for k in r})
+            atomic_write_bytes(checkpoint, _state_bytes({
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else {},
+                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "history_keys": keys,
+                "history": torch.tensor([[r.get(k, math.nan) for k in keys] for r in history], dtype=torch.float64),
+                "best_loss": best["loss"], "best_epoch": best["epoch"], "best_state": best["state"], "bad": best["bad"],
+            }))
+        if progress is not None:
+            progress(Progress(epoch, cfg.epochs, n_batches, n_batches, "epoch", row))
+    else:
+        stopped = False
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    _set_modes(model, start, False)
+    _, proba = _evaluate(model, inputs, np.arange(len(y)), y, loss_fn, cfg.batch_size * 2, amp, n_classes)
+    return TrainResult(history, best["epoch"], stopped, model.cpu(), proba, inputs.cache is not None)

@@ -1,0 +1,127 @@
+"""Diagnostic performance: Wan et al.'s Table 1 with CIs, confusion, ROC / PR, per-class scores, metric vs depth."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import engine
+from dashboard.performance_charts import (
+    comparison_styler,
+    confusion_figure,
+    depth_figure,
+    per_class_figure,
+    pr_figure,
+    roc_figure,
+)
+from dashboard.training_charts import related_runs
+from dashboard.widgets import depth_slider, require_runs
+from engine.baselines import compare_methods
+from engine.evaluation import METRICS, depth_curve, evaluate_run
+
+
+@st.cache_resource(ttl=60, show_spinner=False)
+def _all_runs() -> list[engine.Run]:
+    """Every finished run in the cache, newest first (listed again at most once a minute, or after training)."""
+    df = engine.list_runs()
+    return [engine.load_run(r) for r in df["run"]] if len(df) else []
+
+
+# ``finished`` keys the caches below so that a run trained again under the same id is not served stale.
+@st.cache_data(show_spinner=False, max_entries=64)
+def _methods(run_id: str, finished: float) -> pd.DataFrame:
+    return compare_methods(engine.load_run(run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _evaluation(run_id: str, finished: float) -> dict:
+    return evaluate_run(engine.load_run(run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _depth_curve(run_ids: tuple[str, ...], finished: tuple[float, ...], metric: str) -> pd.DataFrame:
+    return depth_curve([engine.load_run(r) for r in run_ids], metric)
+
+
+def _comparison(run: engine.Run, n_test: int) -> None:
+    st.subheader("Fine-tuned CNN vs classical baselines (Wan et al., Table 1)")
+    try:
+        with st.spinner("Fitting the SVM baselines on LBP and deep features (once per run, then cached)…"):
+            table = _methods(run.id, run.result["finished"])
+    except engine.LungLensError as exc:
+        st.error(f"The baselines cannot be computed for this run: {exc}")
+        return
+    st.dataframe(comparison_styler(table), width="stretch")
+    positive = run.classes[run.positive]
+    st.caption(
+        f"All three methods on the same {n_test} test images; each cell is the value and its 95% percentile-bootstrap "
+        "interval (1,000 resamples of the test images, the same resamples for every method). Best per column in red, "
+        f"as in Wan's Table 1. Sensitivity, specificity, PPV, NPV, F1 and AUC are of the positive class ({positive}) "
+        "one-vs-rest. LBP + SVM: 59-bin uniform LBP histogram (P = 8, R = 1, Wan sec. 3.2). Deep features + SVM: the "
+        f"flattened output of this fine-tuned {run.config.backbone}'s last conv stage (9216-d for AlexNet, as in Wan). "
+        "Both SVMs use an RBF kernel on standardised features, C chosen by cross-validation (balanced accuracy) on the "
+        "training split only, Platt-calibrated probabilities."
+    )
+    for note in sorted({n for n in table["cv_note"] if n}):
+        st.caption(f"Cross-validation: {note}.")
+
+
+def _detail(run: engine.Run, ev: dict) -> None:
+    st.subheader("The fine-tuned CNN on the test split")
+    classes, positive = ev["classes"], ev["classes"][ev["positive"]]
+    left, right = st.columns(2)
+    with left:
+        normalised = st.toggle("Normalise rows (share of each true class)", key="performance_normalise")
+        matrix = ev["confusion"]["normalised" if normalised else "counts"]
+        st.plotly_chart(confusion_figure(matrix, classes, normalised), width="stretch", key="performance_confusion")
+        st.caption("Confusion matrix (Cheng et al., Lee et al. fig. 6): rows are the true class, columns the prediction.")
+    with right:
+        st.plotly_chart(roc_figure(ev["roc"], positive), width="stretch", key="performance_roc")
+        st.caption(f"ROC curves, one-vs-rest per class (Lee et al. fig. 7); {positive}, the positive class, is drawn "
+                   "thicker. A class with no test image or no other class is left out.")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(pr_figure(ev["pr"], positive), width="stretch", key="performance_pr")
+        st.caption("Precision-recall curves, one-vs-rest; AP = average precision. More telling than ROC when a class "
+                   "is rare.")
+    with right:
+        st.plotly_chart(per_class_figure(ev["per_class"]), width="stretch", key="performance_per_class")
+        st.dataframe(pd.DataFrame(ev["per_class"]), hide_index=True, width="stretch",
+                     column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("precision", "recall", "F1")})
+        st.caption("Per-class precision, recall and F1, each class taken one-vs-rest (Cheng et al., tables 2-3); "
+                   "support = test images of the class. Empty cells are undefined (e.g. the class is never predicted).")
+
+
+def _depth(run: engine.Run, runs: dict[int, engine.Run]) -> None:
+    st.subheader("Test metric vs fine-tuning depth (Lee et al., fig. 5)")
+    metric = st.selectbox("Metric", METRICS, key="performance_metric")
+    related = related_runs(run, [*runs.values(), *_all_runs()])
+    ordered = [related[k] for k in sorted(related)]
+    with st.spinner(f"Evaluating {len(ordered)} runs…"):
+        curve = _depth_curve(tuple(r.id for r in ordered), tuple(r.result["finished"] for r in ordered), metric)
+    if curve["depth"].nunique() < 2:
+        st.info("Only one fine-tuning depth is trained for this experiment: add depths on Home to see the curve.")
+    st.plotly_chart(depth_figure(curve, metric), width="stretch", key="performance_depth_curve")
+    backbones = ", ".join(sorted(curve["backbone"].unique()))
+    st.caption(
+        f"Lines: {backbones} (every cached backbone trained on the same data, init, epochs, image size and split). "
+        "Error bars: 95% bootstrap CI on the test split; star: the best run. Lee et al. found 2 of 5 fine-tuned "
+        "VGG16 blocks best (AUC 0.950) and accuracy dropping beyond 3: deeper fine-tuning is not always better on "
+        "small medical data."
+    )
+
+
+st.title("Performance")
+sel, runs = require_runs("Performance")
+depth = depth_slider(runs, key="performance_depth")
+run = runs[depth]
+try:
+    with st.spinner("Evaluating the test split…"):
+        evaluation = _evaluation(run.id, run.result["finished"])
+except engine.LungLensError as exc:
+    st.error(f"This run cannot be evaluated: {exc}")
+    st.stop()
+st.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, init {run.config.init}; n_test = "
+           f"{evaluation['n_test']} test images.")
+_comparison(run, evaluation["n_test"])
+_detail(run, evaluation)
+_depth(run, runs)

@@ -1,0 +1,121 @@
+"""Training dynamics (Wan et al. fig. 4-5): loss and the five criteria per epoch, and how fine-tuning depth changes them."""
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+import engine
+from dashboard.training_charts import (
+    QUANTITIES,
+    SPLIT_NAMES,
+    compare_figure,
+    criteria_figure,
+    loss_figure,
+    related_runs,
+)
+from dashboard.widgets import depth_slider, require_runs
+
+MARKS_CAPTION = (
+    "Green line: best epoch (lowest validation loss; its weights are the model kept and evaluated). Red dashed: early "
+    "stop (validation loss did not improve for `patience` epochs). Grey dotted: learning-rate reduction "
+    "(ReduceLROnPlateau on validation loss)."
+)
+DROPOUT_CAPTION = (
+    "Train loss and criteria are measured on the batches as they were trained (dropout on, weights still moving); "
+    "validation and test are scored after each epoch in eval mode. That is why the test loss can sit below the train "
+    "loss, as Wan et al. note for their fig. 4."
+)
+
+
+@st.cache_resource(ttl=60, show_spinner=False)
+def _all_runs() -> list[engine.Run]:
+    """Every finished run in the cache, newest first (listed again at most once a minute, or after training)."""
+    df = engine.list_runs()
+    return [engine.load_run(r) for r in df["run"]] if len(df) else []
+
+
+def _number(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def _cards(run: engine.Run) -> None:
+    result, cfg = run.result, run.config
+    test = result.get("test", {})
+    cols = st.columns(6)
+    cols[0].metric("Best epoch", f"{result['best_epoch']} of {result['epochs_run']}",
+                   help="Epoch with the lowest validation loss; its weights are the model kept.")
+    cols[1].metric("Test ACC (best epoch)", _number(test.get("acc")))
+    cols[2].metric("Test AUC (best epoch)", _number(test.get("auc")),
+                   help=f"ROC AUC of the positive class ({run.classes[run.positive]}) one-vs-rest.")
+    cols[3].metric("Training time", _duration(result["seconds"]))
+    cols[4].metric("Initialisation", cfg.init,
+                   help="builtin: pretrained on the phantom source corpus; imagenet: torchvision weights; scratch: random.")
+    cols[5].metric("Positive class", run.classes[run.positive],
+                   help="Sensitivity, specificity, PPV and NPV are of this class taken one-vs-rest.")
+    stop = (f"stopped early after epoch {result['epochs_run']} (patience {cfg.patience})" if result["stopped_early"]
+            else f"ran all {result['epochs_run']} epochs")
+    st.caption(f"Run `{run.id}`: {cfg.backbone}, last {cfg.depth} of {engine.N_BLOCKS} conv blocks and the head "
+               f"trained, {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.image_size} px; {stop}.")
+
+
+def _single(run: engine.Run) -> None:
+    history, best, stopped = run.history, run.result["best_epoch"], run.result["stopped_early"]
+    st.subheader("Loss per epoch")
+    st.plotly_chart(loss_figure(history, best, stopped), width="stretch", key="training_loss")
+    st.caption(f"{DROPOUT_CAPTION} {MARKS_CAPTION}")
+
+    st.subheader("The five criteria per epoch")
+    prefix = ""
+    if "train_macro_sensitivity" in history:
+        positive = run.classes[run.positive]
+        prefix = st.radio("Criteria of", ["", "macro_"], horizontal=True, key="training_average",
+                          format_func={"": f"the positive class ({positive}) one-vs-rest",
+                                       "macro_": "every class one-vs-rest, averaged (macro)"}.get)
+    st.plotly_chart(criteria_figure(history, best, stopped, prefix=prefix), width="stretch", key="training_criteria")
+    st.caption("Wan et al. eq. 1-5: ACC = (TP+TN)/all, sensitivity = TP/(TP+FN), specificity = TN/(TN+FP), "
+               "PPV = TP/(TP+FP), NPV = TN/(TN+FN). Train solid, test dashed; a gap is a missing value (e.g. no "
+               "predicted positive yet, so PPV is undefined).")
+
+
+def _compare(run: engine.Run, runs: dict[int, engine.Run]) -> None:
+    related = related_runs(run, [*runs.values(), *_all_runs()])
+    backbone = run.config.backbone
+    others = sorted({b for b, _ in related} - {backbone})
+    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+    backbones = [backbone, *c2.multiselect(
+        "Other backbones (same data, init, epochs, image size and split)", others, key="training_compare_backbones",
+        disabled=not others, placeholder="none cached" if not others else "add a backbone",
+    )]
+    depths = sorted({d for b, d in related if b in backbones})
+    chosen_depths = c1.multiselect("Fine-tuning depths", depths, default=[d for d in sorted(runs) if d in depths],
+                                   key="training_compare_depths")
+    quantity = c3.selectbox("Curve", list(QUANTITIES), format_func=QUANTITIES.get, key="training_compare_quantity")
+    splits = c4.multiselect("Splits", list(SPLIT_NAMES), default=["train", "test"], format_func=SPLIT_NAMES.get,
+                            key="training_compare_splits")
+    chosen = {f"{b} d{d}": r for (b, d), r in sorted(related.items()) if b in backbones and d in chosen_depths}
+    if not chosen or not splits:
+        st.info("Pick at least one depth and one split to compare.")
+        return
+    fig = compare_figure({k: r.history for k, r in chosen.items()}, quantity, splits,
+                         {k: r.result["best_epoch"] for k, r in chosen.items()})
+    st.plotly_chart(fig, width="stretch", key="training_compare_chart")
+    st.caption("A colour per run; train solid, validation dotted, test dashed; a star marks each run's best epoch "
+               "(lowest validation loss). A widening gap between train and test is over-fitting; deeper fine-tuning "
+               f"(more trainable blocks) usually fits the training split faster. {DROPOUT_CAPTION}")
+
+
+st.title("Training")
+sel, runs = require_runs("Training")
+depth = depth_slider(runs, key="training_depth")
+run = runs[depth]
+_cards(run)
+if st.toggle("Compare runs", key="training_compare",
+             help="Overlay the curves of several fine-tuning depths (and backbones trained on the same data)."):
+    _compare(run, runs)
+else:
+    _single(run)

@@ -1,0 +1,210 @@
+"""Figure builders of the Training and Performance pages on small hand-made inputs."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import auc, roc_curve
+
+from dashboard import performance_charts as pc
+from dashboard import training_charts as tc
+from engine import RunConfig
+from engine.evaluation import METRICS
+
+
+def _history(n: int = 5, lr: tuple[float, ...] = (1e-3, 1e-3, 1e-4, 1e-4, 1e-5)) -> pd.DataFrame:
+    epochs = np.arange(1, n + 1)
+    df = pd.DataFrame({"epoch": epochs, "lr": lr[:n], "train_loss": 2.0 / epochs, "val_loss": [1.0, 0.6, 0.5, 0.55, 0.7][:n],
+                       "test_loss": 1.5 / epochs})
+    for i, key in enumerate(tc.CRITERIA):
+        df[f"train_{key}"] = np.linspace(0.5, 0.9, n) - 0.01 * i
+        df[f"val_{key}"] = np.linspace(0.4, 0.8, n) - 0.01 * i
+        df[f"test_{key}"] = np.linspace(0.45, 0.85, n) - 0.01 * i
+    return df
+
+
+def _vlines(fig) -> dict[float, int]:
+    """x position -> number of vertical lines drawn there."""
+    out: dict[float, int] = {}
+    for s in fig.layout.shapes:
+        assert s.x0 == s.x1
+        out[s.x0] = out.get(s.x0, 0) + 1
+    return out
+
+
+def test_lr_drops_are_the_epochs_trained_at_a_lower_rate():
+    assert tc.lr_drops(_history()) == [(3, 1e-4), (5, 1e-5)]
+    assert tc.lr_drops(_history(lr=(1e-3,) * 5)) == []
+
+
+def test_loss_figure_draws_each_split_and_marks_best_stop_and_lr():
+    h = _history()
+    fig = tc.loss_figure(h, best_epoch=3, stopped_early=True)
+    traces = {t.name: t for t in fig.data}
+    assert list(traces) == ["train", "validation", "test"]
+    np.testing.assert_allclose(traces["validation"].y, h["val_loss"])
+    np.testing.assert_array_equal(traces["test"].x, h["epoch"])
+    assert (traces["train"].line.dash, traces["validation"].line.dash, traces["test"].line.dash) == ("solid", "dot", "dash")
+    # best epoch 3 and an lr drop at 3, the lr drop at 5 and the early stop after the last epoch (5)
+    assert _vlines(fig) == {3: 2, 5: 2}
+    texts = [a.text for a in fig.layout.annotations]
+    assert texts == ["best epoch 3", "early stop after 5", "lr → 1e-04", "lr → 1e-05"]
+
+
+def test_loss_figure_without_early_stop_or_val_split():
+    h = _history(lr=(1e-3,) * 5).drop(columns="val_loss")
+    fig = tc.loss_figure(h, best_epoch=2, stopped_early=False)
+    assert [t.name for t in fig.data] == ["train", "test"]
+    assert _vlines(fig) == {2: 1}
+
+
+def test_criteria_figure_has_a_panel_per_criterion_with_train_solid_and_test_dashed():
+    h = _history(lr=(1e-3,) * 5)
+    h["test_ppv"] = np.nan  # never defined: no trace for it
+    fig = tc.criteria_figure(h, best_epoch=4, stopped_early=False)
+    assert [a.text for a in fig.layout.annotations][:5] == ["ACC", "Sensitivity", "Specificity", "PPV", "NPV"]
+    assert len(fig.data) == 2 * 5 - 1
+    by_axis = {(t.xaxis, t.name): t for t in fig.data}
+    np.testing.assert_allclose(by_axis[("x2", "train")].y, h["train_sensitivity"])
+    np.testing.assert_allclose(by_axis[("x5", "test")].y, h["test_npv"])
+    assert ("x4", "test") not in by_axis
+    assert {t.line.dash for t in fig.data if t.name == "train"} == {"solid"}
+    assert {t.line.dash for t in fig.data if t.name == "test"} == {"dash"}
+    assert sum(t.showlegend for t in fig.data) == 2  # one legend entry per split
+    assert _vlines(fig) == {4: 5}  # the best epoch in each of the five panels
+    assert [a.text for a in fig.layout.annotations][5:] == ["best epoch 4"]
+
+
+def test_criteria_figure_macro_prefix_reads_the_macro_columns():
+    h = _history()
+    h["train_macro_acc"] = 0.1
+    fig = tc.criteria_figure(h, 1, False, splits=("train",), prefix="macro_")
+    assert len(fig.data) == 1 and list(fig.data[0].y) == [0.1] * 5
+
+
+def test_compare_figure_overlays_runs_and_stars_each_best_epoch():
+    a, b = _history(), _history(4)
+    b["test_loss"] = [0.9, 0.7, 0.8, 0.95]
+    fig = tc.compare_figure({"alexnet d0": a, "alexnet d5": b}, "loss", ["train", "test"],
+                            {"alexnet d0": 3, "alexnet d5": 2})
+    lines = [t for t in fig.data if t.mode == "lines"]
+    stars = [t for t in fig.data if t.mode == "markers"]
+    assert [t.name for t in lines] == ["alexnet d0 · train", "alexnet d0 · test", "alexnet d5 · train", "alexnet d5 · test"]
+    assert lines[0].line.color == lines[1].line.color != lines[2].line.color
+    assert [t.line.dash for t in lines] == ["solid", "dash"] * 2
+    assert [(list(s.x), list(s.y)) for s in stars] == [
+        ([3], [2.0 / 3]), ([3], [0.5]), ([2], [1.0]), ([2], [0.7])
+    ]
+    with pytest.raises(ValueError, match="Unknown quantity"):
+        tc.compare_figure({"x": a}, "f1", ["test"], {"x": 1})
+
+
+def _fake_run(fingerprint: str = "fp", **cfg) -> SimpleNamespace:
+    return SimpleNamespace(config=RunConfig(**cfg), meta={"data_fingerprint": fingerprint})
+
+
+def test_related_runs_matches_the_sweep_and_other_backbones_of_the_same_experiment():
+    base = _fake_run(depth=5, lr=1e-4)
+    d2 = _fake_run(depth=2, lr=1e-4)
+    d2_other_lr = _fake_run(depth=2, lr=1e-3)  # same backbone, another sweep
+    vgg = _fake_run(backbone="vgg16", depth=2, lr=1e-5)  # optimiser settings may differ across backbones
+    vgg_newer_dup = _fake_run(backbone="vgg16", depth=2, lr=1e-3)
+    vgg_other_size = _fake_run(backbone="vgg16", depth=3, image_size=224)
+    other_data = _fake_run("other", depth=1)
+    out = tc.related_runs(base, [base, d2, d2_other_lr, vgg, vgg_newer_dup, vgg_other_size, other_data])
+    assert out == {("alexnet", 5): base, ("alexnet", 2): d2, ("vgg16", 2): vgg}
+
+
+def test_format_ci():
+    assert pc.format_ci(0.91234, 0.8714, 0.9466) == "0.912 [0.871, 0.947]"
+    assert pc.format_ci(None, None, None) == "n/a"
+    assert pc.format_ci(float("nan"), 0.1, 0.2) == "n/a"
+    assert pc.format_ci(0.5, float("nan"), 0.7) == "0.500"
+
+
+def _methods_table() -> pd.DataFrame:
+    values = {"LBP + SVM": 0.80, "Deep features + SVM": 0.90, "Fine-tuned CNN": 0.95}
+    rows = []
+    for method, v in values.items():
+        row = {"method": method, "C": 10.0 if "SVM" in method else np.nan, "cv_score": np.nan, "cv_note": ""}
+        for m in METRICS:
+            row.update({m: v, f"{m}_low": v - 0.05, f"{m}_high": v + 0.03})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df.loc[0, "specificity"] = 0.97  # LBP wins one column
+    df.loc[1, "NPV"] = 0.95  # a tie with the CNN
+    df.loc[:, "AUC"] = np.nan  # undefined everywhere: nothing to highlight
+    return df
+
+
+def test_best_methods_and_the_highlighted_table():
+    df = _methods_table()
+    best = pc.best_methods(df)
+    assert best["ACC"] == ["Fine-tuned CNN"]
+    assert best["specificity"] == ["LBP + SVM"]
+    assert best["NPV"] == ["Deep features + SVM", "Fine-tuned CNN"]
+    assert best["AUC"] == []
+    text = pc.comparison_table(df)
+    assert list(text.index) == ["LBP + SVM", "Deep features + SVM", "Fine-tuned CNN"]
+    assert text.loc["Fine-tuned CNN", "ACC"] == "0.950 [0.900, 0.980]"
+    assert text.loc["LBP + SVM", "AUC"] == "n/a"
+    assert text.loc["Fine-tuned CNN", "SVM C"] == "—" and text.loc["LBP + SVM", "SVM C"] == "10"
+    styler = pc.comparison_styler(df)
+    styler._compute()
+    highlighted = {(text.index[r], text.columns[c]) for (r, c), css in styler.ctx.items() if css}
+    expected = {(m, metric) for metric, methods in best.items() for m in methods}
+    assert highlighted == expected
+
+
+def test_confusion_figure_shows_counts_or_shares():
+    counts = [[5, 1, 0], [2, 3, 1], [0, 0, 4]]
+    fig = pc.confusion_figure(counts, ["covid", "normal", "pneumonia"], normalised=False)
+    np.testing.assert_array_equal(fig.data[0].z, counts)
+    assert list(fig.data[0].x) == ["covid", "normal", "pneumonia"] == list(fig.data[0].y)
+    assert fig.data[0].texttemplate == "%{z:.0f}"
+    shares = np.asarray(counts) / np.asarray(counts).sum(1, keepdims=True)
+    fig = pc.confusion_figure(shares, ["covid", "normal", "pneumonia"], normalised=True)
+    assert fig.data[0].texttemplate == "%{z:.2f}" and fig.layout.coloraxis.cmax == 1
+
+
+def test_roc_and_pr_figures_carry_the_scores_in_the_legend():
+    y = np.array([1, 1, 0, 0, 1, 0])
+    score = np.array([0.9, 0.4, 0.35, 0.1, 0.8, 0.6])
+    fpr, tpr, _ = roc_curve(y, score)
+    roc = {"covid": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": auc(fpr, tpr)},
+           "normal": {"fpr": [0, 1], "tpr": [0, 1], "auc": None}}
+    fig = pc.roc_figure(roc, positive="covid")
+    assert [t.name for t in fig.data] == ["covid (AUC 0.889)", "normal (AUC n/a)", "chance"]  # 8 of 9 pairs ranked right
+    np.testing.assert_allclose(fig.data[0].x, fpr)
+    assert fig.data[0].line.width > fig.data[1].line.width
+    pr = {"covid": {"precision": [1.0, 0.5], "recall": [0.0, 1.0], "ap": 0.75}}
+    fig = pc.pr_figure(pr, positive="covid")
+    assert fig.data[0].name == "covid (AP 0.750)" and list(fig.data[0].x) == [0.0, 1.0]
+
+
+def test_per_class_figure_groups_three_bars_per_class():
+    per_class = [{"class": "covid", "precision": 0.8, "recall": 0.5, "F1": 0.615, "support": 4},
+                 {"class": "normal", "precision": None, "recall": 0.0, "F1": None, "support": 3}]
+    fig = pc.per_class_figure(per_class)
+    assert fig.layout.barmode == "group"
+    assert [t.name for t in fig.data] == ["precision", "recall", "F1"]
+    assert list(fig.data[0].x) == ["covid", "normal"]
+    assert fig.data[0].y[0] == 0.8 and np.isnan(fig.data[0].y[1])
+
+
+def test_depth_figure_has_a_line_per_backbone_with_ci_bars_and_the_best_starred():
+    curve = pd.DataFrame({
+        "run": list("abcde"), "backbone": ["alexnet"] * 3 + ["vgg16"] * 2, "depth": [0, 2, 5, 0, 2],
+        "value": [0.7, 0.9, 0.8, 0.6, 0.85], "low": [0.6, 0.85, 0.7, 0.5, 0.8], "high": [0.8, 0.95, 0.9, 0.7, 0.9],
+        "best": [False, True, False, False, False],
+    })
+    fig = pc.depth_figure(curve, "ACC")
+    lines = {t.name: t for t in fig.data}
+    assert set(lines) == {"alexnet", "vgg16", "best"}
+    np.testing.assert_allclose(lines["alexnet"].error_y.array, [0.1, 0.05, 0.1])
+    np.testing.assert_allclose(lines["alexnet"].error_y.arrayminus, [0.1, 0.05, 0.1])
+    assert list(lines["vgg16"].x) == [0, 2]
+    assert (list(lines["best"].x), list(lines["best"].y)) == ([2], [0.9])
+    assert "alexnet depth 2" in fig.layout.annotations[0].text

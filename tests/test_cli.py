@@ -1,0 +1,73 @@
+"""The command line: sweep, cache hits, listing, and a run killed mid-training that resumes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(home: Path, *args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LUNGLENS_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def _sweep_args(data: Path, *extra: str) -> list[str]:
+    return ["sweep", "--data", str(data), "--backbone", "alexnet", "--init", "scratch", "--image-size", "64",
+            "--head-width", "16", "--batch-size", "8", *extra]
+
+
+def test_sweep_trains_then_reports_cached(tiny_folder, tmp_path):
+    first = _cli(tmp_path, *_sweep_args(tiny_folder, "--depths", "0,5", "--epochs", "1", "--json"))
+    assert first.returncode == 0, first.stderr
+    rows = json.loads(first.stdout)
+    assert [r["depth"] for r in rows] == [0, 5] and not any(r["cached"] for r in rows)
+    assert {"run", "backbone", "init", "best_epoch", "acc", "sensitivity", "specificity", "ppv", "npv", "auc",
+            "wall_seconds"} <= set(rows[0])
+    again = _cli(tmp_path, *_sweep_args(tiny_folder, "--depths", "0,5", "--epochs", "1"))
+    assert again.returncode == 0 and again.stdout.count("True") == 2  # the table's cached column
+    listed = json.loads(_cli(tmp_path, "runs", "--json").stdout)
+    assert sorted(r["run"] for r in listed) == sorted(r["run"] for r in rows)
+
+
+def test_bad_input_is_a_one_line_error_not_a_traceback(tmp_path):
+    out = _cli(tmp_path, *_sweep_args(tmp_path / "missing", "--depths", "1"))
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+
+
+def test_imagenet_offline_without_cache_says_how_to_provide_the_file(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    out = _cli(tmp_path, "sweep", "--data", str(tiny_folder), "--init", "imagenet", "--depths", "1", "--epochs", "1",
+               "--image-size", "64")
+    assert out.returncode == 2 and "alexnet-owt-7be5be79.pth" in out.stderr and "--init" in out.stderr
+
+
+def test_a_killed_run_resumes_from_its_last_finished_epoch(tiny_folder, tmp_path):
+    args = _sweep_args(tiny_folder, "--depths", "5", "--epochs", "8", "--patience", "0", "--json")
+    env = {**os.environ, "LUNGLENS_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    checkpoint = None
+    while time.time() < deadline and checkpoint is None:
+        found = list((tmp_path / "runs").glob("*/checkpoint.pt"))
+        checkpoint = found[0] if found else None
+        time.sleep(0.05)
+    assert checkpoint is not None, "no checkpoint was written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(checkpoint, weights_only=True)
+    done = len(saved["history"])
+    assert 1 <= done < 8 and not (checkpoint.parent / "result.json").exists()
+    finished = _cli(tmp_path, *args)
+    assert finished.returncode == 0, finished.stderr
+    history = json.loads((checkpoint.parent / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, 9))
+    seconds = saved["history"][:, saved["history_keys"].index("seconds")].tolist()
+    assert [h["seconds"] for h in history[:done]] == seconds  # epochs before the kill were not trained again

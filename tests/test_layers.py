@@ -1,0 +1,250 @@
+"""First-layer filters, guided backpropagation (against Captum called directly), activation maps and the cached
+per-run wrappers."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from captum.attr import NeuronGuidedBackprop
+from torch import nn
+
+from engine.data.transforms import to_model_input
+from engine.errors import ConfigError
+from engine.layers import (
+    activation_maps,
+    block_output_layers,
+    filter_difference,
+    filter_grid,
+    guided_backprop_across_layers,
+    guided_backprop_neurons,
+    layer_choices,
+    run_activation_maps,
+    run_filter_grid,
+    run_guided_backprop,
+    run_guided_backprop_across_layers,
+)
+from engine.models.backbones import StagedNet, stage
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum")
+
+ALEXNET_CONVS = ["blocks.0.0", "blocks.1.3", "blocks.2.6", "blocks.3.8", "blocks.4.10"]
+
+
+def _alexnet(seed: int = 0) -> StagedNet:
+    torch.manual_seed(seed)
+    return stage(torchvision.models.get_model("alexnet", weights=None), "alexnet", 3, head_width=16).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> StagedNet:
+    return _alexnet()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    return to_model_input(rng.integers(0, 256, size=(8, 64, 64), dtype=np.uint8))
+
+
+def _scale(a: np.ndarray) -> np.ndarray:
+    return (a - a.min()) / (a.max() - a.min())
+
+
+def _captum(model: nn.Module, conv: nn.Module, x: torch.Tensor, channel: int) -> np.ndarray:
+    """Captum's NeuronGuidedBackprop of ``channel`` at its most activated position, as (H, W, 3)."""
+    with torch.no_grad():
+        out = {}
+        handle = conv.register_forward_hook(lambda m, i, o: out.setdefault("o", o))
+        model(x)
+        handle.remove()
+    fmap = out["o"][0, channel]
+    i, j = np.unravel_index(int(fmap.argmax()), tuple(fmap.shape))
+    attr = NeuronGuidedBackprop(model, conv).attribute(x.clone().requires_grad_(True), (channel, int(i), int(j)))
+    return attr[0].permute(1, 2, 0).detach().numpy()
+
+
+# ---- filters ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("arch", "k", "first_conv"), [
+    ("alexnet", 11, lambda tv: tv.features[0]),
+    ("vgg16", 3, lambda tv: tv.features[0]),
+    ("resnet18", 7, lambda tv: tv.conv1),
+    ("densenet121", 7, lambda tv: tv.features.conv0),
+])
+def test_filter_grid_per_backbone(arch: str, k: int, first_conv) -> None:
+    torch.manual_seed(0)
+    tv = torchvision.models.get_model(arch, weights=None)
+    weights = first_conv(tv).weight.detach().numpy().copy()
+    grid = filter_grid(stage(tv, arch, 3))
+    assert grid.shape == (64, k, k, 3)
+    for f in (0, 17, 63):
+        np.testing.assert_allclose(grid[f], _scale(weights[f].transpose(1, 2, 0)), rtol=1e-5, atol=1e-6)
+
+
+def test_filter_difference_is_symmetric_around_mid_grey(model: StagedNet) -> None:
+    after = copy.deepcopy(model)
+    with torch.no_grad():
+        after.blocks[0][0].weight[5] += 0.2
+        after.blocks[0][0].weight[9, 0, 0, 0] -= 0.4
+    diff = filter_difference(model, after)
+    assert diff.shape == (64, 11, 11, 3)
+    np.testing.assert_allclose(diff[5], 0.75, atol=1e-6)  # +0.2 of a largest change of 0.4
+    assert diff[9, 0, 0, 0] == pytest.approx(0.0, abs=1e-6)
+    untouched = np.delete(diff, [5, 9], axis=0)
+    np.testing.assert_allclose(untouched, 0.5)
+    np.testing.assert_array_equal(filter_difference(model, model), 0.5)  # a frozen first layer: all grey
+
+
+# ---- layer names -----------------------------------------------------------------------------------------------
+
+def test_layer_choices_and_block_outputs(model: StagedNet) -> None:
+    assert layer_choices(model) == [(n, f"block {b + 1} · conv 1 ({n})") for b, n in enumerate(ALEXNET_CONVS)]
+    assert block_output_layers(model) == ALEXNET_CONVS
+    torch.manual_seed(0)
+    resnet = stage(torchvision.models.get_model("resnet18", weights=None), "resnet18", 3)
+    labels = dict(layer_choices(resnet))
+    assert labels["blocks.2.0.conv1"] == "block 3 · conv 1 (blocks.2.0.conv1)"
+    assert labels["blocks.2.0.downsample.0"] == "block 3 · conv 3 (blocks.2.0.downsample.0)"
+    assert block_output_layers(resnet)[-1] == "blocks.4.1.conv2"
+
+
+# ---- guided backpropagation ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer_name", ["blocks.0.0", "blocks.2.6"])
+def test_guided_backprop_equals_captum_on_the_top_channels(model: StagedNet, images: torch.Tensor,
+                                                           layer_name: str) -> None:
+    assert not any(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))  # Captum's hooks need this
+    x = images[:1]
+    maps, channels = guided_backprop_neurons(model, x, layer_name, n=8)
+    block = int(layer_name.split(".")[1])
+    with torch.no_grad():
+        conv_out = model.blocks[block][0](model.forward_blocks(x, 0, block))[0]
+    assert channels == conv_out.mean(dim=(1, 2)).argsort(descending=True)[:8].tolist()
+    assert maps.shape == (8, 64, 64, 3)
+    conv = model.blocks[block][0]
+    for k in (0, 7):
+        reference = _captum(model, conv, x, channels[k])
+        np.testing.assert_allclose(maps[k], _scale(reference), atol=1e-5)
+    gray, _ = guided_backprop_neurons(model, x, layer_name, n=8, grayscale=True)
+    reference_gray = _scale(_captum(model, conv, x, channels[3]).mean(axis=-1))
+    np.testing.assert_allclose(gray[3], np.repeat(reference_gray[..., None], 3, axis=-1), atol=1e-5)
+
+
+def test_guided_backprop_random_channels_are_seeded(model: StagedNet, images: torch.Tensor) -> None:
+    _, a = guided_backprop_neurons(model, images[:1], "blocks.1.3", n=8, mode="random", seed=1)
+    _, b = guided_backprop_neurons(model, images[:1], "blocks.1.3", n=8, mode="random", seed=1)
+    _, c = guided_backprop_neurons(model, images[:1], "blocks.1.3", n=8, mode="random", seed=2)
+    assert a == b and len(set(a)) == 8 and all(0 <= ch < 192 for ch in a) and a != c
+
+
+def test_guided_backprop_rejects_bad_layer_and_training_mode(images: torch.Tensor) -> None:
+    model = _alexnet()
+    with pytest.raises(ConfigError, match="layer_choices"):
+        guided_backprop_neurons(model, images[:1], "classifier.1")
+    model.train()
+    with pytest.raises(ConfigError, match="eval mode"):
+        guided_backprop_neurons(model, images[:1], "blocks.0.0")
+
+
+def test_guided_backprop_across_layers(model: StagedNet, images: torch.Tensor) -> None:
+    maps, channels = guided_backprop_across_layers(model, images)
+    assert maps.shape == (5, 8, 64, 64, 3) and len(channels) == 5
+    with torch.no_grad():
+        conv5 = model.blocks[4][0](model.forward_blocks(images, 0, 4))
+    assert channels[4] == int(conv5.mean(dim=(0, 2, 3)).argmax())
+    for b in (0, 6):
+        reference = _captum(model, model.blocks[4][0], images[b : b + 1], channels[4])
+        np.testing.assert_allclose(maps[4, b], _scale(reference), atol=1e-5)
+
+
+# ---- activation maps -------------------------------------------------------------------------------------------
+
+def test_activation_maps_equal_the_conv_output(model: StagedNet, images: torch.Tensor) -> None:
+    x = images[:1]
+    maps, channels = activation_maps(model, x, "blocks.1.3")
+    with torch.no_grad():
+        conv2 = model.blocks[1][0](model.blocks[0](x))[0].numpy()
+    assert maps.shape == conv2.shape == (192, 7, 7)
+    assert channels == np.argsort(-conv2.mean(axis=(1, 2)), kind="stable").tolist()
+    for k in (0, 100, 191):
+        np.testing.assert_allclose(maps[k], _scale(conv2[channels[k]]), atol=1e-6)
+
+
+# ---- cached wrappers on a stand-in run -------------------------------------------------------------------------
+
+@dataclass
+class FakeRun:
+    """The attributes of engine.runs.Run that the layer views use (see notes/API.md)."""
+
+    dir: Path
+    all_images: np.ndarray
+    before: StagedNet
+    after: StagedNet
+    calls: list[str] = field(default_factory=list)
+
+    def images(self, split: str | None = None) -> np.ndarray:
+        return self.all_images
+
+    def load_model(self) -> StagedNet:
+        self.calls.append("after")
+        return self.after
+
+    def initial_model(self) -> StagedNet:
+        self.calls.append("before")
+        return self.before
+
+    def artifact(self, name: str) -> Path:
+        return self.dir / "artifacts" / name
+
+
+@pytest.fixture
+def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRun:
+    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
+    rng = np.random.default_rng(1)
+    return FakeRun(tmp_path / "run", rng.integers(0, 256, size=(10, 64, 64), dtype=np.uint8), _alexnet(0), _alexnet(1))
+
+
+def test_run_guided_backprop_is_computed_once(fake_run: FakeRun) -> None:
+    maps, channels = run_guided_backprop(fake_run, 3, "blocks.2.6", n=4)
+    expected, expected_channels = guided_backprop_neurons(fake_run.after, to_model_input(fake_run.all_images[3:4]),
+                                                         "blocks.2.6", n=4)
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
+    assert channels == expected_channels
+    again, _ = run_guided_backprop(fake_run, 3, "blocks.2.6", n=4)
+    gray, _ = run_guided_backprop(fake_run, 3, "blocks.2.6", n=4, grayscale=True)  # from the same cached gradients
+    np.testing.assert_array_equal(again, maps)
+    assert gray.shape == maps.shape and np.allclose(gray[..., 0], gray[..., 2])
+    assert fake_run.calls == ["after"]
+    assert fake_run.artifact("gbp-img3-blocks.2.6-n4-top-seed0.npz").exists()
+
+
+def test_run_guided_backprop_across_layers_and_activation_maps(fake_run: FakeRun) -> None:
+    maps, channels = run_guided_backprop_across_layers(fake_run, [0, 2, 4])
+    inputs = to_model_input(fake_run.all_images[[0, 2, 4]])
+    expected, expected_channels = guided_backprop_across_layers(fake_run.after, inputs)
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
+    assert channels == expected_channels
+    run_guided_backprop_across_layers(fake_run, [0, 2, 4])
+    act, order = run_activation_maps(fake_run, 5, "blocks.0.0")
+    ref, ref_order = activation_maps(fake_run.after, to_model_input(fake_run.all_images[5:6]), "blocks.0.0")
+    np.testing.assert_array_equal(act, ref)
+    assert order == ref_order
+    run_activation_maps(fake_run, 5, "blocks.0.0")
+    assert fake_run.calls == ["after", "after"]
+
+
+def test_run_filter_grid_views(fake_run: FakeRun) -> None:
+    np.testing.assert_array_equal(run_filter_grid(fake_run, "before"), filter_grid(fake_run.before))
+    np.testing.assert_array_equal(run_filter_grid(fake_run, "after"), filter_grid(fake_run.after))
+    difference = filter_difference(fake_run.before, fake_run.after)
+    np.testing.assert_array_equal(run_filter_grid(fake_run, "difference"), difference)
+    for which in ("before", "after", "difference"):
+        run_filter_grid(fake_run, which)
+    assert fake_run.calls == ["before", "after", "before", "after"]
+    with pytest.raises(ConfigError, match="during"):
+        run_filter_grid(fake_run, "during")
