@@ -61,7 +61,8 @@ def confusion_figure(matrix: Sequence[Sequence[float]], classes: Sequence[str], 
     """Heatmap of a confusion matrix, true class in rows (top to bottom in class order), predicted in columns."""
     fig = px.imshow(np.asarray(matrix, dtype=float), x=list(classes), y=list(classes), color_continuous_scale="Blues",
                     text_auto=".2f" if normalised else ".0f", zmin=0, zmax=1 if normalised else None,
-                    labels=dict(x="Predicted class", y="True class", color="Share of true class" if normalised else "Images"))
+                    labels=dict(x="Predicted class", y="True class",
+                                color="Share of true class" if normalised else "Images"))
     fig.update_layout(height=380, margin=dict(t=30, b=40, l=60, r=20))
     fig.update_xaxes(side="bottom")
     return fig
@@ -83,7 +84,7 @@ def _curves(curves: Mapping[str, Mapping[str, Any]], x: str, y: str, score: str,
 
 
 def roc_figure(roc: Mapping[str, Mapping[str, Any]], positive: str) -> go.Figure:
-    """One-vs-rest ROC curve per class with its AUC in the legend (the positive class drawn thicker), chance diagonal."""
+    """One-vs-rest ROC curve per class, its AUC in the legend (the positive class thicker), and the chance line."""
     fig = _curves(roc, "fpr", "tpr", "auc", "AUC", positive)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="#94a3b8", dash="dash")))
     fig.update_xaxes(title_text="False positive rate (1 − specificity)")
@@ -103,8 +104,8 @@ def per_class_figure(per_class: Sequence[Mapping[str, Any]]) -> go.Figure:
     """Grouped bars of precision, recall and F1 per class (Cheng et al. tables 2-3)."""
     df = pd.DataFrame(per_class)
     fig = go.Figure([
-        go.Bar(x=df["class"], y=df[m].astype(float), name=m, text=df[m].astype(float).round(3), textposition="outside",
-               marker_color=color)
+        go.Bar(x=df["class"], y=df[m].astype(float), name=m, textposition="outside", marker_color=color,
+               text=[format_ci(v, None, None) for v in df[m].astype(float)])
         for m, color in (("precision", "#0f766e"), ("recall", "#2563eb"), ("F1", "#c2410c"))
     ])
     fig.update_layout(barmode="group", height=360, margin=dict(t=30, b=40, l=60, r=20),
@@ -130,9 +131,11 @@ def depth_figure(curve: pd.DataFrame, metric: str) -> go.Figure:
     if len(best):
         b = best.iloc[0]
         fig.add_trace(go.Scatter(x=[b["depth"]], y=[b["value"]], mode="markers", name="best",
-                                 marker=dict(symbol="star", size=20, color="#facc15", line=dict(width=1, color="#854d0e")),
+                                 marker=dict(symbol="star", size=20, color="#facc15",
+                                             line=dict(width=1, color="#854d0e")),
                                  hoverinfo="skip"))
-        fig.add_annotation(x=b["depth"], y=b["value"], text=f"best: {b['backbone']} depth {b['depth']} ({b['value']:.3f})",
+        fig.add_annotation(x=b["depth"], y=b["value"],
+                           text=f"best: {b['backbone']} depth {b['depth']} ({b['value']:.3f})",
                            showarrow=True, arrowhead=0, ay=-36, bgcolor="rgba(255,255,255,0.8)")
     fig.update_layout(height=400, margin=dict(t=30, b=40, l=60, r=20))
     fig.update_xaxes(title_text="Fine-tuned convolutional blocks (depth)", dtick=1)

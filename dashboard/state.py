@@ -1,6 +1,8 @@
 """The user's choice of data and experiment, kept in session state so every page shows the same runs."""
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,10 +36,27 @@ class Selection:
         return "built-in phantoms" if self.config.data == "builtin" else Path(self.config.data).name
 
 
+def initial_selection() -> Selection:
+    """The demo preset, or the experiment in the JSON file named by ``$LUNGLENS_SELECTION``.
+
+    The file holds ``{"config": {...RunConfig fields...}, "depths": [0, 5]}``, so the dashboard can open on any
+    experiment (a shared demo, the browser test).
+    """
+    path = os.environ.get("LUNGLENS_SELECTION")
+    if not path:
+        return Selection()
+    try:
+        spec = json.loads(Path(path).read_text())
+        return Selection(engine.RunConfig.from_dict(spec["config"]), tuple(spec.get("depths") or (spec["config"].get("depth", 5),)))
+    except (OSError, ValueError, KeyError, TypeError, engine.LungLensError) as exc:
+        st.warning(f"Ignoring LUNGLENS_SELECTION={path}: {exc}. Showing the demo experiment instead.")
+        return Selection()
+
+
 def selection() -> Selection:
-    """The current selection (the demo preset until the user changes it on Home)."""
+    """The current selection (the demo preset, or $LUNGLENS_SELECTION, until the user changes it on Home)."""
     if KEY not in st.session_state:
-        st.session_state[KEY] = Selection()
+        st.session_state[KEY] = initial_selection()
     return st.session_state[KEY]
 
 

@@ -36,18 +36,21 @@ def _has(history: pd.DataFrame, column: str) -> bool:
     return column in history and history[column].notna().any()
 
 
-def _mark_epochs(fig: go.Figure, history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> None:
-    """Vertical lines in every panel at the best epoch, the early stop and each learning-rate drop, labelled once."""
+def _mark_epochs(fig: go.Figure, history: pd.DataFrame, best_epoch: int, stopped_early: bool, labels: bool) -> None:
+    """Vertical lines in every panel at the best epoch, the early stop and each learning-rate drop; ``labels``
+    writes what each line is in the (first) panel, which a narrow panel has no room for."""
+    first, last = int(history["epoch"].min()), int(history["epoch"].max())
     marks = [(best_epoch, f"best epoch {best_epoch}", BEST_COLOR, "solid")]
     if stopped_early:
-        last = int(history["epoch"].max())
         marks.append((last, f"early stop after {last}", STOP_COLOR, "dash"))
     marks += [(e, f"lr → {lr:.0e}", LR_COLOR, "dot") for e, lr in lr_drops(history)]
     for i, (epoch, text, color, dash) in enumerate(marks):
         fig.add_vline(x=epoch, line=dict(color=color, dash=dash, width=1.5), row="all", col="all")
-        # One label per mark, in the first panel, staggered so that marks on neighbouring epochs stay legible.
-        fig.add_annotation(x=epoch, y=1 - 0.09 * (i % 3), xref="x", yref="y domain", text=text, showarrow=False,
-                           xanchor="left", font=dict(size=11, color=color), bgcolor="rgba(255,255,255,0.7)")
+        if labels:  # staggered, so that marks on neighbouring epochs stay legible; the last epoch's label points left
+            fig.add_annotation(x=epoch, y=1 - 0.08 * (i % 3), xref="x", yref="y domain", text=text, showarrow=False,
+                               xanchor="right" if epoch == last else "left", font=dict(size=11, color=color),
+                               bgcolor="rgba(255,255,255,0.7)")
+    fig.update_xaxes(range=[first - 0.3, last + 0.3])
 
 
 def loss_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> go.Figure:
@@ -58,7 +61,7 @@ def loss_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> 
             fig.add_trace(go.Scatter(x=history["epoch"], y=history[f"{split}_loss"], mode="lines+markers",
                                      name=SPLIT_NAMES[split],
                                      line=dict(color=SPLIT_COLOR[split], dash=SPLIT_DASH[split])))
-    _mark_epochs(fig, history, best_epoch, stopped_early)
+    _mark_epochs(fig, history, best_epoch, stopped_early, labels=True)
     fig.update_layout(height=360, margin=dict(t=30, b=40, l=60, r=20), hovermode="x unified",
                       legend=dict(orientation="h", y=1.12, x=0))
     fig.update_xaxes(title_text="Epoch", dtick=1 if len(history) <= 20 else None)
@@ -68,18 +71,22 @@ def loss_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> 
 
 def criteria_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool,
                     splits: Sequence[str] = ("train", "test"), prefix: str = "") -> go.Figure:
-    """One panel per criterion, a line per split (Wan fig. 5); ``prefix="macro_"`` plots the macro averages."""
+    """One panel per criterion, a line per split (Wan fig. 5); ``prefix="macro_"``: macro averages (ACC as is)."""
     fig = make_subplots(rows=1, cols=len(CRITERIA), shared_yaxes=True, horizontal_spacing=0.02,
                         subplot_titles=list(CRITERIA.values()))
     for col, key in enumerate(CRITERIA, start=1):
-        for split in splits:
-            column = f"{split}_{prefix}{key}"
-            if _has(history, column):
-                fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines+markers",
-                                         name=SPLIT_NAMES[split], legendgroup=split, showlegend=col == 1,
-                                         line=dict(color=SPLIT_COLOR[split], dash=SPLIT_DASH[split]),
-                                         marker=dict(size=5)), row=1, col=col)
-    _mark_epochs(fig, history, best_epoch, stopped_early)
+        # ACC is one number over all classes: it has no macro variant.
+        columns = {s: f"{s}_{key}" if key == "acc" else f"{s}_{prefix}{key}" for s in splits}
+        drawn = {s: c for s, c in columns.items() if _has(history, c)}
+        for split, column in drawn.items():
+            fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines+markers",
+                                     name=SPLIT_NAMES[split], legendgroup=split, showlegend=col == 1,
+                                     line=dict(color=SPLIT_COLOR[split], dash=SPLIT_DASH[split]),
+                                     marker=dict(size=5)), row=1, col=col)
+        if not drawn:
+            fig.add_annotation(text="undefined at<br>every epoch", showarrow=False, font=dict(color=LR_COLOR),
+                               xref=f"x{col} domain", yref="y domain", x=0.5, y=0.5)
+    _mark_epochs(fig, history, best_epoch, stopped_early, labels=False)
     fig.update_layout(height=340, margin=dict(t=60, b=40, l=50, r=20), legend=dict(orientation="h", y=1.25, x=0))
     fig.update_xaxes(title_text="Epoch", dtick=1 if len(history) <= 10 else None)
     fig.update_yaxes(range=[-0.02, 1.02])
@@ -88,7 +95,7 @@ def criteria_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool,
 
 def compare_figure(histories: Mapping[str, pd.DataFrame], quantity: str, splits: Sequence[str],
                    best_epochs: Mapping[str, int]) -> go.Figure:
-    """``quantity`` per epoch for several runs in one chart: a colour per run, a dash per split, a star at the best epoch."""
+    """``quantity`` per epoch of several runs in one chart: a colour per run, a dash per split, stars at best epochs."""
     if quantity not in QUANTITIES:
         raise ValueError(f"Unknown quantity {quantity!r}; choose one of {', '.join(QUANTITIES)}.")
     fig = go.Figure()
@@ -100,11 +107,13 @@ def compare_figure(histories: Mapping[str, pd.DataFrame], quantity: str, splits:
             if not _has(history, column):
                 continue
             fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines", legendgroup=label,
-                                     name=f"{label} · {SPLIT_NAMES[split]}", line=dict(color=color, dash=SPLIT_DASH[split])))
+                                     name=f"{label} · {SPLIT_NAMES[split]}",
+                                     line=dict(color=color, dash=SPLIT_DASH[split])))
             best = history[history["epoch"] == best_epochs[label]]
             fig.add_trace(go.Scatter(x=best["epoch"], y=best[column], mode="markers", legendgroup=label,
                                      showlegend=False, name=f"{label} · best epoch",
-                                     marker=dict(symbol="star", size=13, color=color, line=dict(width=1, color="white")),
+                                     marker=dict(symbol="star", size=13, color=color,
+                                                 line=dict(width=1, color="white")),
                                      hovertemplate=f"{label}: best epoch %{{x}}<br>{SPLIT_NAMES[split]} "
                                                    f"{QUANTITIES[quantity]} %{{y:.3f}}<extra></extra>"))
     fig.update_layout(height=440, margin=dict(t=30, b=40, l=60, r=20), legend=dict(font=dict(size=11)))

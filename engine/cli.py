@@ -142,8 +142,9 @@ def _make_demo(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from .explain_cli import explain_to_file
 
-    explain_to_file(args.run, args.method, args.image, args.out, target=args.target)
-    print(args.out)
+    result = explain_to_file(args.run, args.method, args.image, args.out, target=args.target)
+    probs = ", ".join(f"{c} {p:.3f}" for c, p in result["probabilities"].items())
+    print(f"{args.out}: {result['method']} map for class {result['target']} (predicted {result['predicted']}; {probs})")
     return 0
 
 

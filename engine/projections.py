@@ -13,6 +13,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError, DataError
 from .store import cached_arrays
@@ -26,11 +27,13 @@ FeatureSet = Literal["deep", "lbp"]
 METHODS: tuple[str, ...] = ("pca", "kpca-linear", "kpca-rbf", "tsne")
 FEATURE_SETS: tuple[str, ...] = ("deep", "lbp")
 
-#: t-SNE runs on this many principal components (the usual recipe; the neighbour graph barely changes, the time does).
+#: t-SNE runs on this many principal components (the usual recipe: drops noise dimensions, cheap neighbour search).
 TSNE_PCA_DIMS = 50
-#: t-SNE iterations: 500 instead of scikit-learn's 1000. The layout of 2,000 points is settled by then (KL
-#: divergence within ~1% of the 1000-iteration value in bench/bench_tsne.py) at half the time.
+#: t-SNE speed settings (scikit-learn's defaults: 1000 iterations, Barnes-Hut angle 0.5), chosen with
+#: ``bench/bench_tsne.py --check-quality`` on 2,000 x 9216 features: 500 iterations and angle 0.7 take 30-60% of the
+#: default's time in 2-D and 3-D, with the same trustworthiness (10 neighbours) to within 0.005.
 TSNE_MAX_ITER = 500
+TSNE_ANGLE = 0.7
 #: Kernel PCA eigen-decomposes an N x N kernel (O(N^2) memory, O(N^3) time). Above this many images it is fitted on a
 #: seeded random subset of this size and every image is then projected with ``transform``.
 KPCA_MAX_FIT = 3000
@@ -67,13 +70,18 @@ def project(features: np.ndarray, method: Method, dims: Literal[2, 3], seed: int
         else:
             points = kpca.fit_transform(x)
     else:
-        n_pcs = min(TSNE_PCA_DIMS, *x.shape)
         if x.shape[1] > TSNE_PCA_DIMS:
-            x = PCA(n_components=n_pcs, svd_solver="randomized", random_state=seed).fit_transform(x)
+            pca = PCA(n_components=min(TSNE_PCA_DIMS, len(x)), svd_solver="randomized", random_state=seed)
+            x = pca.fit_transform(x)
         # Perplexity must stay below N; (N - 1) / 3 keeps tiny sets valid and is 30 (the default) from N = 91 on.
         tsne = TSNE(n_components=dims, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", learning_rate="auto",
-                    max_iter=TSNE_MAX_ITER, random_state=seed, n_jobs=-1)
-        points = tsne.fit_transform(x)
+                    max_iter=TSNE_MAX_ITER, angle=TSNE_ANGLE, random_state=seed, n_jobs=-1)
+        # One OpenMP thread for the Barnes-Hut gradient: the dashboard shares two cores with training runs, and
+        # threads that wait for a descheduled peer made 2-D t-SNE of 2,000 points 3-4x slower on a busy machine
+        # (60 s with two threads vs 16 s with one at load 6-8; ``bench/bench_tsne.py --check-quality`` times both);
+        # idle, the second thread could save at most half of a few seconds.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            points = tsne.fit_transform(x)
     return points.astype(np.float32)
 
 

@@ -50,7 +50,7 @@ def _comparison(run: engine.Run, n_test: int) -> None:
     except engine.LungLensError as exc:
         st.error(f"The baselines cannot be computed for this run: {exc}")
         return
-    st.dataframe(comparison_styler(table), width="stretch")
+    st.table(comparison_styler(table))  # a static table wraps its cells: seven "value [low, high]" columns fit
     positive = run.classes[run.positive]
     st.caption(
         f"All three methods on the same {n_test} test images; each cell is the value and its 95% percentile-bootstrap "
@@ -58,14 +58,14 @@ def _comparison(run: engine.Run, n_test: int) -> None:
         f"as in Wan's Table 1. Sensitivity, specificity, PPV, NPV, F1 and AUC are of the positive class ({positive}) "
         "one-vs-rest. LBP + SVM: 59-bin uniform LBP histogram (P = 8, R = 1, Wan sec. 3.2). Deep features + SVM: the "
         f"flattened output of this fine-tuned {run.config.backbone}'s last conv stage (9216-d for AlexNet, as in Wan). "
-        "Both SVMs use an RBF kernel on standardised features, C chosen by cross-validation (balanced accuracy) on the "
-        "training split only, Platt-calibrated probabilities."
+        "Both SVMs use an RBF kernel on standardised features, C (column SVM C) chosen by cross-validation (balanced "
+        "accuracy) on the training split only, and Platt-calibrated probabilities."
     )
     for note in sorted({n for n in table["cv_note"] if n}):
         st.caption(f"Cross-validation: {note}.")
 
 
-def _detail(run: engine.Run, ev: dict) -> None:
+def _detail(ev: dict) -> None:
     st.subheader("The fine-tuned CNN on the test split")
     classes, positive = ev["classes"], ev["classes"][ev["positive"]]
     left, right = st.columns(2)
@@ -73,7 +73,8 @@ def _detail(run: engine.Run, ev: dict) -> None:
         normalised = st.toggle("Normalise rows (share of each true class)", key="performance_normalise")
         matrix = ev["confusion"]["normalised" if normalised else "counts"]
         st.plotly_chart(confusion_figure(matrix, classes, normalised), width="stretch", key="performance_confusion")
-        st.caption("Confusion matrix (Cheng et al., Lee et al. fig. 6): rows are the true class, columns the prediction.")
+        st.caption("Confusion matrix (Cheng et al., Lee et al. fig. 6): rows are the true class, columns the "
+                   "prediction.")
     with right:
         st.plotly_chart(roc_figure(ev["roc"], positive), width="stretch", key="performance_roc")
         st.caption(f"ROC curves, one-vs-rest per class (Lee et al. fig. 7); {positive}, the positive class, is drawn "
@@ -86,9 +87,11 @@ def _detail(run: engine.Run, ev: dict) -> None:
     with right:
         st.plotly_chart(per_class_figure(ev["per_class"]), width="stretch", key="performance_per_class")
         st.dataframe(pd.DataFrame(ev["per_class"]), hide_index=True, width="stretch",
-                     column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("precision", "recall", "F1")})
+                     column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                    for k in ("precision", "recall", "F1")})
         st.caption("Per-class precision, recall and F1, each class taken one-vs-rest (Cheng et al., tables 2-3); "
-                   "support = test images of the class. Empty cells are undefined (e.g. the class is never predicted).")
+                   "support = test images of the class. None marks an undefined value (e.g. the class is never "
+                   "predicted).")
 
 
 def _depth(run: engine.Run, runs: dict[int, engine.Run]) -> None:
@@ -123,5 +126,5 @@ except engine.LungLensError as exc:
 st.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, init {run.config.init}; n_test = "
            f"{evaluation['n_test']} test images.")
 _comparison(run, evaluation["n_test"])
-_detail(run, evaluation)
+_detail(evaluation)
 _depth(run, runs)

@@ -1,4 +1,4 @@
-"""Training dynamics (Wan et al. fig. 4-5): loss and the five criteria per epoch, and how fine-tuning depth changes them."""
+"""Training dynamics (Wan et al. fig. 4-5): loss and the five criteria per epoch, across fine-tuning depths."""
 from __future__ import annotations
 
 import math
@@ -49,12 +49,13 @@ def _cards(run: engine.Run) -> None:
     cols = st.columns(6)
     cols[0].metric("Best epoch", f"{result['best_epoch']} of {result['epochs_run']}",
                    help="Epoch with the lowest validation loss; its weights are the model kept.")
-    cols[1].metric("Test ACC (best epoch)", _number(test.get("acc")))
-    cols[2].metric("Test AUC (best epoch)", _number(test.get("auc")),
-                   help=f"ROC AUC of the positive class ({run.classes[run.positive]}) one-vs-rest.")
+    cols[1].metric("Test ACC", _number(test.get("acc")), help="Of the model kept (the best epoch's weights).")
+    cols[2].metric("Test AUC", _number(test.get("auc")),
+                   help=f"Of the model kept; ROC AUC of the positive class ({run.classes[run.positive]}) one-vs-rest.")
     cols[3].metric("Training time", _duration(result["seconds"]))
     cols[4].metric("Initialisation", cfg.init,
-                   help="builtin: pretrained on the phantom source corpus; imagenet: torchvision weights; scratch: random.")
+                   help="builtin: pretrained on the phantom source corpus; imagenet: torchvision weights; "
+                        "scratch: random.")
     cols[5].metric("Positive class", run.classes[run.positive],
                    help="Sensitivity, specificity, PPV and NPV are of this class taken one-vs-rest.")
     stop = (f"stopped early after epoch {result['epochs_run']} (patience {cfg.patience})" if result["stopped_early"]
@@ -67,7 +68,7 @@ def _single(run: engine.Run) -> None:
     history, best, stopped = run.history, run.result["best_epoch"], run.result["stopped_early"]
     st.subheader("Loss per epoch")
     st.plotly_chart(loss_figure(history, best, stopped), width="stretch", key="training_loss")
-    st.caption(f"{DROPOUT_CAPTION} {MARKS_CAPTION}")
+    st.caption(f"Train solid, validation dotted, test dashed. {DROPOUT_CAPTION} {MARKS_CAPTION}")
 
     st.subheader("The five criteria per epoch")
     prefix = ""
@@ -86,10 +87,11 @@ def _compare(run: engine.Run, runs: dict[int, engine.Run]) -> None:
     related = related_runs(run, [*runs.values(), *_all_runs()])
     backbone = run.config.backbone
     others = sorted({b for b, _ in related} - {backbone})
-    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+    c1, c2, c3, c4 = st.columns([3, 3, 2, 3])
     backbones = [backbone, *c2.multiselect(
-        "Other backbones (same data, init, epochs, image size and split)", others, key="training_compare_backbones",
-        disabled=not others, placeholder="none cached" if not others else "add a backbone",
+        "Other backbones", others, key="training_compare_backbones", disabled=not others,
+        placeholder="none cached" if not others else "add a backbone",
+        help="Cached runs of other backbones on the same data, init, epochs, image size and split.",
     )]
     depths = sorted({d for b, d in related if b in backbones})
     chosen_depths = c1.multiselect("Fine-tuning depths", depths, default=[d for d in sorted(runs) if d in depths],
@@ -105,8 +107,8 @@ def _compare(run: engine.Run, runs: dict[int, engine.Run]) -> None:
                          {k: r.result["best_epoch"] for k, r in chosen.items()})
     st.plotly_chart(fig, width="stretch", key="training_compare_chart")
     st.caption("A colour per run; train solid, validation dotted, test dashed; a star marks each run's best epoch "
-               "(lowest validation loss). A widening gap between train and test is over-fitting; deeper fine-tuning "
-               f"(more trainable blocks) usually fits the training split faster. {DROPOUT_CAPTION}")
+               "(lowest validation loss). A widening gap between train and test is over-fitting; more trainable blocks "
+               f"can fit the training split faster and over-fit sooner. {DROPOUT_CAPTION}")
 
 
 st.title("Training")

@@ -16,8 +16,8 @@ from engine.evaluation import METRICS
 
 def _history(n: int = 5, lr: tuple[float, ...] = (1e-3, 1e-3, 1e-4, 1e-4, 1e-5)) -> pd.DataFrame:
     epochs = np.arange(1, n + 1)
-    df = pd.DataFrame({"epoch": epochs, "lr": lr[:n], "train_loss": 2.0 / epochs, "val_loss": [1.0, 0.6, 0.5, 0.55, 0.7][:n],
-                       "test_loss": 1.5 / epochs})
+    df = pd.DataFrame({"epoch": epochs, "lr": lr[:n], "train_loss": 2.0 / epochs,
+                       "val_loss": [1.0, 0.6, 0.5, 0.55, 0.7][:n], "test_loss": 1.5 / epochs})
     for i, key in enumerate(tc.CRITERIA):
         df[f"train_{key}"] = np.linspace(0.5, 0.9, n) - 0.01 * i
         df[f"val_{key}"] = np.linspace(0.4, 0.8, n) - 0.01 * i
@@ -46,7 +46,7 @@ def test_loss_figure_draws_each_split_and_marks_best_stop_and_lr():
     assert list(traces) == ["train", "validation", "test"]
     np.testing.assert_allclose(traces["validation"].y, h["val_loss"])
     np.testing.assert_array_equal(traces["test"].x, h["epoch"])
-    assert (traces["train"].line.dash, traces["validation"].line.dash, traces["test"].line.dash) == ("solid", "dot", "dash")
+    assert [traces[s].line.dash for s in ("train", "validation", "test")] == ["solid", "dot", "dash"]
     # best epoch 3 and an lr drop at 3, the lr drop at 5 and the early stop after the last epoch (5)
     assert _vlines(fig) == {3: 2, 5: 2}
     texts = [a.text for a in fig.layout.annotations]
@@ -73,15 +73,19 @@ def test_criteria_figure_has_a_panel_per_criterion_with_train_solid_and_test_das
     assert {t.line.dash for t in fig.data if t.name == "train"} == {"solid"}
     assert {t.line.dash for t in fig.data if t.name == "test"} == {"dash"}
     assert sum(t.showlegend for t in fig.data) == 2  # one legend entry per split
-    assert _vlines(fig) == {4: 5}  # the best epoch in each of the five panels
-    assert [a.text for a in fig.layout.annotations][5:] == ["best epoch 4"]
+    assert _vlines(fig) == {4: 5}  # the best epoch in each of the five panels, unlabelled (the caption says it)
+    assert len(fig.layout.annotations) == 5
 
 
 def test_criteria_figure_macro_prefix_reads_the_macro_columns():
     h = _history()
-    h["train_macro_acc"] = 0.1
+    h["train_macro_sensitivity"] = 0.1
     fig = tc.criteria_figure(h, 1, False, splits=("train",), prefix="macro_")
-    assert len(fig.data) == 1 and list(fig.data[0].y) == [0.1] * 5
+    assert [t.xaxis for t in fig.data] == ["x", "x2"]  # ACC as is, then the only macro column present
+    np.testing.assert_allclose(fig.data[0].y, h["train_acc"])
+    assert list(fig.data[1].y) == [0.1] * 5
+    empty = [a.xref for a in fig.layout.annotations if a.text == "undefined at<br>every epoch"]
+    assert empty == ["x3 domain", "x4 domain", "x5 domain"]
 
 
 def test_compare_figure_overlays_runs_and_stars_each_best_epoch():
@@ -91,7 +95,7 @@ def test_compare_figure_overlays_runs_and_stars_each_best_epoch():
                             {"alexnet d0": 3, "alexnet d5": 2})
     lines = [t for t in fig.data if t.mode == "lines"]
     stars = [t for t in fig.data if t.mode == "markers"]
-    assert [t.name for t in lines] == ["alexnet d0 · train", "alexnet d0 · test", "alexnet d5 · train", "alexnet d5 · test"]
+    assert [t.name for t in lines] == [f"alexnet d{d} · {s}" for d in (0, 5) for s in ("train", "test")]
     assert lines[0].line.color == lines[1].line.color != lines[2].line.color
     assert [t.line.dash for t in lines] == ["solid", "dash"] * 2
     assert [(list(s.x), list(s.y)) for s in stars] == [
@@ -176,7 +180,8 @@ def test_roc_and_pr_figures_carry_the_scores_in_the_legend():
     roc = {"covid": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": auc(fpr, tpr)},
            "normal": {"fpr": [0, 1], "tpr": [0, 1], "auc": None}}
     fig = pc.roc_figure(roc, positive="covid")
-    assert [t.name for t in fig.data] == ["covid (AUC 0.889)", "normal (AUC n/a)", "chance"]  # 8 of 9 pairs ranked right
+    # 8 of the 9 (positive, negative) pairs are ranked right: AUC 8/9
+    assert [t.name for t in fig.data] == ["covid (AUC 0.889)", "normal (AUC n/a)", "chance"]
     np.testing.assert_allclose(fig.data[0].x, fpr)
     assert fig.data[0].line.width > fig.data[1].line.width
     pr = {"covid": {"precision": [1.0, 0.5], "recall": [0.0, 1.0], "ap": 0.75}}

@@ -1,6 +1,8 @@
 """Grad-CAM against Wan et al.'s equations 7-9, Guided Grad-CAM, occlusion, and the single-image entry points."""
 from __future__ import annotations
 
+import copy
+
 import cv2
 import numpy as np
 import pytest
@@ -65,6 +67,8 @@ def test_gradcam_targets_default_to_the_prediction_and_broadcast(model, images):
         pred = model(x).argmax(1).tolist()
     np.testing.assert_allclose(gradcam(model, x), wan_gradcam(model, x, pred, conv_layers(model)[-1][1]), atol=2e-5)
     np.testing.assert_array_equal(gradcam(model, x, 2), gradcam(model, x, [2] * 6))
+    frozen = copy.deepcopy(model).requires_grad_(False)  # e.g. blocks frozen by the fine-tuning depth
+    np.testing.assert_allclose(gradcam(frozen, x), gradcam(model, x), atol=1e-6)
     with pytest.raises(ValueError, match="one per image"):
         gradcam(model, x, [0, 1])
     with pytest.raises(ConfigError, match="not a convolutional layer"):
@@ -140,3 +144,5 @@ def test_explain_image_probabilities_and_overlay_file(model, images, tmp_path):
     write_overlay(model, images[0], "occlusion", out, classes=classes, alpha=0.4)
     written = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert written.shape == (SIZE, SIZE, 3)
+    with pytest.raises(ConfigError, match=".png suffix"):
+        write_overlay(model, images[0], "gradcam", tmp_path / "overlay.xyz", classes=classes)

@@ -11,7 +11,7 @@ from .scaling import normalise_maps
 
 
 def default_window(size: int) -> tuple[int, int]:
-    """Window and stride for ``size`` px images: an eighth of the side, half-overlapping (15 x 15 positions)."""
+    """Window and stride for ``size`` px images: an eighth of the side, half-overlapping (about 15 x 15 positions)."""
     window = max(size // 8, 1)
     return window, max(window // 2, 1)
 

@@ -41,8 +41,8 @@ def write_overlay(model: StagedNet, image_uint8: np.ndarray, method: str, out_pa
     rgb = (lime_overlay(image_uint8, result["lime"], alpha) if method == "lime"
            else heatmap_overlay(image_uint8, result["heatmap"], alpha))
     out_path = Path(out_path)
-    ok, encoded = cv2.imencode(out_path.suffix or ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ConfigError(f"Cannot write an image called {out_path.name}; give the output a .png suffix.")
+    if not cv2.haveImageWriter(str(out_path)):
+        raise ConfigError(f"OpenCV cannot write an image called {out_path.name}; give the output a .png suffix.")
+    _, encoded = cv2.imencode(out_path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     atomic_write_bytes(out_path, encoded.tobytes())
     return result

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..data.imageio import read_mask
 from ..data.transforms import preprocess_mask
+from ..errors import ConfigError
 from ..store import cached_arrays, cached_json, stable_hash
 from .consistency import (SUPPORT_THRESHOLD, consistency_degree, lung_uniform_heatmap, pointing_game,
                           random_heatmap, support_area)
@@ -28,25 +29,26 @@ def split_rows(run: Run, split: str) -> pd.DataFrame:
 
 def _targets(rows: pd.DataFrame, target: RunTarget) -> np.ndarray | int:
     """Class indices to explain for ``rows``: column ``pred`` or ``y``, or one class index for all."""
-    if target == "pred":
-        return rows["pred"].to_numpy()
-    if target == "true":
-        return rows["y"].to_numpy()
-    if isinstance(target, str):
-        raise ValueError(f"target must be 'pred', 'true' or a class index, got {target!r}")
+    if target in ("pred", "true"):
+        return rows["pred" if target == "pred" else "y"].to_numpy()
     return int(target)
 
 
 def _key(method: str, split: str, target: RunTarget, params: dict[str, Any]) -> str:
-    """Artifact name part identifying one explanation setting."""
+    """Artifact name part identifying one explanation setting (and checking the method and target)."""
+    check_method(method)
+    if isinstance(target, str) and target not in ("pred", "true"):
+        raise ConfigError(f"Unknown target {target!r}: use 'pred', 'true' or a class index.")
     target_name = target if isinstance(target, str) else f"class{int(target)}"
     return f"{method}-{split}-{target_name}-{stable_hash(params, 10)}"
 
 
 def run_heatmaps(run: Run, method: str = "gradcam", split: str = "test", target: RunTarget = "pred",
                  layer: str | None = None, **params: Any) -> np.ndarray:
-    """(N, S, S) maps in [0, 1] of every image of ``split`` (``split_rows`` order), computed in batches and cached."""
-    check_method(method)
+    """(N, S, S) maps in [0, 1] of every image of ``split`` (``split_rows`` order), computed in batches and cached.
+
+    LIME costs ``n_samples`` model evaluations per image; for single images use ``run_image_explanation``.
+    """
     if layer is not None:
         params["layer"] = layer
 
@@ -60,9 +62,10 @@ def run_heatmaps(run: Run, method: str = "gradcam", split: str = "test", target:
 
 def run_image_explanation(run: Run, row: int, split: str = "test", method: str = "lime", target: RunTarget = "pred",
                           **params: Any) -> dict[str, np.ndarray]:
-    """One image's explanation (``row`` of ``split_rows``), cached: ``heatmap`` and, for LIME, ``map``,
-    ``segments`` and ``weights`` as well."""
-    check_method(method)
+    """One image's explanation (``row`` of ``split_rows``), cached.
+
+    Returns ``heatmap`` (S, S) in [0, 1] and, for LIME, its ``map``, ``segments`` and ``weights`` as well.
+    """
 
     def compute() -> dict[str, np.ndarray]:
         rows = split_rows(run, split)
@@ -83,8 +86,11 @@ def _read_mask(path: str, size: int) -> np.ndarray:
 
 
 def run_masks(run: Run, split: str = "test") -> dict[str, np.ndarray]:
-    """Lesion and lung masks of ``split`` at the run's image size, cached: ``lesion``, ``lung`` (N, S, S) bool and
-    ``has_lesion``, ``has_lung`` (N,) bool (an image without a mask file gets an all-False mask)."""
+    """Lesion and lung masks of ``split`` at the run's image size, cached.
+
+    Returns ``lesion``, ``lung`` (N, S, S) bool and ``has_lesion``, ``has_lung`` (N,) bool; an image without a mask
+    file gets an all-False mask.
+    """
 
     def compute() -> dict[str, np.ndarray]:
         rows = split_rows(run, split)
@@ -104,9 +110,12 @@ def run_masks(run: Run, split: str = "test") -> dict[str, np.ndarray]:
 
 def run_consistency(run: Run, threshold: float = SUPPORT_THRESHOLD, method: str = "gradcam",
                     target: RunTarget = "pred", **params: Any) -> pd.DataFrame:
-    """Per test image with a lesion mask: Wan's consistency degree and, scored the same way, the lung-uniform and
-    random-field baselines, the pointing game, and the areas of the lesion and of the support region."""
-    check_method(method)
+    """Wan's consistency degree per test image with a lesion mask, next to baselines scored the same way.
+
+    Columns: ``consistency``; ``lung_baseline`` (a heatmap of 1 inside the lungs, NaN without a lung mask);
+    ``random_baseline`` (a smooth random field seeded by the row); ``pointing_game``; ``lesion_area`` and
+    ``support_area`` (shares of the image), since the degree grows with the support area.
+    """
 
     def compute() -> list[dict[str, Any]]:
         rows = split_rows(run, "test")

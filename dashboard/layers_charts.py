@@ -1,0 +1,91 @@
+"""Plotly figures of the Layers page: first-layer filter mosaics and image grids (Wan et al. fig. 8-10)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from skimage.util import montage
+
+#: Grid lines between mosaic tiles: white, as in Wan's fig. 8.
+MOSAIC_FILL = 1.0
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Images in [0, 1] -> uint8 0-255 (rounded, clipped)."""
+    return np.clip(np.rint(np.asarray(images, dtype=np.float64) * 255), 0, 255).astype(np.uint8)
+
+
+def mosaic(tiles: np.ndarray, cols: int, scale: int = 1, pad: int = 1) -> np.ndarray:
+    """(n, h, w[, 3]) tiles in [0, 1] -> one image: tiles upscaled ``scale`` times by nearest neighbour (sharp pixels),
+    laid out row by row in ``cols`` columns with ``pad`` white pixels around each; unused cells are white."""
+    tiles = np.asarray(tiles, dtype=np.float32)
+    if tiles.ndim not in (3, 4) or len(tiles) == 0:
+        raise ValueError(f"Expected (n, h, w) or (n, h, w, 3) tiles, got shape {tiles.shape}")
+    big = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+    rgb = tiles.ndim == 4
+    return montage(big, fill=(MOSAIC_FILL,) * 3 if rgb else MOSAIC_FILL, grid_shape=(math.ceil(len(tiles) / cols), cols),
+                   padding_width=pad, channel_axis=-1 if rgb else None)
+
+
+def filter_figure(filters: np.ndarray, cols: int = 8, scale: int = 8) -> go.Figure:
+    """First-layer filters (n, k, k, 3) in [0, 1] as one sharp mosaic image, ``cols`` filters a row (Wan fig. 8)."""
+    fig = px.imshow(to_uint8(mosaic(filters, cols, scale, pad=2)), binary_string=True)
+    fig.update_traces(hoverinfo="skip")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=max(240, 60 * math.ceil(len(filters) / cols)), margin=dict(t=5, b=5, l=5, r=5))
+    return fig
+
+
+def image_grid_figure(tiles: np.ndarray, cols: int, titles: Sequence[str] | None = None,
+                      row_titles: Sequence[str] | None = None, column_titles: Sequence[str] | None = None,
+                      colorscale: str = "Viridis", row_height: int = 150) -> go.Figure:
+    """Tiles in [0, 1] on a grid of subplots, row by row: (n, h, w, 3) as RGB images, (n, h, w) as heatmaps sharing
+    one colour scale. ``titles`` label each tile; ``row_titles`` / ``column_titles`` label whole rows / columns."""
+    tiles = np.asarray(tiles)
+    rows = math.ceil(len(tiles) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles) if titles else None,
+                        row_titles=list(row_titles) if row_titles else None,
+                        column_titles=list(column_titles) if column_titles else None,
+                        horizontal_spacing=0.01, vertical_spacing=0.2 / rows if titles else 0.02 / rows)
+    rgb = tiles.ndim == 4
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        name = titles[i] if titles else f"tile {i}"
+        if rgb:
+            trace = px.imshow(to_uint8(tile), binary_string=True).data[0]
+            trace.update(name=name, hoverinfo="skip")
+        else:
+            trace = go.Heatmap(z=tile, coloraxis="coloraxis", name=name,
+                               hovertemplate=f"{name}<br>x %{{x}}, y %{{y}}: %{{z:.2f}}<extra></extra>")
+        fig.add_trace(trace, row=r + 1, col=c + 1)
+    fig.update_xaxes(visible=False, constrain="domain")
+    # Square pixels in every cell; heatmaps are drawn with row 0 at the top, as images are.
+    fig.update_yaxes(visible=False, constrain="domain", autorange="reversed")
+    for i in range(rows * cols):
+        suffix = "" if i == 0 else str(i + 1)
+        fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
+    fig.update_annotations(font_size=11)
+    fig.update_layout(height=row_height * rows + 40, margin=dict(t=30 if column_titles or titles else 5, b=5, l=5,
+                                                                  r=30 if row_titles else 5))
+    if not rgb:
+        fig.update_layout(coloraxis=dict(colorscale=colorscale, cmin=0, cmax=1,
+                                         colorbar=dict(title="scaled", thickness=10, len=0.8)))
+    return fig
+
+
+def filters_unchanged(difference: np.ndarray) -> bool:
+    """Whether a ``run_filter_grid(run, "difference")`` is uniformly mid-grey, i.e. the first layer did not change."""
+    return bool(np.all(np.asarray(difference) == 0.5))
+
+
+def sample_rows(predictions: pd.DataFrame, split: str, label: int, n: int, seed: int) -> list[int]:
+    """Up to ``n`` seeded random ``run.predictions`` rows of one split and true class, in row order."""
+    rows = np.flatnonzero((predictions["split"] == split).to_numpy() & (predictions["y"] == label).to_numpy())
+    picked = np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False)
+    return sorted(int(r) for r in picked)

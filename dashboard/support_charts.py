@@ -1,0 +1,273 @@
+"""Support Regions page helpers: heatmap figures with the support contour and mask outlines (Wan §3.5, figs. 11-12),
+consistency-degree charts, class probabilities, and the checks of an uploaded image before it is diagnosed."""
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from PIL import Image, UnidentifiedImageError
+from plotly.subplots import make_subplots
+
+from engine.data.imageio import decode_image_bytes
+from engine.data.transforms import preprocess
+from engine.errors import DataError
+from engine.explain import explain_image, lime_overlay
+from engine.models.backbones import StagedNet
+
+#: The page's names of the explanation methods, mapped to the engine's.
+METHOD_LABELS: dict[str, str] = {"Grad-CAM": "gradcam", "Guided Grad-CAM": "guided-gradcam", "LIME": "lime",
+                                 "Occlusion": "occlusion"}
+#: Which test images the image picker lists.
+OUTCOMES = ("All", "Correct", "Wrong")
+#: Upload limits: larger files or images are refused before they are decoded.
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_SIDE = 4096
+
+SUPPORT_COLOR, LESION_COLOR, LUNG_COLOR = "#ffffff", "#22c55e", "#22d3ee"
+MODEL_COLOR, LUNG_BASELINE_COLOR, RANDOM_BASELINE_COLOR = "#c2410c", "#0f766e", "#64748b"
+
+
+def filter_test_rows(rows: pd.DataFrame, classes: Sequence[str], true_classes: Sequence[str],
+                     outcome: str = "All") -> pd.DataFrame:
+    """Test rows whose true class is one of ``true_classes`` (all when empty), correct / wrong / all by ``outcome``."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+    keep = np.ones(len(rows), dtype=bool)
+    if true_classes:
+        keep &= rows["y"].isin([list(classes).index(c) for c in true_classes]).to_numpy()
+    if outcome != "All":
+        correct = (rows["y"] == rows["pred"]).to_numpy()
+        keep &= correct if outcome == "Correct" else ~correct
+    return rows[keep]
+
+
+def image_label(row: pd.Series, classes: Sequence[str]) -> str:
+    """One line naming a test image with its true and predicted class."""
+    true, pred = classes[int(row["y"])], classes[int(row["pred"])]
+    verdict = "✓" if true == pred else "✗"
+    return f"{row['file']} · true {true} · predicted {pred} {verdict} (p = {float(row[f'prob_{pred}']):.2f})"
+
+
+def probability_figure(probabilities: Mapping[str, float], true_class: str | None = None) -> go.Figure:
+    """Horizontal bars of the class probabilities, the predicted class highlighted and the true class marked."""
+    names = list(probabilities)
+    values = [float(probabilities[c]) for c in names]
+    predicted = names[int(np.argmax(values))]
+    labels = [f"{c} (true)" if c == true_class else c for c in names]
+    fig = go.Figure(go.Bar(
+        x=values, y=labels, orientation="h", text=[f"{v:.3f}" for v in values], textposition="auto",
+        marker_color=[MODEL_COLOR if c == predicted else "#94a3b8" for c in names],
+        hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+    ))
+    fig.update_layout(height=60 + 45 * len(names), margin=dict(t=30, b=40, l=10, r=10),
+                      title=dict(text=f"Class probabilities (predicted: {predicted})", font=dict(size=14)))
+    fig.update_xaxes(range=[0, 1], title_text="Softmax probability")
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def _outline(field: np.ndarray, level: float, name: str, color: str, dash: str = "solid",
+             showlegend: bool = True) -> go.Contour:
+    """A contour line of ``field`` at ``level`` (a heatmap's support boundary, a mask's outline)."""
+    return go.Contour(
+        z=np.asarray(field, dtype=np.float32), autocontour=False, contours=dict(start=level, end=level, size=1,
+                                                                                 coloring="lines"),
+        line=dict(color=color, width=2, dash=dash), showscale=False, hoverinfo="skip", name=name,
+        showlegend=showlegend, legendgroup=name,
+    )
+
+
+def _layers(image: np.ndarray, heatmap: np.ndarray | None, threshold: float, opacity: float,
+            lesion: np.ndarray | None, lung: np.ndarray | None, base_rgb: np.ndarray | None, colorbar: bool,
+            legend: bool) -> list[go.BaseTraceType]:
+    """The traces of one panel: the image (or a ready RGB overlay), the heatmap, its support contour, mask outlines."""
+    if base_rgb is not None:
+        traces: list[go.BaseTraceType] = [go.Image(z=base_rgb, hoverinfo="skip")]
+    else:
+        traces = [go.Heatmap(z=image, colorscale="gray", zmin=0, zmax=255, showscale=False, hoverinfo="skip")]
+        if heatmap is not None:
+            scale = dict(title=dict(text="heatmap", side="right"), tickvals=[0, threshold, 1], len=0.8,
+                         ticktext=["0", f"{threshold:g} (support)", "1"], thickness=12)
+            traces.append(go.Heatmap(
+                z=heatmap, zmin=0, zmax=1, colorscale="Jet", opacity=opacity, showscale=colorbar, colorbar=scale,
+                hovertemplate="x %{x}, y %{y}<br>heatmap %{z:.2f}<extra></extra>"))
+    if heatmap is not None and np.nanmax(heatmap) > threshold:
+        traces.append(_outline(heatmap, threshold, f"support (heatmap > {threshold:g})", SUPPORT_COLOR,
+                               showlegend=legend))
+    if lesion is not None and lesion.any():
+        traces.append(_outline(lesion, 0.5, "lesion mask", LESION_COLOR, showlegend=legend))
+    if lung is not None and lung.any():
+        traces.append(_outline(lung, 0.5, "lung mask", LUNG_COLOR, dash="dot", showlegend=legend))
+    return traces
+
+
+def _image_axes(fig: go.Figure, n: int = 1) -> None:
+    """Square pixels, rows downwards, no ticks, for ``n`` side-by-side panels."""
+    for i in range(1, n + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{suffix}", visible=False, row=1, col=i)
+        fig.update_xaxes(visible=False, constrain="domain", row=1, col=i)
+
+
+def support_figure(image: np.ndarray, heatmap: np.ndarray | None = None, *, threshold: float = 0.7,
+                   opacity: float = 0.5, lesion: np.ndarray | None = None, lung: np.ndarray | None = None,
+                   base_rgb: np.ndarray | None = None, title: str = "", height: int = 420,
+                   colorbar: bool = True, legend: bool = True) -> go.Figure:
+    """The image with the [0, 1] heatmap (jet, at ``opacity``), the support contour at ``threshold`` and mask outlines.
+
+    ``base_rgb`` replaces the image and heatmap layers by a ready overlay (LIME's red/blue superpixels); the support
+    contour is still drawn from ``heatmap``.
+    """
+    fig = make_subplots(rows=1, cols=1)
+    for trace in _layers(image, heatmap, threshold, opacity, lesion, lung, base_rgb, colorbar, legend):
+        fig.add_trace(trace)
+    _image_axes(fig)
+    fig.update_layout(height=height, margin=dict(t=40 if title else 10, b=10, l=10, r=10), showlegend=legend,
+                      title=dict(text=title, font=dict(size=14)), plot_bgcolor="black",
+                      legend=dict(orientation="h", y=-0.02, x=0, yanchor="top", font=dict(size=11)))
+    return fig
+
+
+def lime_figure(image: np.ndarray, lime: Mapping[str, np.ndarray], *, threshold: float = 0.7, opacity: float = 0.5,
+                lesion: np.ndarray | None = None, lung: np.ndarray | None = None, title: str = "",
+                height: int = 420, legend: bool = True) -> go.Figure:
+    """LIME's superpixels tinted red (support) or blue (against) as in Cheng et al. fig. 7, with the same outlines."""
+    rgb = lime_overlay(image, dict(lime), opacity)
+    return support_figure(image, lime["heatmap"], threshold=threshold, opacity=opacity, lesion=lesion, lung=lung,
+                          base_rgb=rgb, title=title, height=height, colorbar=False, legend=legend)
+
+
+def depth_strip_figure(image: np.ndarray, maps: Mapping[int, np.ndarray], titles: Mapping[int, str], *,
+                       threshold: float = 0.7, opacity: float = 0.5, lesion: np.ndarray | None = None,
+                       lung: np.ndarray | None = None, height: int = 360) -> go.Figure:
+    """One panel per fine-tuning depth, left to right: the same image with that depth's heatmap."""
+    depths = sorted(maps)
+    fig = make_subplots(rows=1, cols=len(depths), subplot_titles=[titles[d] for d in depths],
+                        horizontal_spacing=0.01)
+    for i, d in enumerate(depths, start=1):
+        for trace in _layers(image, maps[d], threshold, opacity, lesion, lung, None, colorbar=i == len(depths),
+                             legend=i == 1):
+            fig.add_trace(trace, row=1, col=i)
+    _image_axes(fig, len(depths))
+    fig.update_layout(height=height, margin=dict(t=50, b=10, l=10, r=10), plot_bgcolor="black",
+                      legend=dict(orientation="h", y=-0.02, x=0, yanchor="top", font=dict(size=11)))
+    return fig
+
+
+def consistency_summary(df: pd.DataFrame) -> dict[str, float]:
+    """Means over the images of ``run_consistency``'s table: the model, the two baselines, the pointing game.
+
+    ``pointing_chance`` is the pointing-game hit rate of a peak placed uniformly at random: the mean lesion area.
+    """
+    return {
+        "n": len(df),
+        "consistency": float(df["consistency"].mean()),
+        "median": float(df["consistency"].median()),
+        "lung_baseline": float(df["lung_baseline"].mean()),
+        "n_lung": int(df["lung_baseline"].notna().sum()),
+        "random_baseline": float(df["random_baseline"].mean()),
+        "pointing_game": float(df["pointing_game"].astype(float).mean()),
+        "pointing_chance": float(df["lesion_area"].mean()),
+        "support_area": float(df["support_area"].mean()),
+    }
+
+
+def consistency_histogram(df: pd.DataFrame, method_label: str = "Grad-CAM") -> go.Figure:
+    """Distributions of the per-image consistency degree of the model and of both baselines, with their means."""
+    series = [(f"{method_label} (model)", "consistency", MODEL_COLOR),
+              ("lungs, uniform", "lung_baseline", LUNG_BASELINE_COLOR),
+              ("random smooth field", "random_baseline", RANDOM_BASELINE_COLOR)]
+    fig = go.Figure()
+    for name, column, color in series:
+        values = df[column].dropna()
+        if values.empty:
+            continue
+        fig.add_trace(go.Histogram(x=values, name=name, marker_color=color, opacity=0.6,
+                                   xbins=dict(start=0, end=1.0001, size=0.05),
+                                   hovertemplate="%{x}: %{y} images<extra>" + name + "</extra>"))
+        fig.add_vline(x=float(values.mean()), line=dict(color=color, dash="dash", width=2))
+    fig.update_layout(barmode="overlay", height=360, margin=dict(t=30, b=40, l=60, r=20),
+                      legend=dict(orientation="h", y=1.12, x=0))
+    fig.update_xaxes(title_text="Consistency degree (share of the lesion covered by support)", range=[0, 1],
+                     tickformat=".0%")
+    fig.update_yaxes(title_text="Test images")
+    return fig
+
+
+def consistency_depth_table(frames: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+    """One row per fine-tuning depth: mean consistency, pointing-game hit rate and both baselines."""
+    rows = [{"depth": d, **consistency_summary(df)} for d, df in sorted(frames.items()) if len(df)]
+    return pd.DataFrame(rows, columns=["depth", "n", "consistency", "median", "lung_baseline", "n_lung",
+                                       "random_baseline", "pointing_game", "pointing_chance", "support_area"])
+
+
+def consistency_depth_figure(table: pd.DataFrame) -> go.Figure:
+    """Mean consistency degree and pointing-game hit rate per fine-tuning depth, the baselines dashed."""
+    fig = go.Figure()
+    lines = [("consistency", "mean consistency degree", MODEL_COLOR, "solid"),
+             ("pointing_game", "pointing-game hit rate", "#7c3aed", "solid"),
+             ("lung_baseline", "lungs-uniform baseline", LUNG_BASELINE_COLOR, "dash"),
+             ("random_baseline", "random-field baseline", RANDOM_BASELINE_COLOR, "dash")]
+    for column, name, color, dash in lines:
+        if table[column].notna().any():
+            fig.add_trace(go.Scatter(x=table["depth"], y=table[column], name=name, mode="lines+markers",
+                                     line=dict(color=color, dash=dash),
+                                     hovertemplate="depth %{x}: %{y:.1%}<extra>" + name + "</extra>"))
+    fig.update_layout(height=360, margin=dict(t=30, b=40, l=60, r=20), legend=dict(orientation="h", y=1.15, x=0))
+    fig.update_xaxes(title_text="Fine-tuning depth (trainable conv blocks)", dtick=1)
+    fig.update_yaxes(title_text="Share", range=[0, 1.02], tickformat=".0%")
+    return fig
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header without decoding the pixels; None when Pillow does not know the format."""
+    # Pillow reads only the header here, so an oversized image is refused before OpenCV allocates its pixels.
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Image.DecompressionBombError:
+        return (MAX_UPLOAD_SIDE + 1, MAX_UPLOAD_SIDE + 1)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def read_upload(data: bytes, name: str, size: int, clahe: bool = False) -> np.ndarray | str:
+    """The uploaded file as a model-ready uint8 (size, size) image, or a message saying why it cannot be used.
+
+    Everything happens in memory: nothing is written to disk.
+    """
+    limit = f"at most {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_UPLOAD_SIDE} px on each side"
+    if len(data) == 0:
+        return f"{name} is empty (0 bytes): upload the image file itself."
+    if len(data) > MAX_UPLOAD_BYTES:
+        return f"{name} is {len(data) / 2**20:.1f} MB: uploads must be {limit}."
+    header = _header_size(data)
+    if header and max(header) > MAX_UPLOAD_SIDE:
+        return f"{name} is {header[0]} x {header[1]} px: uploads must be {limit}. Downscale it first."
+    try:
+        pixels = decode_image_bytes(data, name)
+    except DataError as exc:
+        return f"This file cannot be used: {exc}."
+    if max(pixels.shape) > MAX_UPLOAD_SIDE:
+        return f"{name} is {pixels.shape[1]} x {pixels.shape[0]} px: uploads must be {limit}. Downscale it first."
+    return preprocess(pixels, size, clahe=clahe)
+
+
+def diagnose_upload(data: bytes, name: str, model: StagedNet, classes: Sequence[str], size: int,
+                    clahe: bool = False, lime_samples: int = 1000) -> dict[str, Any] | str:
+    """Class probabilities, Grad-CAM and LIME of an uploaded image for the model's predicted class, or a message.
+
+    Returns ``image`` (the preprocessed uint8 input), ``probabilities``, ``predicted``, ``gradcam`` (heatmap) and
+    ``lime`` (``lime_map``'s result); a string says why the upload cannot be diagnosed. Nothing is written to disk.
+    """
+    image = read_upload(data, name, size, clahe)
+    if isinstance(image, str):
+        return image
+    cam = explain_image(model, image, tuple(classes), "gradcam")
+    lime = explain_image(model, image, tuple(classes), "lime", cam["predicted"], n_samples=lime_samples)
+    return {"image": image, "probabilities": cam["probabilities"], "predicted": cam["predicted"],
+            "gradcam": cam["heatmap"], "lime": lime["lime"]}

@@ -1,0 +1,130 @@
+"""Learned features (Wan et al. sec. 3.3, fig. 6-7): LBP and deep features of every image projected to 2-D / 3-D."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import engine
+from dashboard.features_charts import METHOD_LABELS, image_labels, projection_figure, score_text, selected_row
+from dashboard.widgets import depth_slider, require_runs
+from engine.lbp import LBP_BINS, LBP_P, LBP_R
+from engine.projections import KNN_FOLDS, KNN_K, METHODS, TSNE_PCA_DIMS, run_features, run_projection
+
+FEATURE_SETS = {"lbp": "LBP features", "deep": "Deep features"}
+IMAGE_KEY = "features_image"
+LAST_PICK_KEY = "features_last_pick"
+
+
+# ``finished`` keys the caches so that a run trained again under the same id is not served stale.
+@st.cache_data(show_spinner=False, max_entries=128)
+def _projection(run_id: str, finished: float, feature_set: str, method: str, dims: int) -> tuple[pd.DataFrame, dict]:
+    df = run_projection(engine.load_run(run_id), feature_set, method, dims)
+    return df, dict(df.attrs["separability"])
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _deep_dims(run_id: str, finished: float) -> int:
+    return int(run_features(engine.load_run(run_id), "deep").shape[1])
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _images(data_fingerprint: str, size: int, clahe: bool, _run: engine.Run) -> np.ndarray:
+    # Keyed by the data and its preprocessing, which every depth of an experiment shares: loaded once for all.
+    return _run.images()
+
+
+def _sync_pick_from_charts() -> None:
+    """A point newly clicked in either chart becomes the image picker's value (before the picker is drawn)."""
+    seen = st.session_state.setdefault(LAST_PICK_KEY, {})  # each chart's selection at the previous rerun
+    for fs in FEATURE_SETS:
+        state = st.session_state.get(f"features_{fs}")
+        row = selected_row(state["selection"]["points"]) if state else None
+        if row != seen.get(fs):
+            seen[fs] = row
+            if row is not None:
+                st.session_state[IMAGE_KEY] = row
+
+
+def _image_panel(run: engine.Run) -> int | None:
+    """The picked image (clicked in a 2-D chart or chosen by name) with its classes; returns its row."""
+    preds = run.predictions
+    labels = image_labels(preds, run.classes)
+    _sync_pick_from_charts()
+    row = st.selectbox("Image", list(labels), index=None, format_func=labels.get, key=IMAGE_KEY,
+                       placeholder="Click a point (2-D) or pick a file")
+    if row is None:
+        st.caption("Click a point in a 2-D chart (or pick a file here) to see the image; it is ringed in both charts. "
+                   "Hover a point for its file and classes.")
+        return None
+    cfg = run.config
+    image = _images(run.meta["data_fingerprint"], cfg.image_size, cfg.clahe, run)[row]
+    r = preds.iloc[row]
+    true, pred = run.classes[int(r["y"])], run.classes[int(r["pred"])]
+    st.image(image, width="stretch")
+    verdict = "correct" if true == pred else "**wrong**"
+    st.markdown(f"`{r['file']}` ({r['split']} split)  \ntrue **{true}** · predicted **{pred}** ({verdict}), "
+                f"p = {float(r[f'prob_{pred}']):.2f}")
+    return row
+
+
+def _scores(col, scores: dict, reference: dict | None) -> None:
+    """Silhouette and k-NN accuracy of one feature set; ``reference`` (LBP) gives the deep features' deltas."""
+    m1, m2 = col.columns(2)
+    delta = {k: None for k in ("silhouette", "knn_accuracy")}
+    if reference is not None:
+        for k in delta:
+            if np.isfinite(scores[k]) and np.isfinite(reference[k]):
+                delta[k] = f"{scores[k] - reference[k]:+.3f} vs LBP"
+    m1.metric("Silhouette", score_text(scores["silhouette"]), delta=delta["silhouette"],
+              help="Mean silhouette of the projected points against the true classes: −1 to 1, higher means "
+                   "tighter, better separated classes.")
+    m2.metric("k-NN accuracy", score_text(scores["knn_accuracy"]), delta=delta["knn_accuracy"],
+              help=f"{KNN_K}-nearest-neighbour accuracy in the projected space, stratified {KNN_FOLDS}-fold "
+                   f"cross-validation; chance (majority class) = {score_text(scores['chance'])}.")
+
+
+st.title("Features")
+sel, runs = require_runs("Features")
+depth = depth_slider(runs, key="features_depth")
+run = runs[depth]
+finished = run.result["finished"]
+
+c1, c2, c3 = st.columns([2, 1, 2])
+method = c1.selectbox("Projection", METHODS, format_func=METHOD_LABELS.get, key="features_method")
+dims = c2.radio("Dimensions", (2, 3), format_func=lambda d: f"{d}-D", horizontal=True, key="features_dims")
+by_correct = c3.toggle("Colour by correct / wrong prediction", key="features_correct",
+                       help="Off: colour by true class. On: green where the fine-tuned CNN is right, red where wrong.")
+
+try:
+    with st.spinner(f"Projecting LBP and deep features with {METHOD_LABELS[method]} (once per run and method, then "
+                    "cached; t-SNE can take a while)…"):
+        results = {fs: _projection(run.id, finished, fs, method, dims) for fs in FEATURE_SETS}
+        deep_dims = _deep_dims(run.id, finished)
+except engine.LungLensError as exc:
+    st.error(f"The features of this run cannot be projected: {exc}")
+    st.stop()
+
+left, right, side = st.columns([5, 5, 3])
+with side:
+    st.markdown("**Selected image**")
+    picked = _image_panel(run)
+for col, fs in zip((left, right), FEATURE_SETS):
+    points, scores = results[fs]
+    col.markdown(f"**{FEATURE_SETS[fs]}** · {METHOD_LABELS[method]}, {dims}-D")
+    _scores(col, scores, results["lbp"][1] if fs == "deep" else None)
+    fig = projection_figure(points, run.classes, method, "correct" if by_correct else "class", picked)
+    col.plotly_chart(fig, width="stretch", key=f"features_{fs}", on_select="rerun", selection_mode="points")
+
+lbp_points = results["lbp"][0]
+st.caption(
+    f"Wan et al. fig. 6 (2-D) and fig. 7 (3-D): the same {len(lbp_points)} images (train, val and test) of run "
+    f"`{run.id}` ({run.config.backbone}, depth {depth}), one point each. LBP: the {LBP_BINS}-bin uniform LBP "
+    f"histogram (P = {LBP_P}, R = {LBP_R}, Wan sec. 3.2), as in the Performance page's LBP + SVM baseline. Deep: the "
+    f"{deep_dims}-d flattened output of the fine-tuned network's last conv stage (9216-d for AlexNet, as in Wan). "
+    "Each feature is standardised before projecting; kernel PCA uses the linear or RBF kernel as in Wan; t-SNE runs "
+    f"on a PCA-{TSNE_PCA_DIMS} reduction of the standardised features. The scores are measured in the projected "
+    f"space against the true classes; chance = {score_text(results['lbp'][1]['chance'])} (majority class). Moving "
+    "the fine-tuning depth switches to the run trained at that depth, showing how fine-tuning reshapes the deep "
+    "feature space (the LBP side does not depend on the network)."
+)

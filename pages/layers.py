@@ -1,0 +1,218 @@
+"""CNN layers (Wan et al. sec. 3.4, fig. 8-10): first-layer filters, hidden neurons by guided backpropagation and
+activation maps."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+import engine
+from dashboard.features_charts import image_labels
+from dashboard.layers_charts import filter_figure, filters_unchanged, image_grid_figure, sample_rows
+from dashboard.widgets import depth_slider, require_runs
+from engine.layers import (
+    FILTER_VIEWS,
+    block_output_layers,
+    layer_choices,
+    run_activation_maps,
+    run_filter_grid,
+    run_guided_backprop,
+    run_guided_backprop_across_layers,
+)
+
+FILTER_LABELS = {"before": "Before fine-tuning", "after": "After fine-tuning", "difference": "Difference (after − before)"}
+PICK_LABELS = {"top": "8 most activated", "random": "8 random"}
+N_NEURONS = 8  # Wan fig. 9: eight neurons per layer
+N_IMAGES = 8  # Wan fig. 10: eight example images
+
+
+# ``finished`` keys the caches so that a run trained again under the same id is not served stale.
+@st.cache_data(show_spinner=False, max_entries=64)
+def _filters(run_id: str, finished: float, which: str) -> np.ndarray:
+    return run_filter_grid(engine.load_run(run_id), which)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _layers(run_id: str, finished: float) -> tuple[dict[str, str], list[str]]:
+    model = engine.load_run(run_id).load_model()
+    return dict(layer_choices(model)), block_output_layers(model)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _neurons(run_id: str, finished: float, row: int, layer: str, mode: str, seed: int,
+             gray: bool) -> tuple[np.ndarray, list[int]]:
+    return run_guided_backprop(engine.load_run(run_id), row, layer, N_NEURONS, mode, seed, gray)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _across_layers(run_id: str, finished: float, rows: tuple[int, ...], mode: str, seed: int,
+                   gray: bool) -> tuple[np.ndarray, list[int]]:
+    return run_guided_backprop_across_layers(engine.load_run(run_id), rows, mode, seed, gray)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _activations(run_id: str, finished: float, row: int, layer: str) -> tuple[np.ndarray, list[int]]:
+    return run_activation_maps(engine.load_run(run_id), row, layer)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _images(data_fingerprint: str, size: int, clahe: bool, _run: engine.Run) -> np.ndarray:
+    # Keyed by the data and its preprocessing, which every depth of an experiment shares: loaded once for all.
+    return _run.images()
+
+
+def _short(label: str) -> str:
+    """``"block 3 · conv 1 (blocks.2.6)"`` -> ``"block 3 · conv 1"``."""
+    return label.split(" (")[0]
+
+
+def _filters_section(run: engine.Run, depth: int) -> None:
+    st.subheader("First-layer filters (Wan et al., fig. 8)")
+    view = st.radio("Filters", FILTER_VIEWS, format_func=FILTER_LABELS.get, horizontal=True, key="layers_filter_view")
+    try:
+        with st.spinner("Reading the first-layer weights…"):
+            filters = _filters(run.id, run.result["finished"], view)
+            difference = filters if view == "difference" else _filters(run.id, run.result["finished"], "difference")
+    except engine.ConfigError as exc:
+        st.info(f"First-layer filters cannot be shown for {run.config.backbone}: {exc}")
+        return
+    except engine.LungLensError as exc:
+        st.error(f"The first-layer filters of this run cannot be read: {exc}")
+        return
+    n, k = filters.shape[:2]
+    chart, notes = st.columns([3, 2])
+    chart.plotly_chart(filter_figure(filters), width="stretch", key="layers_filters")
+    with notes:
+        if filters_unchanged(difference):
+            st.info(f"conv1 is frozen at this depth, so before = after: at fine-tuning depth {depth} only the last "
+                    f"{depth} of {engine.N_BLOCKS} conv blocks train (block 1, which holds conv1, trains at depth "
+                    f"{engine.N_BLOCKS}).")
+        else:
+            st.success("conv1 changed during fine-tuning: compare 'before' and 'after', or see the difference.")
+        init = {"imagenet": "the ImageNet weights", "builtin": "the built-in backbone pretrained on the phantom corpus",
+                "scratch": "a seeded random initialisation"}.get(run.config.init, run.config.init)
+        st.caption(
+            f"The {n} filters of {run.config.backbone}'s first conv layer, {k} × {k} each, drawn as RGB images and "
+            "magnified with nearest-neighbour pixels (Wan's AlexNet had 96 such 11 × 11 filters; torchvision's has "
+            f"64). Before / after: each filter min-max scaled on its own. 'Before' is {init}. Difference: after − "
+            "before on one scale for all filters, mid-grey = unchanged, so filters that changed more look stronger."
+        )
+
+
+def _neurons_tab(run: engine.Run, row: int, layer: str, label: str, mode: str, seed: int, gray: bool) -> None:
+    finished = run.result["finished"]
+    with st.spinner("Guided backpropagation of 8 neurons…"):
+        recon, channels = _neurons(run.id, finished, row, layer, mode, seed, gray)
+    cfg = run.config
+    image_col, grid_col = st.columns([1, 6])
+    image_col.image(_images(run.meta["data_fingerprint"], cfg.image_size, cfg.clahe, run)[row], caption="input",
+                    width="stretch")
+    grid_col.plotly_chart(image_grid_figure(recon, cols=N_NEURONS, titles=[f"ch {c}" for c in channels],
+                                            row_height=110), width="stretch", key="layers_neurons")
+    how = ("the 8 channels with the highest mean activation on this image" if mode == "top"
+           else f"8 channels drawn at random (seed {seed}), as in Wan")
+    st.caption(
+        f"Wan et al. fig. 9: what 8 neurons of {label} respond to in this image. For each of {how}, the neuron at "
+        "the channel's most activated position is guided-backpropagated to the input (Springenberg et al.; Wan eq. "
+        "6: only positive activations and positive gradients pass) with Captum's NeuronGuidedBackprop; each "
+        "reconstruction is min-max scaled on its own."
+    )
+
+
+def _across_layers_tab(run: engine.Run, choices: dict[str, str], block_layers: list[str], mode: str, seed: int,
+                       gray: bool) -> None:
+    preds = run.predictions
+    split = "test" if (preds["split"] == "test").any() else "train"
+    c1, c2, _ = st.columns([2, 1, 3])
+    label = c1.selectbox("Images of class", range(len(run.classes)), index=run.positive,
+                         format_func=lambda i: run.classes[i], key="layers_fig10_class")
+    draw = c2.number_input("Image draw", 0, 999, 0, key="layers_fig10_draw",
+                           help="Seed of the random choice of images, as Wan chose them at random.")
+    rows = sample_rows(preds, split, label, N_IMAGES, int(draw))
+    if not rows:
+        st.info(f"The {split} split has no image of class {run.classes[label]}.")
+        return
+    with st.spinner(f"Guided backpropagation of one neuron per layer on {len(rows)} images…"):
+        recon, channels = _across_layers(run.id, run.result["finished"], tuple(rows), mode, seed, gray)
+    n_layers, n_images = recon.shape[:2]
+    fig = image_grid_figure(recon.reshape(n_layers * n_images, *recon.shape[2:]), cols=n_images,
+                            row_titles=[f"{_short(choices[name])} · ch {c}" for name, c in zip(block_layers, channels)],
+                            column_titles=[Path(preds["file"].iloc[r]).stem for r in rows], row_height=120)
+    st.plotly_chart(fig, width="stretch", key="layers_across")
+    pick = "the highest mean activation over these images" if mode == "top" else f"drawn at random (seed {seed})"
+    st.caption(
+        f"Wan et al. fig. 10: rows are the last conv layer of each of the {n_layers} blocks (low to high level), "
+        f"columns {n_images} {split} images of class {run.classes[label]} drawn at random. Per layer one channel "
+        f"({pick}) is reconstructed on every image, at each image's most activated position. Wan drew these in colour "
+        "'to clearly show the patterns'; the Grayscale toggle averages the colour channels."
+    )
+
+
+def _activations_tab(run: engine.Run, row: int, layer: str, label: str) -> None:
+    with st.spinner("Computing the layer's activations…"):
+        maps, channels = _activations(run.id, run.result["finished"], row, layer)
+    upper = min(64, len(maps))
+    n = st.slider("Maps shown (highest mean activation first)", 1, upper, min(16, upper), key="layers_top_n")
+    fig = image_grid_figure(maps[:n], cols=8, titles=[f"ch {c}" for c in channels[:n]], row_height=130)
+    st.plotly_chart(fig, width="stretch", key="layers_activations")
+    st.caption(
+        f"The output of {label} ({maps.shape[1]} × {maps.shape[2]} per channel, {len(maps)} channels) for the chosen "
+        f"image: the {n} channels with the highest mean activation, each map min-max scaled on its own (bright = "
+        "strong response). The conv layer's output is taken before its ReLU."
+    )
+
+
+def _hidden_section(run: engine.Run) -> None:
+    st.subheader("Hidden layers (Wan et al., fig. 9-10)")
+    try:
+        choices, block_layers = _layers(run.id, run.result["finished"])
+    except engine.LungLensError as exc:
+        st.error(f"The model of this run cannot be loaded: {exc}")
+        return
+    if not choices:
+        st.info(f"{run.config.backbone} has no convolutional layer to visualise.")
+        return
+    preds = run.predictions
+    test_rows = [int(r) for r in np.flatnonzero((preds["split"] == "test").to_numpy())] or list(range(len(preds)))
+    labels = image_labels(preds, run.classes)
+    c1, c2, c3, c4, c5 = st.columns([4, 3, 2, 1, 2])
+    row = c1.selectbox("Image (test split)", test_rows, format_func=labels.get, key="layers_image")
+    layer = c2.selectbox("Conv layer", list(choices), index=len(choices) // 2, format_func=choices.get,
+                         key="layers_layer")
+    mode = c3.radio("Neurons", tuple(PICK_LABELS), format_func=PICK_LABELS.get, key="layers_pick",
+                    help="Wan picked neurons at random; the most activated ones show what the layer sees most.")
+    seed = int(c4.number_input("Seed", 0, 999, 0, key="layers_seed", disabled=mode != "random",
+                               help="Seed of the random choice of neurons."))
+    gray = c5.toggle("Grayscale", key="layers_gray", help="Average the reconstructions' colour channels.")
+    fig9, fig10, activations = st.tabs(["Neurons of one layer (fig. 9)", "One neuron per layer (fig. 10)",
+                                        "Activation maps"])
+    seed = seed if mode == "random" else 0  # the top channels do not depend on it: one cache entry
+    with fig9:
+        _guarded(run, _neurons_tab, run, row, layer, choices[layer], mode, seed, gray)
+    with fig10:
+        _guarded(run, _across_layers_tab, run, choices, block_layers, mode, seed, gray)
+    with activations:
+        _guarded(run, _activations_tab, run, row, layer, choices[layer])
+
+
+def _guarded(run: engine.Run, view: Callable[..., None], *args: Any) -> None:
+    """Draw one view; a view that does not apply becomes an info box, another engine error an error box."""
+    try:
+        view(*args)
+    except engine.ConfigError as exc:
+        st.info(f"This view does not apply to {run.config.backbone}: {exc}")
+    except engine.LungLensError as exc:
+        st.error(f"This view cannot be computed for run {run.id}: {exc}")
+
+
+st.title("Layers")
+sel, runs = require_runs("Layers")
+depth = depth_slider(runs, key="layers_depth")
+run = runs[depth]
+st.caption(f"Run `{run.id}`: {run.config.backbone}, fine-tuning depth {depth}, init {run.config.init}, "
+           f"{run.config.image_size} px.")
+_filters_section(run, depth)
+_hidden_section(run)

@@ -1,0 +1,153 @@
+"""End to end in a real browser: the dashboard served by Streamlit, driven by Debian's headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run", "--disable-dev-shm-usage", "--window-size=1400,1600")
+#: Set LUNGLENS_UPDATE_SCREENSHOT=1 to refresh the README's screenshot from this test.
+SCREENSHOT = ROOT / "assets" / "screenshot.png"
+
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip("Debian's chromium and chromium-driver are not installed (make browser)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained_selection, tmp_path_factory):
+    """The dashboard on a local port, opened on the tiny trained experiment."""
+    spec = tmp_path_factory.mktemp("browser") / "selection.json"
+    spec.write_text(json.dumps({"config": trained_selection.config.to_dict(), "depths": list(trained_selection.depths)}))
+    port = _free_port()
+    env = {**os.environ, "LUNGLENS_SELECTION": str(spec)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start within 90 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _settled(driver, expected: str, timeout: float = 180) -> str:
+    """Wait until the page shows ``expected`` and Streamlit has finished running the script; return the text."""
+    def done(d):
+        body = d.find_element(By.TAG_NAME, "body").text
+        running = d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+        return body if expected in body and not any(e.is_displayed() and "Running" in e.text for e in running) else False
+
+    WebDriverWait(driver, timeout, poll_frequency=0.5).until(done)
+    time.sleep(1.0)  # let Plotly finish drawing
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def _assert_no_error(driver) -> None:
+    assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    body = driver.find_element(By.TAG_NAME, "body").text
+    assert "Traceback" not in body and "Error running app" not in body
+
+
+def _open(driver, url: str, title: str) -> str:
+    driver.get(url)
+    text = _settled(driver, title)
+    _assert_no_error(driver)
+    return text
+
+
+def _move_depth_slider(driver) -> None:
+    slider = driver.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] [role="slider"]')
+    before = slider.get_attribute("aria-valuenow")
+    slider.click()
+    slider.send_keys(Keys.HOME)
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] [role="slider"]').get_attribute("aria-valuenow") != before)
+    _settled(driver, "depth")
+    _assert_no_error(driver)
+
+
+def test_home_training_and_performance(server, browser, tmp_path):
+    text = _open(browser, server, "LungLens")
+    assert "runs of this experiment are trained" in text
+    if os.environ.get("LUNGLENS_UPDATE_SCREENSHOT"):
+        browser.save_screenshot(str(SCREENSHOT))
+    _open(browser, f"{server}/training", "Training")
+    assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+    _move_depth_slider(browser)
+    browser.save_screenshot(str(tmp_path / "training.png"))
+    _open(browser, f"{server}/performance", "Performance")
+    assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+    _move_depth_slider(browser)
+
+
+def test_features_and_layers(server, browser):
+    _open(browser, f"{server}/features", "Features")
+    assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+    _move_depth_slider(browser)
+    _open(browser, f"{server}/layers", "Layers")
+    _move_depth_slider(browser)
+
+
+def test_support_regions_with_an_upload(server, browser, tmp_path):
+    _open(browser, f"{server}/support_regions", "Support Regions")
+    _move_depth_slider(browser)
+    image = tmp_path / "upload.png"
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(image), rng.integers(0, 255, (80, 80), dtype=np.uint8))
+    tab = [t for t in browser.find_elements(By.CSS_SELECTOR, '[role="tab"]') if "Diagnose" in t.text]
+    if tab:
+        tab[0].click()
+    browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(image))
+    text = _settled(browser, "upload.png")
+    _assert_no_error(browser)
+    assert "Grad-CAM" in text

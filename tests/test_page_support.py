@@ -1,0 +1,257 @@
+"""The Support Regions page in AppTest: every section on the tiny trained runs, checked against numbers recomputed
+here from the run's files (predictions.csv, the mask PNGs) and the engine's heatmaps; the no-mask and empty states."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import engine
+from dashboard.state import Selection
+from engine.explain import run_heatmaps
+
+PAGE = "../pages/support_regions.py"
+HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
+
+
+def _array(v) -> np.ndarray:
+    """A Plotly JSON array, plain or base64-typed (``{"dtype", "bdata", "shape"}``)."""
+    if isinstance(v, dict):
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(n) for n in v["shape"].split(",")]) if "shape" in v else a
+    return np.array(v, dtype=float)
+
+
+def _chart(at: AppTest, key: str) -> dict:
+    return json.loads(next(c for c in at.get("plotly_chart") if c.key == key).proto.spec)
+
+
+def _keys(at: AppTest) -> set[str]:
+    return {c.key for c in at.get("plotly_chart")}
+
+
+def _open(app: AppTest, sel: Selection, section: str | None = None) -> AppTest:
+    app.run()
+    app.session_state["selection"] = sel  # whatever Home's widgets did to it
+    if section:
+        app.session_state["support_section"] = section
+    app.switch_page(PAGE).run()
+    assert not app.exception
+    return app
+
+
+@pytest.fixture(scope="module")
+def runs(trained_selection) -> dict[int, engine.Run]:
+    return {cfg.depth: engine.get_run(cfg) for cfg in trained_selection.configs()}
+
+
+def _test_rows(run: engine.Run) -> pd.DataFrame:
+    df = pd.read_csv(run.dir / "predictions.csv", keep_default_na=False)
+    return df[df["split"] == "test"].reset_index(drop=True)
+
+
+def _mask(path: str, size: int) -> np.ndarray:
+    """A mask PNG read and resized here, independently of the engine's reader."""
+    if not path:
+        return np.zeros((size, size), bool)
+    m = cv2.imread(path, cv2.IMREAD_GRAYSCALE) > 127
+    return cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
+
+
+def _heat(spec: dict) -> np.ndarray:
+    """The heatmap layer of a support figure (the jet one, on [0, 1])."""
+    return _array(next(t for t in spec["data"] if t["type"] == "heatmap" and t.get("zmax") == 1)["z"])
+
+
+def _support_levels(spec: dict) -> list[float]:
+    return [t["contours"]["start"] for t in spec["data"] if t["type"] == "contour" and t["name"].startswith("support")]
+
+
+def test_explain_section_overlay_probabilities_and_threshold(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    run = runs[max(runs)]
+    rows = _test_rows(run)
+    assert {"support_image_figure", "support_overlay_gradcam", "support_probabilities"} <= _keys(at)
+    assert at.slider(key="support_threshold").value == 0.7
+    assert any("Wan et al. §3.5" in c.value for c in at.caption)
+    assert len(at.selectbox(key="support_image").options) == len(rows)
+
+    at.multiselect(key="support_classes").set_value(["covid"]).run()
+    covid = rows.index[rows["y"] == run.classes.index("covid")]
+    assert len(at.selectbox(key="support_image").options) == len(covid)
+    row = rows.loc[covid[0]]
+    probs = _array(_chart(at, "support_probabilities")["data"][0]["x"])
+    np.testing.assert_allclose(probs, [float(row[f"prob_{c}"]) for c in run.classes], rtol=1e-6)
+
+    lesion = _mask(row["mask"], run.config.image_size)
+    lung = _mask(row["lung_mask"], run.config.image_size)
+    for threshold in (0.7, 0.5):
+        at.slider(key="support_threshold").set_value(threshold).run()
+        assert not at.exception
+        spec = _chart(at, "support_overlay_gradcam")
+        heat = _heat(spec)
+        assert heat.shape == lesion.shape and heat.max() == pytest.approx(1.0)
+        assert _support_levels(spec) == [threshold]
+        support = heat > threshold
+        table = at.dataframe[0].value
+        assert table.loc["Grad-CAM", "consistency degree"] == pytest.approx((support & lesion).sum() / lesion.sum())
+        assert table.loc["Grad-CAM", "support area"] == pytest.approx(support.mean())
+        assert table.loc["Grad-CAM", "support outside lungs"] == pytest.approx((support & ~lung).sum() / support.sum())
+    assert {t["name"] for t in spec["data"] if t["type"] == "contour"} >= {"lesion mask", "lung mask"}
+
+
+def test_explain_section_filters_methods_layer_and_target(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    run = runs[max(runs)]
+    rows = _test_rows(run)
+    wrong = rows.index[rows["y"] != rows["pred"]].tolist()
+    at.radio(key="support_outcome").set_value("Wrong").run()
+    if wrong:
+        options = at.selectbox(key="support_image").options
+        assert len(options) == len(wrong) and all("✗" in o for o in options)
+        assert [o.split(" · ")[0] for o in options] == rows.loc[wrong, "file"].tolist()
+    else:
+        assert "No test image matches" in at.info[0].value
+    at.radio(key="support_outcome").set_value("All").run()
+
+    default_map = _heat(_chart(at, "support_overlay_gradcam"))
+    at.multiselect(key="support_methods").set_value(["Grad-CAM", "Occlusion", "LIME"]).run()
+    at.select_slider(key="support_lime_samples").set_value(50).run()
+    assert not at.exception
+    assert {"support_overlay_gradcam", "support_overlay_occlusion", "support_overlay_lime"} <= _keys(at)
+    assert _chart(at, "support_overlay_lime")["data"][0]["type"] == "image"  # red/blue superpixels
+    assert set(at.dataframe[0].value.index) == {"Grad-CAM", "Occlusion", "LIME"}
+
+    layers = at.selectbox(key="support_layer")
+    assert layers.value == layers.options[-1]  # the last conv layer by default (Wan)
+    layers.set_value(layers.options[0]).run()
+    assert not at.exception
+    assert not np.allclose(_heat(_chart(at, "support_overlay_gradcam")), default_map)
+
+    at.radio(key="support_target").set_value("Another class").run()
+    at.selectbox(key="support_target_class").set_value("pneumonia").run()
+    assert not at.exception
+    assert _chart(at, "support_overlay_gradcam")["layout"]["title"]["text"] == "Grad-CAM · pneumonia"
+
+
+def test_consistency_section_against_recomputed_scores(app, trained_selection, runs):
+    at = _open(app, trained_selection, "Consistency degree")
+    run = runs[max(runs)]
+    rows = _test_rows(run)
+    maps = run_heatmaps(run, "gradcam", "test", "pred")
+    size = run.config.image_size
+    degree, lung_base, hits, lesion_area = [], [], [], []
+    for i, r in rows.iterrows():
+        lesion = _mask(r["mask"], size)
+        if not lesion.any():
+            continue
+        lung = _mask(r["lung_mask"], size)
+        degree.append(((maps[i] > 0.7) & lesion).sum() / lesion.sum())
+        lung_base.append((lung & lesion).sum() / lesion.sum())
+        hits.append(maps[i].max() > 0 and lesion[maps[i] == maps[i].max()].any())
+        lesion_area.append(lesion.mean())
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Mean consistency degree (Grad-CAM)"] == f"{np.mean(degree):.1%}"
+    assert metrics["Baseline: lungs, uniform"] == f"{np.mean(lung_base):.1%}"
+    assert metrics["Pointing game"] == f"{np.mean(hits):.1%}"
+    assert any("60.02%" in c.value and f"{np.mean(degree):.1%}" in c.value for c in at.caption)
+    assert {"support_consistency_histogram", "support_consistency_depth"} <= _keys(at)
+
+    histogram = _chart(at, "support_consistency_histogram")
+    np.testing.assert_allclose(np.sort(_array(histogram["data"][0]["x"])), np.sort(degree))
+    depth_curve = next(t for t in _chart(at, "support_consistency_depth")["data"]
+                       if t["name"] == "mean consistency degree")
+    assert list(_array(depth_curve["x"])) == sorted(runs)
+    assert _array(depth_curve["y"])[-1] == pytest.approx(np.mean(degree))
+    assert len([k for k in _keys(at) if k.startswith("support_top_")]) == min(6, len(degree))
+
+
+def test_gallery_lists_misclassified_and_wrong_reason_images(app, trained_selection, runs):
+    at = _open(app, trained_selection, "Wrong-reason gallery")
+    run = runs[max(runs)]
+    rows = _test_rows(run)
+    maps = run_heatmaps(run, "gradcam", "test", "pred")
+    size = run.config.image_size
+    wrong = int((rows["y"] != rows["pred"]).sum())
+    wrong_reason = 0
+    for i, r in rows[rows["y"] == rows["pred"]].iterrows():
+        support = maps[i] > 0.7
+        if not support.any():
+            continue
+        shares = [(support & ~_mask(r[c], size)).sum() / support.sum() for c in ("mask", "lung_mask") if r[c]]
+        wrong_reason += any(s > 0.5 for s in shares)
+    n = wrong + wrong_reason
+    if n == 0:
+        assert at.success
+        return
+    assert any(m.value.startswith(f"**{wrong}** misclassified and **{wrong_reason}** right for the wrong reason")
+               for m in at.markdown)
+    assert len([k for k in _keys(at) if k.startswith("support_gallery_")]) == min(12, n)
+    at.slider(key="support_gallery_size").set_value(4).run()
+    assert len([k for k in _keys(at) if k.startswith("support_gallery_")]) == min(4, n)
+
+
+def test_same_image_across_depths(app, trained_selection, runs):
+    at = _open(app, trained_selection, "Same image across depths")
+    spec = _chart(at, "support_depth_strip")
+    titles = [a["text"] for a in spec["layout"]["annotations"]]
+    assert [t.split(":")[0] for t in titles] == [f"depth {d}" for d in sorted(runs)]
+    heat = [_array(t["z"]) for t in spec["data"] if t["type"] == "heatmap" and t.get("zmax") == 1]
+    for d, title, h in zip(sorted(runs), titles, heat):
+        r = _test_rows(runs[d]).loc[0]
+        assert title.startswith(f"depth {d}: {runs[d].classes[int(r['pred'])]}")
+        np.testing.assert_allclose(h, run_heatmaps(runs[d], "gradcam", "test", "true")[0], atol=1e-6)
+
+
+def test_diagnose_an_uploaded_image(app, trained_selection, runs):
+    at = _open(app, trained_selection, "Diagnose a new image")
+    assert not _keys(at)
+    assert any("At most 20 MB and 4096 px per side" in c.value for c in at.caption)
+    run = runs[max(runs)]
+    row = _test_rows(run).loc[0]
+    png = Path(row["path"]).read_bytes()  # a test image as a user would upload it
+    at.select_slider(key="support_upload_lime_samples").set_value(50).run()
+    at.file_uploader(key="support_upload").set_value(("xray.png", png, "image/png")).run()
+    assert not at.exception and not at.error
+    assert {"support_upload_probs", "support_upload_gradcam", "support_upload_lime"} <= _keys(at)
+    # Read and preprocessed as at training time, the upload gets the probabilities recorded for that test image.
+    probs = _array(_chart(at, "support_upload_probs")["data"][0]["x"])
+    np.testing.assert_allclose(probs, [float(row[f"prob_{c}"]) for c in run.classes], atol=1e-4)
+
+    at.file_uploader(key="support_upload").set_value(("notes.png", b"not an image at all", "image/png")).run()
+    assert not at.exception
+    assert "notes.png is not a readable PNG" in at.error[0].value
+    assert not {"support_upload_gradcam", "support_upload_lime"} & _keys(at)
+
+
+def test_data_without_lesion_masks(tiny_folder, tmp_path):
+    root = tmp_path / "nomasks"
+    shutil.copytree(tiny_folder, root, ignore=shutil.ignore_patterns("masks"))
+    sel = Selection(engine.RunConfig(data=str(root), init="scratch", image_size=64, head_width=16, epochs=1,
+                                     patience=0, batch_size=16), (5,))
+    engine.run_sweep(sel.configs())
+    at = AppTest.from_file(str(HOME), default_timeout=120)
+    _open(at, sel, "Consistency degree")
+    assert "no lesion masks" in at.info[0].value
+    assert not _keys(at)
+    at.session_state["support_section"] = "Explain an image"
+    at.run()
+    assert not at.exception and "support_overlay_gradcam" in _keys(at)
+
+
+def test_empty_state_without_trained_runs(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
+    sel = Selection(engine.RunConfig(data=str(tiny_folder), init="scratch", image_size=64, epochs=1), (0, 5))
+    at = AppTest.from_file(str(HOME), default_timeout=60)
+    at.session_state["selection"] = sel
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert "none of the selected experiment is trained" in at.info[0].value
+    assert not at.get("plotly_chart")

@@ -1,0 +1,120 @@
+"""The Training page in AppTest: the chosen run's curves and cards, the depth slider, compare mode, the empty state."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, roc_auc_score
+from streamlit.testing.v1 import AppTest
+
+import engine
+from dashboard.state import Selection
+
+PAGE = "../pages/training.py"
+HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
+
+
+def _array(v) -> np.ndarray:
+    """A Plotly JSON array, plain or base64-typed (``{"dtype", "bdata"}``)."""
+    if isinstance(v, dict):
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+    return np.array([np.nan if x is None else x for x in v], dtype=float)
+
+
+def _traces(at: AppTest, key: str) -> dict[str, dict]:
+    """Traces of the chart with ``key`` by name (the last one wins a name shared across panels)."""
+    chart = next(c for c in at.get("plotly_chart") if c.key == key)
+    return {t.get("name"): t for t in json.loads(chart.proto.spec)["data"]}
+
+
+def _open(app: AppTest, sel: Selection) -> AppTest:
+    app.run()
+    app.session_state["selection"] = sel  # whatever Home's widgets did to it
+    app.switch_page(PAGE).run()
+    assert not app.exception
+    return app
+
+
+@pytest.fixture(scope="module")
+def runs(trained_selection) -> dict[int, engine.Run]:
+    return {cfg.depth: engine.get_run(cfg) for cfg in trained_selection.configs()}
+
+
+def _test_rows(run: engine.Run):
+    return run.predictions[run.predictions["split"] == "test"]
+
+
+def test_page_shows_the_chosen_runs_curves_and_cards(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    run = runs[max(runs)]  # the slider starts at the deepest trained run
+    assert {c.key for c in at.get("plotly_chart")} == {"training_loss", "training_criteria"}
+    loss = _traces(at, "training_loss")
+    assert set(loss) == {"train", "validation", "test"}
+    np.testing.assert_allclose(_array(loss["validation"]["y"]), run.history["val_loss"])
+    np.testing.assert_allclose(_array(loss["train"]["y"]), run.history["train_loss"])
+
+    cards = {m.label: m.value for m in at.metric}
+    rows = _test_rows(run)
+    positive = run.classes[run.positive]
+    assert cards["Best epoch"] == f"{run.result['best_epoch']} of {len(run.history)}"
+    assert cards["Test ACC"] == f"{accuracy_score(rows['y'], rows['pred']):.3f}"
+    assert cards["Test AUC"] == f"{roc_auc_score(rows['y'] == run.positive, rows[f'prob_{positive}']):.3f}"
+    assert cards["Positive class"] == positive and cards["Initialisation"] == run.config.init
+    assert any(run.id in c.value for c in at.caption)
+    assert any("dropout" in c.value and "Wan" in c.value for c in at.caption)
+
+
+def test_depth_slider_switches_the_run(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    at.select_slider(key="training_depth").set_value(0).run()
+    assert not at.exception
+    run = runs[0]
+    assert any(run.id in c.value for c in at.caption)
+    np.testing.assert_allclose(_array(_traces(at, "training_loss")["test"]["y"]), run.history["test_loss"])
+    # the criteria chart: the last trace named "test" is the NPV panel's
+    np.testing.assert_allclose(_array(_traces(at, "training_criteria")["test"]["y"]), run.history["test_npv"],
+                               equal_nan=True)
+
+
+def test_macro_average_selector_for_three_classes(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    at.radio(key="training_average").set_value("macro_").run()
+    assert not at.exception
+    np.testing.assert_allclose(_array(_traces(at, "training_criteria")["train"]["y"]),
+                               runs[max(runs)].history["train_macro_npv"], equal_nan=True)
+
+
+def test_compare_mode_overlays_depths_and_switches_quantity(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    at.toggle(key="training_compare").set_value(True).run()
+    assert not at.exception
+    traces = _traces(at, "training_compare_chart")
+    lines = {n for n, t in traces.items() if t["mode"] == "lines"}
+    assert lines == {f"alexnet d{d} · {s}" for d in runs for s in ("train", "test")}
+    np.testing.assert_allclose(_array(traces["alexnet d0 · test"]["y"]), runs[0].history["test_loss"])
+
+    at.selectbox(key="training_compare_quantity").set_value("acc").run()
+    at.multiselect(key="training_compare_depths").set_value([5]).run()
+    assert not at.exception
+    traces = _traces(at, "training_compare_chart")
+    assert {n for n, t in traces.items() if t["mode"] == "lines"} == {"alexnet d5 · train", "alexnet d5 · test"}
+    np.testing.assert_allclose(_array(traces["alexnet d5 · train"]["y"]), runs[5].history["train_acc"])
+
+    at.multiselect(key="training_compare_depths").set_value([]).run()
+    assert not at.exception
+    assert not at.get("plotly_chart")
+    assert "Pick at least one depth" in at.info[0].value
+
+
+def test_empty_state_without_trained_runs(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
+    sel = Selection(engine.RunConfig(data=str(tiny_folder), init="scratch", image_size=64, epochs=1), (0, 5))
+    at = AppTest.from_file(str(HOME), default_timeout=60)
+    at.session_state["selection"] = sel
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert "none of the selected experiment is trained" in at.info[0].value
+    assert not at.get("plotly_chart")
