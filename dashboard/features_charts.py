@@ -21,7 +21,7 @@ def image_labels(predictions: pd.DataFrame, classes: Sequence[str]) -> dict[int,
     names = np.asarray(classes)
     true, pred = names[predictions["y"].to_numpy()], names[predictions["pred"].to_numpy()]
     return {i: f"{f} · true {t} · pred {p} ({s})"
-            for i, (f, t, p, s) in enumerate(zip(predictions["file"], true, pred, predictions["split"]))}
+            for i, (f, t, p, s) in enumerate(zip(predictions["file"], true, pred, predictions["split"], strict=True))}
 
 
 def score_text(value: float) -> str:
@@ -54,10 +54,10 @@ def projection_figure(points: pd.DataFrame, classes: Sequence[str], method: str,
     rows = points.index.to_numpy()
     fig = go.Figure()
 
-    def add(mask: np.ndarray, name: str, marker: dict[str, Any], showlegend: bool = True) -> None:
+    def add(mask: np.ndarray, name: str, marker: dict[str, Any]) -> None:
         xyz = {k: points.loc[mask, k].to_numpy() for k in ("x", "y", "z") if k in points.columns}
         common = dict(mode="markers", name=name, text=hover[mask], customdata=rows[mask], marker=marker,
-                      hovertemplate="%{text}<extra></extra>", showlegend=showlegend)
+                      hovertemplate="%{text}<extra></extra>")
         fig.add_trace(go.Scatter3d(**xyz, **common) if three_d else go.Scattergl(**xyz, **common))
 
     for name, colour, mask in _groups(points, classes, colour_by):
@@ -68,10 +68,11 @@ def projection_figure(points: pd.DataFrame, classes: Sequence[str], method: str,
                                                      line=dict(color="black", width=3)))
 
     # Legend under the plot: above it, it collides with Plotly's mode bar.
-    fig.update_layout(height=480, margin=dict(t=30, b=10, l=10, r=10), uirevision=f"{method}-{len(points.columns)}",
-                      legend=dict(orientation="h", yanchor="top", y=-0.12 if not three_d else 0, x=0))
+    fig.update_layout(height=480, margin=dict(t=30, b=30, l=10, r=10), uirevision=f"{method}-{3 if three_d else 2}d",
+                      legend=dict(orientation="h", yanchor="top", y=-0.12 if not three_d else -0.01, x=0))
     if three_d:
-        fig.update_layout(scene=dict(xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", zaxis_title=f"{axis} 3"))
+        fig.update_layout(scene=dict(xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", zaxis_title=f"{axis} 3",
+                                     camera=dict(eye=dict(x=1.6, y=1.6, z=1.0))))
     else:
         fig.update_layout(xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2")
     return fig
@@ -81,7 +82,7 @@ def selected_row(points: Sequence[Mapping[str, Any]]) -> int | None:
     """The ``run.predictions`` row of the first point of a Streamlit Plotly selection, or None when none is selected."""
     for point in points:
         row = point.get("customdata")
-        if isinstance(row, (list, tuple)):  # Plotly sends per-point customdata as a list when it has several fields
+        if isinstance(row, (list, tuple)):  # customdata with several fields per point arrives as a list
             row = row[0] if row else None
         if row is not None:
             return int(row)

@@ -28,8 +28,8 @@ def mosaic(tiles: np.ndarray, cols: int, scale: int = 1, pad: int = 1) -> np.nda
         raise ValueError(f"Expected (n, h, w) or (n, h, w, 3) tiles, got shape {tiles.shape}")
     big = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
     rgb = tiles.ndim == 4
-    return montage(big, fill=(MOSAIC_FILL,) * 3 if rgb else MOSAIC_FILL, grid_shape=(math.ceil(len(tiles) / cols), cols),
-                   padding_width=pad, channel_axis=-1 if rgb else None)
+    return montage(big, fill=(MOSAIC_FILL,) * 3 if rgb else MOSAIC_FILL,
+                   grid_shape=(math.ceil(len(tiles) / cols), cols), padding_width=pad, channel_axis=-1 if rgb else None)
 
 
 def filter_figure(filters: np.ndarray, cols: int = 8, scale: int = 8) -> go.Figure:

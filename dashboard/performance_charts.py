@@ -108,8 +108,8 @@ def per_class_figure(per_class: Sequence[Mapping[str, Any]]) -> go.Figure:
                text=[format_ci(v, None, None) for v in df[m].astype(float)])
         for m, color in (("precision", "#0f766e"), ("recall", "#2563eb"), ("F1", "#c2410c"))
     ])
-    fig.update_layout(barmode="group", height=360, margin=dict(t=30, b=40, l=60, r=20),
-                      legend=dict(orientation="h", y=1.1, x=0))
+    fig.update_layout(barmode="group", height=380, margin=dict(t=40, b=70, l=60, r=20),  # legend below: the
+                      legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.14, yanchor="top"))  # modebar is above
     fig.update_yaxes(range=[0, 1.1], title_text="Score")
     return fig
 

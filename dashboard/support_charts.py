@@ -27,7 +27,8 @@ OUTCOMES = ("All", "Correct", "Wrong")
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_UPLOAD_SIDE = 4096
 
-SUPPORT_COLOR, LESION_COLOR, LUNG_COLOR = "#ffffff", "#22c55e", "#22d3ee"
+#: Support contour magenta: it stays visible on jet red, on gray X-rays and in the legend.
+SUPPORT_COLOR, LESION_COLOR, LUNG_COLOR = "#ff00ff", "#22c55e", "#22d3ee"
 MODEL_COLOR, LUNG_BASELINE_COLOR, RANDOM_BASELINE_COLOR = "#c2410c", "#0f766e", "#64748b"
 
 
@@ -63,7 +64,7 @@ def probability_figure(probabilities: Mapping[str, float], true_class: str | Non
         marker_color=[MODEL_COLOR if c == predicted else "#94a3b8" for c in names],
         hovertemplate="%{y}: %{x:.3f}<extra></extra>",
     ))
-    fig.update_layout(height=60 + 45 * len(names), margin=dict(t=30, b=40, l=10, r=10),
+    fig.update_layout(height=90 + 45 * len(names), margin=dict(t=60, b=40, l=10, r=10),
                       title=dict(text=f"Class probabilities (predicted: {predicted})", font=dict(size=14)))
     fig.update_xaxes(range=[0, 1], title_text="Softmax probability")
     fig.update_yaxes(autorange="reversed")
@@ -74,8 +75,9 @@ def _outline(field: np.ndarray, level: float, name: str, color: str, dash: str =
              showlegend: bool = True) -> go.Contour:
     """A contour line of ``field`` at ``level`` (a heatmap's support boundary, a mask's outline)."""
     return go.Contour(
-        z=np.asarray(field, dtype=np.float32), autocontour=False, contours=dict(start=level, end=level, size=1,
-                                                                                 coloring="lines"),
+        # coloring="none" draws the line in ``color``; "lines" would take its colour from a colour scale.
+        z=np.asarray(field, dtype=np.float32), autocontour=False,
+        contours=dict(start=level, end=level, size=1, coloring="none"),
         line=dict(color=color, width=2, dash=dash), showscale=False, hoverinfo="skip", name=name,
         showlegend=showlegend, legendgroup=name,
     )
@@ -153,7 +155,8 @@ def depth_strip_figure(image: np.ndarray, maps: Mapping[int, np.ndarray], titles
                              legend=i == 1):
             fig.add_trace(trace, row=1, col=i)
     _image_axes(fig, len(depths))
-    fig.update_layout(height=height, margin=dict(t=50, b=10, l=10, r=10), plot_bgcolor="black",
+    fig.update_annotations(yshift=10, font=dict(size=13))  # panel titles above the images, not over them
+    fig.update_layout(height=height, margin=dict(t=60, b=10, l=10, r=10), plot_bgcolor="black",
                       legend=dict(orientation="h", y=-0.02, x=0, yanchor="top", font=dict(size=11)))
     return fig
 

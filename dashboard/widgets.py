@@ -10,7 +10,8 @@ import engine
 
 from .state import Selection, selection
 
-HOME = Path(__file__).resolve().parent / "Home.py"
+#: The Home page's file (the entry script, Home.py, only wires the pages).
+HOME = Path(__file__).resolve().parent / "home_page.py"
 
 
 @st.cache_resource(show_spinner="Loading the dataset…")
@@ -28,6 +29,13 @@ def dataset(cfg: engine.RunConfig) -> engine.Dataset:
 def _run(run_id: str, finished: float) -> engine.Run:
     # ``finished`` is part of the key so a run trained again after deletion is not served stale.
     return engine.load_run(run_id)
+
+
+@st.cache_resource(ttl=60, show_spinner=False)
+def all_runs() -> list[engine.Run]:
+    """Every finished run in the cache, newest first (listed again at most once a minute, or after training)."""
+    df = engine.list_runs()
+    return [_run(r, f) for r, f in zip(df["run"], df["finished"])] if len(df) else []
 
 
 def cached_runs(sel: Selection) -> dict[int, engine.Run | None]:

@@ -88,26 +88,29 @@ def _sweep(args: argparse.Namespace) -> int:
         changes["head_width"] = None  # pretrained torchvision weights come with the architecture's own head
     base = base.replace(**changes)
     configs = sweep_configs(base, depths)
-    bars: dict[int, tqdm] = {}
+    bar: dict[str, tqdm | tuple | None] = {"key": None, "bar": None}
 
     def progress(i: int, cfg: RunConfig):
         def report(p: Progress) -> None:
             key = (i, p.phase.split(":")[0])
-            bar = bars.get(key)
-            if bar is None:
-                label = "pretrain builtin" if p.phase.startswith("pretrain") else f"{cfg.backbone} depth {cfg.depth}"
-                bar = bars[key] = tqdm(total=p.epochs * p.batches, desc=f"[{i + 1}/{len(configs)}] {label}",
-                                       unit="batch", file=sys.stderr, leave=True, dynamic_ncols=True)
-            bar.n = (p.epoch - 1) * p.batches + p.batch
+            if bar["key"] != key:  # one bar at a time: close the finished one, open the next
+                if bar["bar"] is not None:
+                    bar["bar"].close()
+                label = "pretrain builtin backbone" if p.phase.startswith("pretrain") else f"{cfg.backbone} depth {cfg.depth}"
+                bar["key"] = key
+                bar["bar"] = tqdm(total=p.epochs * p.batches, desc=f"[{i + 1}/{len(configs)}] {label}", unit="batch",
+                                  file=sys.stderr, dynamic_ncols=True)
+            current = bar["bar"]
+            current.n = (p.epoch - 1) * p.batches + p.batch
             if p.metrics:
-                bar.set_postfix(epoch=p.epoch, val_loss=f"{p.metrics.get('val_loss', float('nan')):.3f}",
-                                test_acc=f"{p.metrics.get('test_acc', float('nan')):.3f}")
-            bar.refresh()
+                current.set_postfix(epoch=p.epoch, val_loss=f"{p.metrics.get('val_loss', float('nan')):.3f}",
+                                    test_acc=f"{p.metrics.get('test_acc', float('nan')):.3f}")
+            current.refresh()
         return report
 
     rows = run_sweep(configs, progress, status=lambda msg: tqdm.write(msg, file=sys.stderr))
-    for bar in bars.values():
-        bar.close()
+    if bar["bar"] is not None:
+        bar["bar"].close()
     table = [r.as_dict() for r in rows]
     if args.json:
         print(json.dumps(table, indent=2, default=float))

@@ -25,12 +25,17 @@ SOURCE_EPOCHS = 6
 SOURCE_LR = 3e-4
 
 
+def builtin_backbone_path(arch: str, image_size: int, head_width: int | None) -> Path:
+    """Where the built-in backbone for this architecture and input size is cached (named by all it depends on)."""
+    key = stable_hash({"arch": arch, "size": image_size, "head": head_width, "spec": SOURCE_SPEC.to_dict(),
+                       "epochs": SOURCE_EPOCHS, "lr": SOURCE_LR, "engine": ENGINE_VERSION})
+    return home() / "backbones" / f"builtin-{arch}-{image_size}px-{key}.safetensors"
+
+
 def builtin_backbone(arch: str, image_size: int, head_width: int | None,
                      progress: ProgressFn | None = None) -> Path:
     """Path of the cached built-in backbone for this architecture and input size, pretraining it if needed."""
-    key = stable_hash({"arch": arch, "size": image_size, "head": head_width, "spec": SOURCE_SPEC.to_dict(),
-                       "epochs": SOURCE_EPOCHS, "lr": SOURCE_LR, "engine": ENGINE_VERSION})
-    path = home() / "backbones" / f"builtin-{arch}-{image_size}px-{key}.safetensors"
+    path = builtin_backbone_path(arch, image_size, head_width)
     if path.exists():
         return path
     with lock(path):

@@ -20,11 +20,11 @@ from .data.dataset import Dataset
 from .data.sources import load_dataset
 from .data.splits import assign_splits
 from .device import pick_device
-from .errors import ConfigError, LungLensError
+from .errors import ConfigError, LungLensError, WeightsError
 from .metrics import classification_metrics
 from .models.backbones import StagedNet
-from .models.weights import build_model, state_bytes
-from .pretrain import builtin_backbone
+from .models.weights import build_model, file_digest, imagenet_file, state_bytes
+from .pretrain import builtin_backbone, builtin_backbone_path
 from .store import atomic_write_bytes, atomic_write_json, home, lock, read_json, stable_hash
 from .training import Progress, ProgressFn, train
 from .version import ENGINE_VERSION, code_version
@@ -53,11 +53,26 @@ def positive_index(cfg: RunConfig, classes: tuple[str, ...]) -> int:
     return next((i for i, c in enumerate(classes) if c.lower() not in NEGATIVE_NAMES), len(classes) - 1)
 
 
+def init_fingerprint(cfg: RunConfig) -> str:
+    """What the initial weights are, beyond the init's name: the built-in backbone's key or a weights file's hash."""
+    if cfg.init == "builtin":
+        return builtin_backbone_path(cfg.backbone, cfg.image_size, cfg.head_width).stem
+    if cfg.init == "imagenet":
+        return imagenet_file(cfg.backbone).name  # torchvision's file names carry a hash of the weights
+    if cfg.init == "scratch":
+        return "scratch"
+    path = Path(cfg.init).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"Weights file {path} does not exist: check the path given to --init.")
+    return file_digest(path)
+
+
 def run_id(cfg: RunConfig, ds: Dataset) -> str:
-    """The cache key of a run: its config, the data fingerprint and the engine version."""
+    """The cache key of a run: its config, the initial weights, the data fingerprint and the engine version."""
     key = cfg.key_dict()
     key.pop("data")  # the fingerprint identifies the data, wherever the folder lives
-    return f"{cfg.backbone}-d{cfg.depth}-{stable_hash({'config': key, 'data': ds.fingerprint, 'engine': ENGINE_VERSION}, 12)}"
+    parts = {"config": key, "init": init_fingerprint(cfg), "data": ds.fingerprint, "engine": ENGINE_VERSION}
+    return f"{cfg.backbone}-d{cfg.depth}-{stable_hash(parts, 12)}"
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 import engine
 from dashboard.features_charts import METHOD_LABELS, image_labels, projection_figure, score_text, selected_row
@@ -68,20 +69,23 @@ def _image_panel(run: engine.Run) -> int | None:
     return row
 
 
-def _scores(col, scores: dict, reference: dict | None) -> None:
-    """Silhouette and k-NN accuracy of one feature set; ``reference`` (LBP) gives the deep features' deltas."""
+def _scores(col: DeltaGenerator, scores: dict, reference: dict | None) -> None:
+    """Silhouette and k-NN accuracy of one feature set; ``reference`` (LBP's) gives the deep features' deltas."""
     m1, m2 = col.columns(2)
-    delta = {k: None for k in ("silhouette", "knn_accuracy")}
-    if reference is not None:
-        for k in delta:
-            if np.isfinite(scores[k]) and np.isfinite(reference[k]):
-                delta[k] = f"{scores[k] - reference[k]:+.3f} vs LBP"
-    m1.metric("Silhouette", score_text(scores["silhouette"]), delta=delta["silhouette"],
-              help="Mean silhouette of the projected points against the true classes: −1 to 1, higher means "
-                   "tighter, better separated classes.")
-    m2.metric("k-NN accuracy", score_text(scores["knn_accuracy"]), delta=delta["knn_accuracy"],
-              help=f"{KNN_K}-nearest-neighbour accuracy in the projected space, stratified {KNN_FOLDS}-fold "
-                   f"cross-validation; chance (majority class) = {score_text(scores['chance'])}.")
+    for box, key, name, help_ in (
+        (m1, "silhouette", "Silhouette", "Mean silhouette of the projected points against the true classes: −1 to 1, "
+                                         "higher means tighter, better separated classes."),
+        (m2, "knn_accuracy", "k-NN accuracy", f"{KNN_K}-nearest-neighbour accuracy in the projected space, stratified "
+                                              f"{int(scores['knn_folds']) or KNN_FOLDS}-fold cross-validation; chance "
+                                              f"(majority class) = {score_text(scores['chance'])}."),
+    ):
+        if reference is None:  # a neutral delta line keeps both columns' charts at the same height
+            box.metric(name, score_text(scores[key]), delta="reference", delta_color="off", delta_arrow="off",
+                       help=help_)
+        else:
+            diff = scores[key] - reference[key]
+            box.metric(name, score_text(scores[key]), delta=f"{diff:+.3f} vs LBP" if np.isfinite(diff) else None,
+                       help=help_)
 
 
 st.title("Features")
@@ -109,7 +113,7 @@ left, right, side = st.columns([5, 5, 3])
 with side:
     st.markdown("**Selected image**")
     picked = _image_panel(run)
-for col, fs in zip((left, right), FEATURE_SETS):
+for col, fs in zip((left, right), FEATURE_SETS, strict=True):
     points, scores = results[fs]
     col.markdown(f"**{FEATURE_SETS[fs]}** · {METHOD_LABELS[method]}, {dims}-D")
     _scores(col, scores, results["lbp"][1] if fs == "deep" else None)

@@ -23,7 +23,8 @@ from engine.layers import (
     run_guided_backprop_across_layers,
 )
 
-FILTER_LABELS = {"before": "Before fine-tuning", "after": "After fine-tuning", "difference": "Difference (after − before)"}
+FILTER_LABELS = {"before": "Before fine-tuning", "after": "After fine-tuning",
+                 "difference": "Difference (after − before)"}
 PICK_LABELS = {"top": "8 most activated", "random": "8 random"}
 N_NEURONS = 8  # Wan fig. 9: eight neurons per layer
 N_IMAGES = 8  # Wan fig. 10: eight example images
@@ -87,9 +88,10 @@ def _filters_section(run: engine.Run, depth: int) -> None:
     chart.plotly_chart(filter_figure(filters), width="stretch", key="layers_filters")
     with notes:
         if filters_unchanged(difference):
-            st.info(f"conv1 is frozen at this depth, so before = after: at fine-tuning depth {depth} only the last "
-                    f"{depth} of {engine.N_BLOCKS} conv blocks train (block 1, which holds conv1, trains at depth "
-                    f"{engine.N_BLOCKS}).")
+            trained = ("no conv block trains" if depth == 0
+                       else f"only the last {depth} of {engine.N_BLOCKS} conv blocks train")
+            st.info(f"conv1 is frozen at this depth, so before = after: at fine-tuning depth {depth} {trained}; "
+                    f"block 1, which holds conv1, trains only at depth {engine.N_BLOCKS}.")
         else:
             st.success("conv1 changed during fine-tuning: compare 'before' and 'after', or see the difference.")
         init = {"imagenet": "the ImageNet weights", "builtin": "the built-in backbone pretrained on the phantom corpus",
@@ -138,8 +140,8 @@ def _across_layers_tab(run: engine.Run, choices: dict[str, str], block_layers: l
     with st.spinner(f"Guided backpropagation of one neuron per layer on {len(rows)} images…"):
         recon, channels = _across_layers(run.id, run.result["finished"], tuple(rows), mode, seed, gray)
     n_layers, n_images = recon.shape[:2]
-    fig = image_grid_figure(recon.reshape(n_layers * n_images, *recon.shape[2:]), cols=n_images,
-                            row_titles=[f"{_short(choices[name])} · ch {c}" for name, c in zip(block_layers, channels)],
+    row_titles = [f"{_short(choices[name])} · ch {c}" for name, c in zip(block_layers, channels, strict=True)]
+    fig = image_grid_figure(recon.reshape(n_layers * n_images, *recon.shape[2:]), cols=n_images, row_titles=row_titles,
                             column_titles=[Path(preds["file"].iloc[r]).stem for r in rows], row_height=120)
     st.plotly_chart(fig, width="stretch", key="layers_across")
     pick = "the highest mean activation over these images" if mode == "top" else f"drawn at random (seed {seed})"

@@ -14,16 +14,9 @@ from dashboard.performance_charts import (
     roc_figure,
 )
 from dashboard.training_charts import related_runs
-from dashboard.widgets import depth_slider, require_runs
+from dashboard.widgets import all_runs, depth_slider, require_runs
 from engine.baselines import compare_methods
 from engine.evaluation import METRICS, depth_curve, evaluate_run
-
-
-@st.cache_resource(ttl=60, show_spinner=False)
-def _all_runs() -> list[engine.Run]:
-    """Every finished run in the cache, newest first (listed again at most once a minute, or after training)."""
-    df = engine.list_runs()
-    return [engine.load_run(r) for r in df["run"]] if len(df) else []
 
 
 # ``finished`` keys the caches below so that a run trained again under the same id is not served stale.
@@ -86,7 +79,8 @@ def _detail(ev: dict) -> None:
                    "is rare.")
     with right:
         st.plotly_chart(per_class_figure(ev["per_class"]), width="stretch", key="performance_per_class")
-        st.dataframe(pd.DataFrame(ev["per_class"]), hide_index=True, width="stretch",
+        st.dataframe(pd.DataFrame(ev["per_class"])[["class", "precision", "recall", "F1", "support"]],
+                     hide_index=True, width="stretch",
                      column_config={k: st.column_config.NumberColumn(format="%.3f")
                                     for k in ("precision", "recall", "F1")})
         st.caption("Per-class precision, recall and F1, each class taken one-vs-rest (Cheng et al., tables 2-3); "
@@ -97,7 +91,7 @@ def _detail(ev: dict) -> None:
 def _depth(run: engine.Run, runs: dict[int, engine.Run]) -> None:
     st.subheader("Test metric vs fine-tuning depth (Lee et al., fig. 5)")
     metric = st.selectbox("Metric", METRICS, key="performance_metric")
-    related = related_runs(run, [*runs.values(), *_all_runs()])
+    related = related_runs(run, [*runs.values(), *all_runs()])
     ordered = [related[k] for k in sorted(related)]
     with st.spinner(f"Evaluating {len(ordered)} runs…"):
         curve = _depth_curve(tuple(r.id for r in ordered), tuple(r.result["finished"] for r in ordered), metric)

@@ -1,8 +1,9 @@
-"""Support regions (Wan et al. §3.5, Cheng et al. fig. 7, Lee et al. figs. 8-10, Ouyang et al. figs. 5-6): where the
-model looks, how much of the lesion that covers, which decisions rest on the wrong region, and a new image's diagnosis."""
+"""Support regions (Wan et al. §3.5, Cheng et al. fig. 7, Lee et al. figs. 8-10, Ouyang et al. figs. 5-6): where
+the model looks, how much of the lesion that covers, which decisions rest on the wrong region, and a new image."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,7 @@ from engine.explain import (
     support_area,
     wrong_reason_gallery,
 )
-from engine.models.backbones import conv_layers
+from engine.models.backbones import StagedNet, conv_layers
 
 SECTIONS = ("Explain an image", "Consistency degree", "Wrong-reason gallery", "Same image across depths",
             "Diagnose a new image")
@@ -50,9 +51,14 @@ SECTIONS = ("Explain an image", "Consistency degree", "Wrong-reason gallery", "S
 LIME_SAMPLES = (50, 100, 250, 500, 1000, 2000)
 #: Methods scored over the whole test split; LIME costs ``n_samples`` model runs per image, too slow for a split.
 SPLIT_METHODS = ("Grad-CAM", "Guided Grad-CAM", "Occlusion")
+#: Image panels and bar charts: no Plotly toolbar over their titles (drag still zooms, double-click resets).
+NO_TOOLBAR = {"displayModeBar": False}
 TARGETS = {"Predicted": "pred", "True": "true"}
-OUTLINES_CAPTION = ("White line: support region (heatmap above the threshold). Green: annotated lesion. Dotted cyan: "
-                    "lungs (where the data has these masks).")
+#: Gallery filter: both kinds, or only images classified wrongly / rightly (the value of the ``correct`` column).
+GALLERY_KINDS = {"Both": None, "Misclassified (Lee fig. 9)": False, "Right for the wrong reason (Lee fig. 10)": True}
+OUTLINES_CAPTION = ("Heatmaps in jet colours, red high and blue low (Wan fig. 11). Magenta line: support region "
+                    "(heatmap above the threshold). Green: annotated lesion. Dotted cyan: lungs (where the data has "
+                    "these masks).")
 METHOD_NOTES = {
     "Grad-CAM": "Grad-CAM (Wan eqs. 7-9): gradient-weighted feature maps of the chosen conv layer, ReLU, upsampled.",
     "Guided Grad-CAM": "Guided Grad-CAM: Grad-CAM times guided backpropagation, pixel-sharp; scaled by its 99th "
@@ -67,7 +73,7 @@ METHOD_NOTES = {
 # Runs are keyed by id and ``finished`` so that a run trained again under the same id is not served stale.
 # Arrays go through cache_resource (shared, not copied on every rerun); the engine caches them on disk as well.
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _model(run_id: str, finished: float) -> Any:
+def _model(run_id: str, finished: float) -> StagedNet:
     return engine.load_run(run_id).load_model()
 
 
@@ -82,8 +88,8 @@ def _masks(run_id: str, finished: float) -> dict[str, np.ndarray]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _split_maps(run_id: str, finished: float, method: str, target: str) -> np.ndarray:
-    return run_heatmaps(engine.load_run(run_id), method, "test", target)
+def _split_maps(run_id: str, finished: float, method: str, target: str, layer: str | None = None) -> np.ndarray:
+    return run_heatmaps(engine.load_run(run_id), method, "test", target, layer)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -98,8 +104,8 @@ def _consistency(run_id: str, finished: float, threshold: float, method: str, ta
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _gallery(run_id: str, finished: float, threshold: float, mostly: float) -> pd.DataFrame:
-    return wrong_reason_gallery(engine.load_run(run_id), threshold, mostly=mostly)
+def _gallery(run_id: str, finished: float, threshold: float, mostly: float, layer: str | None) -> pd.DataFrame:
+    return wrong_reason_gallery(engine.load_run(run_id), threshold, mostly=mostly, layer=layer)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -115,9 +121,10 @@ def _key(run: engine.Run) -> tuple[str, float]:
 
 
 def _masks_of(masks: dict[str, np.ndarray], row: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The lesion and lung masks of one test image, None where the data has none."""
-    return (masks["lesion"][row] if masks["has_lesion"][row] else None,
-            masks["lung"][row] if masks["has_lung"][row] else None)
+    """The lesion and lung masks of one test image, None where the data has none (or the lesion mask is empty)."""
+    lesion, lung = masks["lesion"][row], masks["lung"][row]
+    return (lesion if masks["has_lesion"][row] and lesion.any() else None,
+            lung if masks["has_lung"][row] and lung.any() else None)
 
 
 def _scores(heatmap: np.ndarray, lesion: np.ndarray | None, lung: np.ndarray | None, threshold: float) -> dict:
@@ -140,41 +147,70 @@ def _target_picker(classes: tuple[str, ...], key: str, column: Any) -> str | int
     return classes.index(column.selectbox("Class to explain", classes, key=f"{key}_class"))
 
 
-def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
-    rows, classes = split_rows(run, "test"), run.classes
-    masks = _masks(*_key(run))
+def _layer_picker(run: engine.Run, key: str, column: Any) -> str | None:
+    """A Grad-CAM layer of the run's model; None for the last conv layer, the default (Wan et al.)."""
+    names = [name for name, _ in conv_layers(_model(*_key(run)))]
+    layer = column.selectbox("Grad-CAM layer", names, index=len(names) - 1, key=key,
+                             help="Wan et al. use the last convolutional layer (the default): it holds the most "
+                                  "semantic information but is coarse. Earlier layers localise small objects (a "
+                                  "marker, a device) more sharply and are less class-specific.")
+    return None if layer == names[-1] else layer  # the default stays implicit: its cache is shared with other views
+
+
+def _grid(n: int, per_row: int) -> Iterator[Any]:
+    """Containers for ``n`` panels laid out row by row, so that the panels of a row line up."""
+    for start in range(0, n, per_row):
+        yield from st.columns(per_row)[: min(per_row, n - start)]
+
+
+def _target_index(row: pd.Series, target: str | int) -> int:
+    """The class index a target names for one test row."""
+    return int(row["pred"] if target == "pred" else row["y"] if target == "true" else target)
+
+
+def _pick_image(rows: pd.DataFrame, classes: tuple[str, ...]) -> int | None:
+    """A test image (row of ``split_rows``), filterable by true class and by correct / wrong; None if none matches."""
     c1, c2 = st.columns(2)
     chosen = c1.multiselect("True class", classes, key="support_classes", placeholder="All classes")
     outcome = c2.radio("Classification", OUTCOMES, horizontal=True, key="support_outcome")
     shown = filter_test_rows(rows, classes, chosen, outcome)
     if shown.empty:
         st.info("No test image matches these filters: widen the class or classification filter.")
-        return
-    row = st.selectbox(f"Test image ({len(shown)} of {len(rows)} match)", shown.index.tolist(),
-                       format_func=lambda i: image_label(rows.loc[i], classes), key="support_image")
+        return None
+    return st.selectbox(f"Test image ({len(shown)} of {len(rows)} match)", shown.index.tolist(),
+                        format_func=lambda i: image_label(rows.loc[i], classes), key="support_image")
 
+
+def _pick_methods(run: engine.Run) -> tuple[list[str], str | int, dict[str, dict[str, Any]]]:
+    """The chosen methods, the class to explain and each method's parameters (Grad-CAM layer, LIME samples)."""
     c1, c2, c3 = st.columns(3)
     labels = c1.multiselect("Methods", list(METHOD_LABELS), default=["Grad-CAM"], key="support_methods")
-    target = _target_picker(classes, "support_target", c2)
+    target = _target_picker(run.classes, "support_target", c2)
     params: dict[str, dict[str, Any]] = {label: {} for label in labels}
     if {"Grad-CAM", "Guided Grad-CAM"} & set(labels):
-        names = [name for name, _ in conv_layers(_model(*_key(run)))]
-        layer = c3.selectbox("Grad-CAM layer", names, index=len(names) - 1, key="support_layer",
-                             help="Wan et al. use the last convolutional layer (the default): it holds the most "
-                                  "semantic information. Earlier layers give finer, less class-specific maps.")
-        if layer != names[-1]:  # the default layer stays implicit so that the cache is shared with the other views
+        layer = _layer_picker(run, "support_layer", c3)
+        if layer is not None:
             params["Grad-CAM"] = params["Guided Grad-CAM"] = {"layer": layer}
     if "LIME" in labels:
-        n_samples = c3.select_slider("LIME samples", LIME_SAMPLES, value=1000, key="support_lime_samples",
+        st.session_state.setdefault("support_lime_samples", 1000)  # a state default, not value=, so a preset value wins
+        n_samples = c3.select_slider("LIME samples", LIME_SAMPLES, key="support_lime_samples",
                                      help="Perturbed images LIME scores; fewer is faster and noisier.")
         params["LIME"] = {"n_samples": n_samples}
+    return labels, target, params
 
-    image, (lesion, lung) = _test_images(*_key(run))[row], _masks_of(masks, row)
+
+def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
+    rows, classes = split_rows(run, "test"), run.classes
+    row = _pick_image(rows, classes)
+    if row is None:
+        return
+    labels, target, params = _pick_methods(run)
+    image, (lesion, lung) = _test_images(*_key(run))[row], _masks_of(_masks(*_key(run)), row)
     r = rows.loc[row]
     columns = st.columns(len(labels) + 1)
     with columns[0]:
         st.plotly_chart(support_figure(image, lesion=lesion, lung=lung, title="Image", height=380),
-                        width="stretch", key="support_image_figure")
+                        width="stretch", key="support_image_figure", config=NO_TOOLBAR)
     scores = {}
     for column, label in zip(columns[1:], labels):
         method = METHOD_LABELS[label]
@@ -187,7 +223,7 @@ def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
             else:
                 fig = support_figure(image, result["heatmap"], threshold=threshold, opacity=opacity, lesion=lesion,
                                      lung=lung, title=title, height=380)
-            st.plotly_chart(fig, width="stretch", key=f"support_overlay_{method}")
+            st.plotly_chart(fig, width="stretch", key=f"support_overlay_{method}", config=NO_TOOLBAR)
         scores[label] = _scores(result["heatmap"], lesion, lung, threshold)
     st.caption(OUTLINES_CAPTION + " " + " ".join(METHOD_NOTES[label] for label in labels))
 
@@ -195,20 +231,15 @@ def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
     with left:
         probabilities = {c: float(r[f"prob_{c}"]) for c in classes}
         st.plotly_chart(probability_figure(probabilities, classes[int(r["y"])]), width="stretch",
-                        key="support_probabilities")
+                        key="support_probabilities", config=NO_TOOLBAR)
     with right:
         if scores:
-            table = pd.DataFrame.from_dict(scores, orient="index")
-            st.dataframe(table, width="stretch", column_config={
-                c: st.column_config.NumberColumn(format="percent") for c in table.columns if c != "pointing game"})
+            table = pd.DataFrame(scores)  # one column per method
+            st.dataframe(table.map(lambda v: v if isinstance(v, str) else "n/a" if np.isnan(v) else f"{v:.1%}"),
+                         width="stretch")
             st.caption(f"Scores of each map at threshold {threshold:g}: consistency degree = share of the lesion "
                        "covered by support (Wan §3.5); pointing game = whether the map's peak lies in the lesion; "
                        "support outside = share of the support pixels outside the lesion or the lungs.")
-
-
-def _target_index(row: pd.Series, target: str | int) -> int:
-    """The class index a target names for one test row."""
-    return int(row["pred"] if target == "pred" else row["y"] if target == "true" else target)
 
 
 def _consistency_section(run: engine.Run, runs: dict[int, engine.Run], threshold: float, opacity: float) -> None:
@@ -229,8 +260,8 @@ def _consistency_section(run: engine.Run, runs: dict[int, engine.Run], threshold
         df = _consistency(*_key(run), threshold, method, target)
     s = consistency_summary(df)
     cols = st.columns(4)
-    cols[0].metric(f"Mean consistency degree ({label})", f"{s['consistency']:.1%}",
-                   help=f"Median {s['median']:.1%}; {s['n']} test images with a lesion mask.")
+    cols[0].metric("Mean consistency degree", f"{s['consistency']:.1%}",
+                   help=f"{label}; median {s['median']:.1%}; {s['n']} test images with a lesion mask.")
     cols[1].metric("Baseline: lungs, uniform", "n/a" if np.isnan(s["lung_baseline"]) else f"{s['lung_baseline']:.1%}",
                    help=f"A heatmap of 1 over the lungs, 0 elsewhere ({s['n_lung']} images with a lung mask).")
     cols[2].metric("Baseline: random field", f"{s['random_baseline']:.1%}",
@@ -265,15 +296,15 @@ def _top_consistency(run: engine.Run, df: pd.DataFrame, method: str, target: str
     st.markdown("**Highest consistency degree (Wan et al., fig. 12)**")
     top = df.sort_values("consistency", ascending=False, kind="stable").head(6)
     maps, images = _split_maps(*_key(run), method, target), _test_images(*_key(run))
-    columns = st.columns(3)
-    for k, (_, r) in enumerate(top.iterrows()):
+    for k, (cell, (_, r)) in enumerate(zip(_grid(len(top), 3), top.iterrows())):
         row = int(r["row"])
         lesion, lung = _masks_of(masks, row)
-        with columns[k % 3]:
+        with cell:
             st.plotly_chart(support_figure(images[row], maps[row], threshold=threshold, opacity=opacity, lesion=lesion,
-                                           lung=lung, height=300, colorbar=k == 0, legend=False,
-                                           title=f"{r['consistency']:.0%} · {r['file']}"),
-                            width="stretch", key=f"support_top_{k}")
+                                           lung=lung, height=300, colorbar=False, legend=False,
+                                           title=f"{r['consistency']:.0%} of the lesion"),
+                            width="stretch", key=f"support_top_{k}", config=NO_TOOLBAR)
+            st.caption(f"`{r['file']}`")
     st.caption(OUTLINES_CAPTION)
 
 
@@ -295,12 +326,14 @@ def _consistency_by_depth(runs: dict[int, engine.Run], threshold: float, method:
 
 def _gallery_section(run: engine.Run, threshold: float, opacity: float) -> None:
     masks = _masks(*_key(run))
-    c1, c2 = st.columns(2)
-    mostly = c1.slider("'Mostly outside' means more than this share of the support", 0.3, 0.9, 0.5, 0.05,
+    c1, c2, c3, c4 = st.columns(4)
+    kind = c1.radio("Show", tuple(GALLERY_KINDS), key="support_gallery_kind")
+    layer = _layer_picker(run, "support_gallery_layer", c2)
+    mostly = c3.slider("'Mostly outside' means more than this share of the support", 0.3, 0.9, 0.5, 0.05,
                        key="support_mostly")
-    n_show = c2.slider("Images shown", 4, 32, 12, 4, key="support_gallery_size")
-    with st.spinner("Explaining every test image with Grad-CAM (once per run, then cached)…"):
-        gallery = _gallery(*_key(run), threshold, mostly)
+    n_show = c4.slider("Images shown", 4, 32, 12, 4, key="support_gallery_size")
+    with st.spinner("Explaining every test image with Grad-CAM (once per run and layer, then cached)…"):
+        gallery = _gallery(*_key(run), threshold, mostly, layer)
     n_test = len(split_rows(run, "test"))
     if not (masks["has_lesion"].any() or masks["has_lung"].any()):
         st.info("This data has no lesion or lung masks: the gallery can only list misclassified images, not those "
@@ -311,23 +344,30 @@ def _gallery_section(run: engine.Run, threshold: float, opacity: float) -> None:
         return
     wrong = int((~gallery["correct"]).sum())
     st.markdown(f"**{wrong}** misclassified and **{len(gallery) - wrong}** right for the wrong reason, of {n_test} "
-                f"test images; worst first (showing {min(n_show, len(gallery))}).")
-    maps, images = _split_maps(*_key(run), "gradcam", "pred"), _test_images(*_key(run))
-    columns = st.columns(4)
-    for k, (_, g) in enumerate(gallery.head(n_show).iterrows()):
+                "test images.")
+    if GALLERY_KINDS[kind] is not None:
+        gallery = gallery[gallery["correct"] == GALLERY_KINDS[kind]]
+    if gallery.empty:
+        st.info(f"No test image of this kind ({kind.lower()}) at these settings.")
+        return
+    st.caption(f"Worst first; showing {min(n_show, len(gallery))} of {len(gallery)}.")
+    maps, images = _split_maps(*_key(run), "gradcam", "pred", layer), _test_images(*_key(run))
+    shown = gallery.head(n_show)
+    for k, (cell, (_, g)) in enumerate(zip(_grid(len(shown), 4), shown.iterrows())):
         row = int(g["row"])
         lesion, lung = _masks_of(masks, row)
-        with columns[k % 4]:
+        with cell:
             st.plotly_chart(support_figure(images[row], maps[row], threshold=threshold, opacity=opacity,
                                            lesion=lesion, lung=lung, height=280, colorbar=False, legend=False,
                                            title=f"{k + 1}. {g['true_class']} → {g['pred_class']}"),
-                            width="stretch", key=f"support_gallery_{k}")
+                            width="stretch", key=f"support_gallery_{k}", config=NO_TOOLBAR)
             st.caption(f"`{g['file']}`: {g['reason']}.")
     st.caption(
-        "Grad-CAM of the predicted class. Ranked by badness = the probability given to a wrong class (0 when correct) "
-        "+ the share of the support outside the lesion or the lungs when it exceeds the 'mostly' cut. Lee et al. "
-        "(figs. 9-10) found foreign bodies (ports, pacemakers) behind wrong and right-for-the-wrong-reason calls; "
-        "Ouyang et al. (fig. 6) show maps lit outside the lungs in failures. " + OUTLINES_CAPTION)
+        "Grad-CAM of the predicted class at the chosen layer. Ranked by badness = the probability given to a wrong "
+        "class (0 when correct) + the share of the support outside the lesion or the lungs when it exceeds the "
+        "'mostly' cut. Lee et al. (figs. 9-10) found foreign bodies (ports, pacemakers) behind wrong and "
+        "right-for-the-wrong-reason calls; Ouyang et al. (fig. 6) show maps lit outside the lungs in failures. "
+        + OUTLINES_CAPTION)
 
 
 def _depths_section(run: engine.Run, runs: dict[int, engine.Run], threshold: float, opacity: float) -> None:
@@ -361,7 +401,7 @@ def _depths_section(run: engine.Run, runs: dict[int, engine.Run], threshold: flo
                 "depths on Home to compare them.")
     st.plotly_chart(depth_strip_figure(_test_images(*_key(run))[row], maps, titles, threshold=threshold,
                                        opacity=opacity, lesion=lesion, lung=lung),
-                    width="stretch", key="support_depth_strip")
+                    width="stretch", key="support_depth_strip", config=NO_TOOLBAR)
     st.caption(f"Grad-CAM on the last conv layer of each depth's run; panel titles give that run's prediction, its "
                "probability and, with a lesion mask, the consistency degree. " + OUTLINES_CAPTION)
 
@@ -371,7 +411,7 @@ def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None
     st.markdown(f"Upload a chest X-ray or CT slice: this run's model (depth {cfg.depth}) gives its class probabilities "
                 "and shows where it looked, by Grad-CAM and LIME.")
     upload = st.file_uploader("Image (PNG, JPEG, BMP or TIFF)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES],
-                              key="support_upload")
+                              key="support_upload", max_upload_size=MAX_UPLOAD_BYTES // 2**20)
     n_samples = st.select_slider("LIME samples", LIME_SAMPLES, value=1000, key="support_upload_lime_samples",
                                  help="Perturbed images LIME scores; fewer is faster and noisier.")
     st.caption(f"At most {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_UPLOAD_SIDE} px per side. The image is read in "
@@ -389,18 +429,19 @@ def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None
     image = result["image"]
     c1, c2, c3 = st.columns(3)
     with c1:
-        st.plotly_chart(probability_figure(result["probabilities"]), width="stretch", key="support_upload_probs")
+        st.plotly_chart(probability_figure(result["probabilities"]), width="stretch", key="support_upload_probs",
+                        config=NO_TOOLBAR)
         st.plotly_chart(support_figure(image, title="Model input", height=320, legend=False), width="stretch",
-                        key="support_upload_image")
+                        key="support_upload_image", config=NO_TOOLBAR)
     with c2:
         st.plotly_chart(support_figure(image, result["gradcam"], threshold=threshold, opacity=opacity,
                                        title=f"Grad-CAM · {result['predicted']}"), width="stretch",
-                        key="support_upload_gradcam")
+                        key="support_upload_gradcam", config=NO_TOOLBAR)
     with c3:
         st.plotly_chart(lime_figure(image, result["lime"], threshold=threshold, opacity=opacity,
                                     title=f"LIME · {result['predicted']}"), width="stretch",
-                        key="support_upload_lime")
-    st.caption(f"Both maps explain the predicted class ({result['predicted']}); white line: support (heatmap > "
+                        key="support_upload_lime", config=NO_TOOLBAR)
+    st.caption(f"Both maps explain the predicted class ({result['predicted']}); magenta line: support (heatmap > "
                f"{threshold:g}). {METHOD_NOTES['Grad-CAM']} {METHOD_NOTES['LIME']}")
 
 
@@ -412,7 +453,7 @@ c1, c2 = st.columns(2)
 threshold = c1.slider("Support threshold", 0.05, 0.95, SUPPORT_THRESHOLD, 0.05, key="support_threshold",
                       help="Pixels whose heatmap value exceeds this form the support region.")
 c1.caption(f"Default {SUPPORT_THRESHOLD:g} from Wan et al. §3.5: pixels with heatmap > 0.7 are support pixels, "
-           "drawn as a white contour.")
+           "drawn as a magenta contour.")
 opacity = c2.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="support_opacity")
 c2.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, {run.config.image_size} px, "
            f"{len(split_rows(run, 'test'))} test images.")

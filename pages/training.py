@@ -14,7 +14,7 @@ from dashboard.training_charts import (
     loss_figure,
     related_runs,
 )
-from dashboard.widgets import depth_slider, require_runs
+from dashboard.widgets import all_runs, depth_slider, require_runs
 
 MARKS_CAPTION = (
     "Green line: best epoch (lowest validation loss; its weights are the model kept and evaluated). Red dashed: early "
@@ -26,13 +26,6 @@ DROPOUT_CAPTION = (
     "validation and test are scored after each epoch in eval mode. That is why the test loss can sit below the train "
     "loss, as Wan et al. note for their fig. 4."
 )
-
-
-@st.cache_resource(ttl=60, show_spinner=False)
-def _all_runs() -> list[engine.Run]:
-    """Every finished run in the cache, newest first (listed again at most once a minute, or after training)."""
-    df = engine.list_runs()
-    return [engine.load_run(r) for r in df["run"]] if len(df) else []
 
 
 def _number(x: float | None) -> str:
@@ -84,7 +77,7 @@ def _single(run: engine.Run) -> None:
 
 
 def _compare(run: engine.Run, runs: dict[int, engine.Run]) -> None:
-    related = related_runs(run, [*runs.values(), *_all_runs()])
+    related = related_runs(run, [*runs.values(), *all_runs()])
     backbone = run.config.backbone
     others = sorted({b for b, _ in related} - {backbone})
     c1, c2, c3, c4 = st.columns([3, 3, 2, 3])

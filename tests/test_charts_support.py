@@ -212,7 +212,8 @@ def test_diagnose_upload_of_a_real_png_writes_nothing(model, tmp_path, monkeypat
     assert _listing(tmp_path) == before
     assert isinstance(result, dict)
     x = torch.from_numpy(image).float().div(255).expand(1, 3, 64, 64)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # ImageNet statistics, as the model expects
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = torch.softmax(model((x - mean) / std), 1)[0].numpy()
     np.testing.assert_allclose(list(result["probabilities"].values()), expected, atol=1e-5)

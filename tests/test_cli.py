@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,25 @@ def test_sweep_trains_then_reports_cached(tiny_folder, tmp_path):
     assert again.returncode == 0 and again.stdout.count("True") == 2  # the table's cached column
     listed = json.loads(_cli(tmp_path, "runs", "--json").stdout)
     assert sorted(r["run"] for r in listed) == sorted(r["run"] for r in rows)
+
+    image = next((tiny_folder / "images" / "pneumonia").iterdir())
+    for method in ("gradcam", "occlusion"):
+        out = tmp_path / f"{method}.png"
+        done = _cli(tmp_path, "explain", "--run", rows[1]["run"], "--method", method, "--image", str(image),
+                    "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        assert "predicted" in done.stdout and cv2.imread(str(out)).shape == (64, 64, 3)
+    missing = _cli(tmp_path, "explain", "--run", "nope", "--method", "gradcam", "--image", str(image), "--out", "x.png")
+    assert missing.returncode == 2 and "python -m engine runs" in missing.stderr
+
+
+def test_make_demo_writes_the_folder_layout(tmp_path):
+    out = _cli(tmp_path, "data", "make-demo", str(tmp_path / "demo"), "--per-class", "10", "--size", "64")
+    assert out.returncode == 0, out.stderr
+    root = tmp_path / "demo"
+    assert (root / "manifest.csv").exists()
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["covid", "normal", "pneumonia"]
+    assert len(list((root / "masks" / "covid").glob("*.png"))) == 10
 
 
 def test_bad_input_is_a_one_line_error_not_a_traceback(tmp_path):

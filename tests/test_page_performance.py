@@ -73,6 +73,7 @@ def test_page_shows_table_1_and_the_test_split_views(app, trained_selection, run
             assert f"{name} (AUC {roc_auc_score(y == c, proba[:, c]):.3f})" in roc_names
 
     per_class = at.dataframe[0].value
+    assert list(per_class.columns) == ["class", "precision", "recall", "F1", "support"]
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=range(len(run.classes)),
                                                                      zero_division=np.nan)
     np.testing.assert_allclose(per_class["recall"].astype(float), recall, equal_nan=True)

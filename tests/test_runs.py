@@ -7,7 +7,7 @@ import engine
 from engine import training
 from engine.config import RunConfig
 from engine.errors import ConfigError, DataError
-from engine.runs import RESULT, runs_root
+from engine.runs import RESULT, run_id, runs_root
 
 
 def _cfg(data, **kw) -> RunConfig:
@@ -60,6 +60,21 @@ def test_execution_only_options_share_the_cache_key(tiny_folder, home):
     run = engine.train_run(_cfg(tiny_folder))
     assert engine.get_run(_cfg(tiny_folder, prefix_cache=False)).id == run.id
     assert engine.get_run(_cfg(tiny_folder, seed=1)) is None
+
+
+def test_the_initial_weights_are_part_of_the_key(tiny_folder, home, tmp_path):
+    import torch
+    import torchvision
+
+    ds = engine.load_dataset(tiny_folder)
+    ids = []
+    for seed in (0, 1, 0):
+        torch.manual_seed(seed)
+        path = tmp_path / f"w{seed}.pth"
+        torch.save(torchvision.models.get_model("alexnet", weights=None).state_dict(), path)
+        ids.append(run_id(_cfg(tiny_folder, init=str(path)), ds))
+    assert ids[0] != ids[1] and ids[0] == ids[2]
+    assert run_id(_cfg(tiny_folder, init="builtin"), ds) != run_id(_cfg(tiny_folder), ds)
 
 
 def test_an_interrupted_run_leaves_no_result_and_resumes(tiny_folder, home, monkeypatch):

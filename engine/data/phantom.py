@@ -21,6 +21,8 @@ SOURCE_CLASSES: tuple[str, ...] = ("clear", "nodules", "effusion", "cardiomegaly
 GGO_STRENGTH = (0.10, 0.30)      # covid: faint ground-glass opacities
 CONSOLIDATION_STRENGTH = (0.30, 0.60)  # pneumonia: denser lobar consolidation
 REPEAT_PATIENT_SHARE = 0.3       # share of patients imaged 2-3 times
+#: Bump when the images change, so datasets and backbones cached from an older generator are not reused.
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,8 @@ class PhantomSpec:
         return LESION_CLASSES if self.task == "lesions" else SOURCE_CLASSES
 
     def to_dict(self) -> dict:
-        """JSON-able fields (used in cache keys)."""
-        return asdict(self)
+        """JSON-able fields and the generator version (used in cache keys)."""
+        return {**asdict(self), "generator": GENERATOR_VERSION}
 
 
 @dataclass(frozen=True)
@@ -166,13 +168,11 @@ def render_phantom(rng: np.random.Generator, label: str, size: int, *, marker: b
         lesion = _blob(rng, s, (x, y), rng.uniform(0.07, 0.11) * u) * rng.uniform(*CONSOLIDATION_STRENGTH)
         if rng.random() < 0.15:  # occasionally bilateral
             lesion = np.maximum(lesion, _blob(rng, s, (2 * cx - x, y), 0.05 * u) * rng.uniform(*CONSOLIDATION_STRENGTH) * 0.7)
-    elif label == "nodules":
-        for _ in range(int(rng.integers(2, 6))):
+    elif label == "nodules":  # nodules and masses: round opacities of any size and density, anywhere in the lungs
+        for _ in range(int(rng.integers(1, 5))):
             side = rng.choice([-1, 1])
             p = (cx + side * (dx + rng.uniform(-0.7, 0.7) * a.lung_w * u), cy + rng.uniform(-0.8, 0.8) * a.lung_h * u)
-            nod = np.zeros((s, s), np.float32)
-            cv2.circle(nod, (int(p[0]), int(p[1])), max(1, int(rng.uniform(0.012, 0.025) * u)), 0.5, -1, cv2.LINE_AA)
-            lesion = np.maximum(lesion, nod)
+            lesion = np.maximum(lesion, _blob(rng, s, p, rng.uniform(0.02, 0.06) * u) * rng.uniform(0.2, 0.5))
     elif label == "effusion":
         side = rng.choice([-1, 1])
         level = cy + rng.uniform(0.35, 0.7) * a.lung_h * u

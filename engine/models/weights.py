@@ -20,7 +20,8 @@ def imagenet_file(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """First 16 hex digits of the file's SHA-256."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -79,14 +80,14 @@ def build_model(arch: str, n_classes: int, init: str, *, head_width: int | None 
     """
     if init == "imagenet":
         model = stage(_imagenet_tv(arch), arch, n_classes, head_width)
-        return model, {"init": "imagenet", "file": str(imagenet_file(arch)), "sha256": _file_digest(imagenet_file(arch))}
+        return model, {"init": "imagenet", "file": str(imagenet_file(arch)), "sha256": file_digest(imagenet_file(arch))}
     if init == "scratch":
         return stage(torchvision_model(arch), arch, n_classes, head_width), {"init": "scratch"}
     path = builtin_file if init == "builtin" else Path(init).expanduser()
     if path is None:
         raise WeightsError("init=builtin needs the built-in pretrained backbone file.")
     state = read_state_dict(path)
-    record = {"init": "builtin" if init == "builtin" else "file", "file": str(path), "sha256": _file_digest(path)}
+    record = {"init": "builtin" if init == "builtin" else "file", "file": str(path), "sha256": file_digest(path)}
     if any(k.startswith("blocks.") for k in state):  # a LungLens checkpoint (StagedNet names)
         model = stage(torchvision_model(arch), arch, n_classes, head_width)
         record["not_loaded"] = _load_into(model, state, str(path))

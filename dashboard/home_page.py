@@ -1,0 +1,157 @@
+"""The Home page: what LungLens is, the data and experiment pickers, training with progress, and the cached runs."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import streamlit as st
+
+import engine
+from dashboard.state import Selection, selection, set_selection, shared_datasets
+from dashboard.widgets import cached_runs, runs_table
+
+INITS = ("builtin", "imagenet", "scratch")
+
+
+def _data_picker(sel: Selection) -> dict:
+    st.subheader("1 · Data")
+    shared = shared_datasets()
+    options = ["Built-in phantoms (generated, no download)", *[f"Shared: {n}" for n in shared], "A folder on this machine"]
+    current = sel.config.data
+    if current == "builtin":
+        index = 0
+    elif Path(current).name in shared and Path(current) == shared[Path(current).name]:
+        index = 1 + list(shared).index(Path(current).name)
+    else:
+        index = len(options) - 1
+    choice = st.radio("Images", options, index=index, key="home_data_choice")
+    changes: dict = {}
+    if choice == options[0]:
+        changes["data"] = "builtin"
+        c1, c2 = st.columns(2)
+        changes["builtin_per_class"] = c1.number_input("Images per class", 10, 3000, sel.config.builtin_per_class, 10)
+        changes["confounder_prob"] = c2.slider(
+            "Shortcut marker: P(marker | covid)", 0.0, 1.0, sel.config.confounder_prob, 0.05,
+            help="0 = off. A bright device-like marker outside the lungs that co-occurs with covid with this "
+                 "probability (and with the other classes with 1 − p), to reproduce 'right for the wrong reason' "
+                 "(Lee et al. 2020).")
+        st.caption("Synthetic chest radiographs: normal, pneumonia (lobar consolidation), covid (bilateral peripheral "
+                   "ground-glass opacities), with lesion and lung masks.")
+    elif choice.startswith("Shared: "):
+        changes["data"] = str(shared[choice.removeprefix("Shared: ")])
+    else:
+        path = st.text_input("Folder (ROOT/images/<class>/* or ROOT/<class>/*)",
+                             value="" if current == "builtin" or Path(current).name in shared else current)
+        if path:
+            changes["data"] = path
+        st.caption("Optional: ROOT/masks/<class>/<same name>.png (lesions), ROOT/lung_masks/…, ROOT/manifest.csv "
+                   "with file,class,patient_id,split. See README.")
+    return changes
+
+
+def _experiment_picker(sel: Selection) -> tuple[dict, tuple[int, ...]]:
+    st.subheader("2 · Experiment")
+    c = sel.config
+    c1, c2, c3 = st.columns(3)
+    backbone = c1.selectbox("Backbone", engine.BACKBONES, index=engine.BACKBONES.index(c.backbone))
+    init = c2.selectbox("Initialisation", INITS, index=INITS.index(c.init) if c.init in INITS else 0,
+                        help="builtin: pretrained once on the phantom source corpus (offline); imagenet: torchvision "
+                             "weights from the local TORCH_HOME cache; scratch: random.")
+    epochs = c3.number_input("Epochs (max; early stopping on validation loss)", 1, 200, c.epochs)
+    depths = st.multiselect("Fine-tuning depths to compare (trainable conv blocks, Lee et al.)",
+                            list(range(engine.N_BLOCKS + 1)), default=list(sel.depths))
+    c4, c5 = st.columns(2)
+    size = c4.select_slider("Image size (px)", [64, 96, 128, 160, 192, 224], value=c.image_size,
+                            help="224 is the papers' size; 128 keeps the CPU demo to minutes.")
+    clahe = c5.toggle("CLAHE contrast equalisation (Lee et al.)", value=c.clahe)
+    # fc6/fc7 narrowing (the CPU demo's) only exists for AlexNet/VGG, and ImageNet weights come with the full head.
+    head_width = c.head_width if backbone in ("alexnet", "vgg16", "vgg19") and init != "imagenet" else None
+    return ({"backbone": backbone, "init": init, "epochs": int(epochs), "image_size": int(size), "clahe": clahe,
+             "head_width": head_width}, tuple(sorted(depths)))
+
+
+def _train(sel: Selection, missing: list[engine.RunConfig]) -> None:
+    """Train the missing runs with a live progress display and an estimate of the time left."""
+    overall = st.progress(0.0, text="Starting…")
+    current = st.progress(0.0, text="")
+    log = st.empty()
+    t0 = time.perf_counter()
+
+    def progress_for(i: int, cfg: engine.RunConfig):
+        def report(p: engine.Progress) -> None:
+            done = (i + p.fraction) / len(missing) if not p.phase.startswith("pretrain") else i / len(missing)
+            elapsed = time.perf_counter() - t0
+            eta = f" · about {elapsed / done - elapsed:.0f} s left" if done > 0.02 else ""
+            what = "pretraining the built-in backbone" if p.phase.startswith("pretrain") else f"depth {cfg.depth}"
+            overall.progress(min(done, 1.0), text=f"Run {i + 1} of {len(missing)}: {what}{eta}")
+            current.progress(p.fraction, text=f"Epoch {p.epoch} of {p.epochs} · batch {p.batch}/{p.batches}")
+            if p.metrics:
+                log.caption(f"Last epoch: validation loss {p.metrics.get('val_loss', float('nan')):.3f}, "
+                            f"test ACC {p.metrics.get('test_acc', float('nan')):.3f}")
+        return report
+
+    with st.status(f"Training {len(missing)} run(s)…", expanded=True) as box:
+        rows = engine.run_sweep(missing, progress_for, status=box.write)
+        box.update(label=f"Trained {len(rows)} run(s) in {time.perf_counter() - t0:.0f} s", state="complete")
+    st.cache_resource.clear()
+
+
+def home() -> None:
+    """Draw the Home page."""
+    st.title("LungLens")
+    st.markdown(
+        "LungLens trains CNN classifiers of chest X-ray and CT images (COVID-19, pneumonia, normal) and shows, page by "
+        "page, **how** they learn and **why** they decide: training curves, diagnostic performance with confidence "
+        "intervals, learned features, the layers' filters and neurons, and the image regions that support each decision. "
+        "It follows the interpretation architecture of Wan et al. (Entropy 2021) and the fine-tuning-depth study of "
+        "Lee et al. (J Pers Med 2020)."
+    )
+    with st.expander("How to read the pages"):
+        st.markdown(
+            "- **Training**: loss and the five criteria per epoch, train vs test; a depth slider switches runs.\n"
+            "- **Performance**: the fine-tuned CNN against LBP + SVM and deep features + SVM, with 95% CIs; ROC, PR, "
+            "confusion matrices; metric vs fine-tuning depth.\n"
+            "- **Features**: deep and LBP features projected to 2-D/3-D (PCA, kernel PCA, t-SNE) with separability scores.\n"
+            "- **Layers**: first-layer filters before/after fine-tuning, hidden neurons by guided backpropagation.\n"
+            "- **Support Regions**: Grad-CAM, LIME and occlusion maps, their overlap with lesion masks (consistency "
+            "degree), and cases right for the wrong reason."
+        )
+    sel = selection()
+    changes = _data_picker(sel)
+    config_changes, depths = _experiment_picker(sel)
+    try:
+        new = Selection(sel.config.replace(**changes, **config_changes), depths or sel.depths)
+    except engine.LungLensError as exc:
+        st.error(str(exc))
+        return
+    if new != sel:
+        set_selection(new)
+        sel = new
+
+    st.subheader("3 · Train")
+    try:
+        runs = cached_runs(sel)
+    except engine.LungLensError as exc:
+        st.error(f"The selected data cannot be used: {exc}")
+        return
+    missing = [cfg for cfg in sel.configs() if runs.get(cfg.depth) is None]
+    trained = len(runs) - len(missing)
+    st.markdown(f"**{trained} of {len(runs)}** runs of this experiment are trained and cached.")
+    if missing:
+        label = f"Train {len(missing)} run(s) (depths {', '.join(str(c.depth) for c in missing)})"
+        if st.button(label, type="primary", icon=":material/play_arrow:"):
+            try:
+                _train(sel, missing)
+            except engine.LungLensError as exc:
+                st.error(str(exc))
+            else:
+                st.rerun()
+    else:
+        st.success("Everything is trained: open Training, Performance, Features, Layers or Support Regions.")
+
+    st.subheader("Cached runs")
+    runs_table(engine.list_runs())
+
+
+
+home()

@@ -1,0 +1,140 @@
+"""The Features page in AppTest: LBP and deep features projected side by side, with separability scores."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.feature import local_binary_pattern
+from sklearn.decomposition import PCA
+from sklearn.metrics import silhouette_score
+from sklearn.preprocessing import StandardScaler
+from streamlit.testing.v1 import AppTest
+
+import engine
+from dashboard.state import Selection
+
+PAGE = "../pages/features.py"
+HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
+
+
+def _array(v) -> np.ndarray:
+    """A Plotly JSON array, plain or base64-typed (``{"dtype", "bdata", "shape"}``)."""
+    if isinstance(v, dict):
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(n) for n in v["shape"].split(",")]) if "shape" in v else a
+    return np.array(v)
+
+
+def _traces(at: AppTest, key: str) -> list[dict]:
+    return json.loads(next(c for c in at.get("plotly_chart") if c.key == key).proto.spec)["data"]
+
+
+def _points(traces: list[dict], axes: str = "xy") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, coordinates, legend group) of every point of the class / correctness traces, in row order."""
+    traces = [t for t in traces if t["name"] != "selected image"]
+    rows = np.concatenate([_array(t["customdata"]) for t in traces]).astype(int)
+    xyz = np.concatenate([np.column_stack([_array(t[a]) for a in axes]) for t in traces])
+    group = np.concatenate([[t["name"].split(" (")[0]] * len(_array(t["x"])) for t in traces])
+    order = np.argsort(rows)
+    return rows[order], xyz[order], group[order]
+
+
+def _open(app: AppTest, sel: Selection) -> AppTest:
+    app.run()
+    app.session_state["selection"] = sel
+    app.switch_page(PAGE).run()
+    assert not app.exception
+    return app
+
+
+@pytest.fixture(scope="module")
+def runs(trained_selection) -> dict[int, engine.Run]:
+    return {cfg.depth: engine.get_run(cfg) for cfg in trained_selection.configs()}
+
+
+def _metric(at: AppTest, column: int, label: str) -> str:
+    return [m for m in at.metric if m.label == label][column].value
+
+
+def test_lbp_and_deep_projections_side_by_side_with_scores(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    run = runs[max(runs)]
+    preds = run.predictions
+    assert {c.key for c in at.get("plotly_chart")} == {"features_lbp", "features_deep"}
+    for key in ("features_lbp", "features_deep"):
+        traces = _traces(at, key)
+        assert {t["type"] for t in traces} == {"scattergl"}
+        counts = np.bincount(preds["y"], minlength=len(run.classes))
+        assert [t["name"] for t in traces] == [f"{c} ({n})" for c, n in zip(run.classes, counts, strict=True)]
+        rows, _, group = _points(traces)
+        np.testing.assert_array_equal(rows, np.arange(len(preds)))
+        np.testing.assert_array_equal(group, np.asarray(run.classes)[preds["y"]])
+
+    # The LBP chart is the PCA of the standardised 59-bin uniform LBP histograms, computed here from the images.
+    images = run.images()
+    lbp = np.stack([np.bincount(local_binary_pattern(im, 8, 1, "nri_uniform").astype(int).ravel(), minlength=59)
+                    for im in images]) / images[0].size
+    expected = PCA(n_components=2).fit_transform(StandardScaler().fit_transform(lbp))
+    _, shown, labels = _points(_traces(at, "features_lbp"))
+    signs = np.sign((expected * shown).sum(axis=0))  # a principal axis is defined up to its sign
+    np.testing.assert_allclose(shown, expected * signs, rtol=1e-3, atol=1e-3)
+
+    assert _metric(at, 0, "Silhouette") == f"{silhouette_score(shown, labels):.3f}"
+    _, deep, labels = _points(_traces(at, "features_deep"))
+    assert _metric(at, 1, "Silhouette") == f"{silhouette_score(deep, labels):.3f}"
+    assert 0 <= float(_metric(at, 1, "k-NN accuracy")) <= 1
+    caption = " ".join(c.value for c in at.caption)
+    assert "fig. 6" in caption and "PCA-50" in caption and "59-bin" in caption and "9216-d" in caption
+
+
+def test_dims_method_and_colour_selectors(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    run = runs[max(runs)]
+    at.radio(key="features_dims").set_value(3).run()
+    assert not at.exception
+    traces = _traces(at, "features_deep")
+    assert {t["type"] for t in traces} == {"scatter3d"}
+    assert _points(traces, "xyz")[1].shape == (len(run.predictions), 3)
+
+    at.selectbox(key="features_method").set_value("tsne").run()
+    assert not at.exception
+    assert {t["type"] for t in _traces(at, "features_lbp")} == {"scatter3d"}
+
+    at.radio(key="features_dims").set_value(2).run()
+    at.toggle(key="features_correct").set_value(True).run()
+    assert not at.exception
+    right = int((run.predictions["y"] == run.predictions["pred"]).sum())
+    names = [t["name"] for t in _traces(at, "features_deep")]
+    assert names == [f"correct ({right})", f"wrong ({len(run.predictions) - right})"]
+
+
+def test_depth_slider_switches_run_and_a_picked_image_is_shown_and_ringed(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    at.select_slider(key="features_depth").set_value(0).run()
+    assert not at.exception
+    run = runs[0]
+    assert any(run.id in c.value for c in at.caption)
+    assert not at.image  # nothing picked yet
+
+    row = int(np.flatnonzero(run.predictions["split"] == "test")[0])
+    at.selectbox(key="features_image").set_value(row).run()
+    assert not at.exception
+    assert len(at.image) == 1
+    assert any(run.predictions["file"].iloc[row] in m.value for m in at.markdown)
+    for key in ("features_lbp", "features_deep"):
+        ring = _traces(at, key)[-1]
+        assert ring["name"] == "selected image" and _array(ring["customdata"]).tolist() == [row]
+
+
+def test_empty_state_without_trained_runs(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
+    sel = Selection(engine.RunConfig(data=str(tiny_folder), init="scratch", image_size=64, epochs=1), (0, 5))
+    at = AppTest.from_file(str(HOME), default_timeout=60)
+    at.session_state["selection"] = sel
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert "none of the selected experiment is trained" in at.info[0].value
+    assert not at.get("plotly_chart")

@@ -1,0 +1,143 @@
+"""The Layers page in AppTest: first-layer filters before / after / difference, guided backpropagation, activations."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+import engine
+from dashboard.state import Selection
+from engine.data.transforms import to_model_input
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum")
+
+PAGE = "../pages/layers.py"
+HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
+CHARTS = {"layers_filters", "layers_neurons", "layers_across", "layers_activations"}
+FROZEN = "conv1 is frozen at this depth, so before = after"
+
+
+def _chart(at: AppTest, key: str) -> dict:
+    return json.loads(next(c for c in at.get("plotly_chart") if c.key == key).proto.spec)
+
+
+def _png(source: str) -> np.ndarray:
+    raw = np.frombuffer(base64.b64decode(source.split(",", 1)[1]), np.uint8)
+    return cv2.cvtColor(cv2.imdecode(raw, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _open(app: AppTest, sel: Selection) -> AppTest:
+    app.run()
+    app.session_state["selection"] = sel
+    app.switch_page(PAGE).run()
+    assert not app.exception
+    return app
+
+
+@pytest.fixture(scope="module")
+def runs(trained_selection) -> dict[int, engine.Run]:
+    return {cfg.depth: engine.get_run(cfg) for cfg in trained_selection.configs()}
+
+
+def _conv1(model: torch.nn.Module) -> np.ndarray:
+    """The first conv layer's weights as (n, k, k, 3), read straight from the module."""
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return conv.weight.detach().permute(0, 2, 3, 1).numpy()
+
+
+def _first_tile(at: AppTest, k: int) -> np.ndarray:
+    """Filter 0 of the filter mosaic (2 px border, nearest-upscaled), back at k x k pixels."""
+    mosaic = _png(_chart(at, "layers_filters")["data"][0]["source"])
+    scale = ((mosaic.shape[1] - 2) // 8 - 2) // k  # the mosaic is 8 filters wide
+    return mosaic[2: 2 + k * scale: scale, 2: 2 + k * scale: scale]
+
+
+def _scaled(w: np.ndarray) -> np.ndarray:
+    return np.rint((w - w.min()) / (w.max() - w.min()) * 255)
+
+
+def _top_channels(run: engine.Run, row: int, layer: str) -> list[int]:
+    """Channels of ``layer`` by mean activation on image ``row``, highest first, from a forward hook."""
+    model = run.load_model()
+    out = []
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: out.append(o))
+    with torch.no_grad():
+        model(to_model_input(run.images()[row: row + 1]))
+    handle.remove()
+    return torch.argsort(out[0][0].mean(dim=(1, 2)), descending=True, stable=True).tolist()
+
+
+def test_filters_before_after_and_the_frozen_first_layer(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    assert {c.key for c in at.get("plotly_chart")} == CHARTS
+    before, after = _conv1(runs[5].initial_model()), _conv1(runs[5].load_model())
+    assert not np.allclose(before, after)  # depth 5 trains conv1
+    k = before.shape[1]
+    np.testing.assert_allclose(_first_tile(at, k), _scaled(before[0]), atol=1)
+    assert not any(FROZEN in i.value for i in at.info)
+
+    at.radio(key="layers_filter_view").set_value("after").run()
+    assert not at.exception
+    np.testing.assert_allclose(_first_tile(at, k), _scaled(after[0]), atol=1)
+
+    at.select_slider(key="layers_depth").set_value(0).run()
+    at.radio(key="layers_filter_view").set_value("difference").run()
+    assert not at.exception
+    np.testing.assert_array_equal(_conv1(runs[0].initial_model()), _conv1(runs[0].load_model()))
+    assert any(FROZEN in i.value for i in at.info)
+    assert np.all(_first_tile(at, k) == 128)  # zero change is mid-grey
+
+
+def test_neurons_activation_maps_and_across_layers(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    run = runs[5]
+    row, layer = at.selectbox(key="layers_image").value, at.selectbox(key="layers_layer").value
+    assert run.predictions["split"].iloc[row] == "test"
+    top = _top_channels(run, row, layer)
+
+    neurons = _chart(at, "layers_neurons")
+    assert len(neurons["data"]) == 8 and {t["type"] for t in neurons["data"]} == {"image"}
+    assert [a["text"] for a in neurons["layout"]["annotations"]] == [f"ch {c}" for c in top[:8]]
+    assert len(at.image) == 1  # the input image beside the reconstructions
+
+    at.slider(key="layers_top_n").set_value(8).run()
+    maps = _chart(at, "layers_activations")
+    assert len(maps["data"]) == 8 and {t["type"] for t in maps["data"]} == {"heatmap"}
+    assert [a["text"] for a in maps["layout"]["annotations"]] == [f"ch {c}" for c in top[:8]]
+
+    across = _chart(at, "layers_across")
+    positive_test = (run.predictions["split"] == "test") & (run.predictions["y"] == run.positive)
+    n_images = min(8, int(positive_test.sum()))
+    assert len(across["data"]) == engine.N_BLOCKS * n_images
+
+
+def test_layer_neuron_choice_and_grayscale_toggles(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    at.selectbox(key="layers_layer").set_value("blocks.4.10").run()
+    at.radio(key="layers_pick").set_value("random").run()
+    assert not at.exception
+    titles = [a["text"] for a in _chart(at, "layers_neurons")["layout"]["annotations"]]
+    channels = [int(t.removeprefix("ch ")) for t in titles]
+    assert len(set(channels)) == 8 and channels == sorted(channels)  # 8 distinct random channels, in order
+
+    at.toggle(key="layers_gray").set_value(True).run()
+    assert not at.exception
+    tile = _png(_chart(at, "layers_neurons")["data"][0]["source"]).astype(int)
+    assert np.array_equal(tile[..., 0], tile[..., 1]) and np.array_equal(tile[..., 1], tile[..., 2])
+
+
+def test_empty_state_without_trained_runs(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
+    sel = Selection(engine.RunConfig(data=str(tiny_folder), init="scratch", image_size=64, epochs=1), (0, 5))
+    at = AppTest.from_file(str(HOME), default_timeout=60)
+    at.session_state["selection"] = sel
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert "none of the selected experiment is trained" in at.info[0].value
+    assert not at.get("plotly_chart")
