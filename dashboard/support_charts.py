@@ -162,10 +162,12 @@ def depth_strip_figure(image: np.ndarray, maps: Mapping[int, np.ndarray], titles
 
 
 def consistency_summary(df: pd.DataFrame) -> dict[str, float]:
-    """Means over the images of ``run_consistency``'s table: the model, the two baselines, the pointing game.
+    """Means over the images of ``run_consistency``'s table that have a lesion: the model, both baselines, pointing.
 
-    ``pointing_chance`` is the pointing-game hit rate of a peak placed uniformly at random: the mean lesion area.
+    Images whose lesion mask is empty (e.g. normal ones) have no consistency degree and cannot be hit, so they are
+    left out. ``pointing_chance`` is the hit rate of a peak placed uniformly at random: the mean lesion area.
     """
+    df = df[df["lesion_area"] > 0]
     return {
         "n": len(df),
         "consistency": float(df["consistency"].mean()),

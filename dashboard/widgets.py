@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -36,6 +37,17 @@ def all_runs() -> list[engine.Run]:
     """Every finished run in the cache, newest first (listed again at most once a minute, or after training)."""
     df = engine.list_runs()
     return [_run(r, f) for r, f in zip(df["run"], df["finished"])] if len(df) else []
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _images(data_fingerprint: str, size: int, clahe: bool, _run: engine.Run) -> np.ndarray:
+    # Keyed by the data and its preprocessing, which every depth of an experiment shares: loaded once for all.
+    return _run.images()
+
+
+def run_images(run: engine.Run) -> np.ndarray:
+    """Every preprocessed image of the run's data, in ``run.predictions`` order, loaded once per data and size."""
+    return _images(run.meta["data_fingerprint"], run.config.image_size, run.config.clahe, run)
 
 
 def cached_runs(sel: Selection) -> dict[int, engine.Run | None]:

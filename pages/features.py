@@ -8,7 +8,7 @@ from streamlit.delta_generator import DeltaGenerator
 
 import engine
 from dashboard.features_charts import METHOD_LABELS, image_labels, projection_figure, score_text, selected_row
-from dashboard.widgets import depth_slider, require_runs
+from dashboard.widgets import depth_slider, require_runs, run_images
 from engine.lbp import LBP_BINS, LBP_P, LBP_R
 from engine.projections import KNN_FOLDS, KNN_K, METHODS, TSNE_PCA_DIMS, run_features, run_projection
 
@@ -27,12 +27,6 @@ def _projection(run_id: str, finished: float, feature_set: str, method: str, dim
 @st.cache_data(show_spinner=False, max_entries=64)
 def _deep_dims(run_id: str, finished: float) -> int:
     return int(run_features(engine.load_run(run_id), "deep").shape[1])
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _images(data_fingerprint: str, size: int, clahe: bool, _run: engine.Run) -> np.ndarray:
-    # Keyed by the data and its preprocessing, which every depth of an experiment shares: loaded once for all.
-    return _run.images()
 
 
 def _sync_pick_from_charts() -> None:
@@ -58,8 +52,7 @@ def _image_panel(run: engine.Run) -> int | None:
         st.caption("Click a point in a 2-D chart (or pick a file here) to see the image; it is ringed in both charts. "
                    "Hover a point for its file and classes.")
         return None
-    cfg = run.config
-    image = _images(run.meta["data_fingerprint"], cfg.image_size, cfg.clahe, run)[row]
+    image = run_images(run)[row]
     r = preds.iloc[row]
     true, pred = run.classes[int(r["y"])], run.classes[int(r["pred"])]
     st.image(image, width="stretch")

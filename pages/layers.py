@@ -12,7 +12,7 @@ import streamlit as st
 import engine
 from dashboard.features_charts import image_labels
 from dashboard.layers_charts import filter_figure, filters_unchanged, image_grid_figure, sample_rows
-from dashboard.widgets import depth_slider, require_runs
+from dashboard.widgets import depth_slider, require_runs, run_images
 from engine.layers import (
     FILTER_VIEWS,
     block_output_layers,
@@ -59,12 +59,6 @@ def _activations(run_id: str, finished: float, row: int, layer: str) -> tuple[np
     return run_activation_maps(engine.load_run(run_id), row, layer)
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _images(data_fingerprint: str, size: int, clahe: bool, _run: engine.Run) -> np.ndarray:
-    # Keyed by the data and its preprocessing, which every depth of an experiment shares: loaded once for all.
-    return _run.images()
-
-
 def _short(label: str) -> str:
     """``"block 3 · conv 1 (blocks.2.6)"`` -> ``"block 3 · conv 1"``."""
     return label.split(" (")[0]
@@ -108,10 +102,8 @@ def _neurons_tab(run: engine.Run, row: int, layer: str, label: str, mode: str, s
     finished = run.result["finished"]
     with st.spinner("Guided backpropagation of 8 neurons…"):
         recon, channels = _neurons(run.id, finished, row, layer, mode, seed, gray)
-    cfg = run.config
     image_col, grid_col = st.columns([1, 6])
-    image_col.image(_images(run.meta["data_fingerprint"], cfg.image_size, cfg.clahe, run)[row], caption="input",
-                    width="stretch")
+    image_col.image(run_images(run)[row], caption="input", width="stretch")
     grid_col.plotly_chart(image_grid_figure(recon, cols=N_NEURONS, titles=[f"ch {c}" for c in channels],
                                             row_height=110), width="stretch", key="layers_neurons")
     how = ("the 8 channels with the highest mean activation on this image" if mode == "top"

@@ -277,8 +277,10 @@ def _consistency_section(run: engine.Run, runs: dict[int, engine.Run], threshold
         f"area (here {s['support_area']:.1%} of the image on average), so read it against the baselines: a map that "
         "covers the whole lungs scores the lungs-uniform value without localising anything. Dashed lines: means."
     )
-    table = df.assign(true_class=[run.classes[y] for y in df["y"]], predicted=[run.classes[p] for p in df["pred"]])
-    with st.expander("Per image (highest consistency first)"):
+    table = df[df["lesion_area"] > 0]  # an empty lesion mask (a normal image) has no consistency degree
+    table = table.assign(true_class=[run.classes[y] for y in table["y"]],
+                         predicted=[run.classes[p] for p in table["pred"]])
+    with st.expander("Per image with a lesion (highest consistency first)"):
         st.dataframe(
             table.sort_values("consistency", ascending=False)[
                 ["file", "true_class", "predicted", "consistency", "lung_baseline", "random_baseline",

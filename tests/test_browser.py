@@ -81,11 +81,13 @@ def browser(tmp_path_factory):
 
 
 def _settled(driver, expected: str, timeout: float = 180) -> str:
-    """Wait until the page shows ``expected`` and Streamlit has finished running the script; return the text."""
+    """Wait until Streamlit has finished running the script and the page shows ``expected``; return the text."""
     def done(d):
+        apps = d.find_elements(By.CSS_SELECTOR, '[data-testid="stApp"]')
+        if not apps or apps[0].get_attribute("data-test-script-state") != "notRunning":
+            return False
         body = d.find_element(By.TAG_NAME, "body").text
-        running = d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
-        return body if expected in body and not any(e.is_displayed() and "Running" in e.text for e in running) else False
+        return body if expected in body else False
 
     WebDriverWait(driver, timeout, poll_frequency=0.5).until(done)
     time.sleep(1.0)  # let Plotly finish drawing
@@ -105,19 +107,22 @@ def _open(driver, url: str, title: str) -> str:
     return text
 
 
+SLIDER = '[data-testid="stSlider"] input[type="range"]'
+
+
 def _move_depth_slider(driver) -> None:
-    slider = driver.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] [role="slider"]')
-    before = slider.get_attribute("aria-valuenow")
-    slider.click()
+    """Move the page's depth slider to its first value with the keyboard and wait for the page to redraw."""
+    slider = driver.find_element(By.CSS_SELECTOR, SLIDER)
+    before = slider.get_attribute("aria-valuetext")
     slider.send_keys(Keys.HOME)
     WebDriverWait(driver, 60).until(
-        lambda d: d.find_element(By.CSS_SELECTOR, '[data-testid="stSlider"] [role="slider"]').get_attribute("aria-valuenow") != before)
+        lambda d: d.find_element(By.CSS_SELECTOR, SLIDER).get_attribute("aria-valuetext") != before)
     _settled(driver, "depth")
     _assert_no_error(driver)
 
 
 def test_home_training_and_performance(server, browser, tmp_path):
-    text = _open(browser, server, "LungLens")
+    text = _open(browser, server, "Cached runs")
     assert "runs of this experiment are trained" in text
     if os.environ.get("LUNGLENS_UPDATE_SCREENSHOT"):
         browser.save_screenshot(str(SCREENSHOT))
@@ -144,9 +149,9 @@ def test_support_regions_with_an_upload(server, browser, tmp_path):
     image = tmp_path / "upload.png"
     rng = np.random.default_rng(0)
     cv2.imwrite(str(image), rng.integers(0, 255, (80, 80), dtype=np.uint8))
-    tab = [t for t in browser.find_elements(By.CSS_SELECTOR, '[role="tab"]') if "Diagnose" in t.text]
-    if tab:
-        tab[0].click()
+    tab = next(t for t in browser.find_elements(By.CSS_SELECTOR, '[role="tab"]') if "Diagnose" in t.text)
+    tab.click()
+    _settled(browser, "PNG, JPEG, BMP or TIFF")
     browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(image))
     text = _settled(browser, "upload.png")
     _assert_no_error(browser)

@@ -141,9 +141,11 @@ def test_depth_strip_has_one_panel_per_depth_in_order():
 
 
 def _consistency_frame() -> pd.DataFrame:
+    """Three images with a lesion and a normal one whose lesion mask is empty (no degree, no hit possible)."""
     return pd.DataFrame({
-        "consistency": [0.2, 0.6, 1.0], "lung_baseline": [1.0, np.nan, 0.5], "random_baseline": [0.1, 0.3, 0.2],
-        "pointing_game": [True, False, True], "lesion_area": [0.01, 0.02, 0.03], "support_area": [0.1, 0.2, 0.3],
+        "consistency": [0.2, 0.6, 1.0, np.nan], "lung_baseline": [1.0, np.nan, 0.5, np.nan],
+        "random_baseline": [0.1, 0.3, 0.2, np.nan], "pointing_game": [True, False, True, False],
+        "lesion_area": [0.01, 0.02, 0.03, 0.0], "support_area": [0.1, 0.2, 0.3, 0.5],
     })
 
 
@@ -165,7 +167,7 @@ def test_consistency_histogram_shows_model_and_baselines_with_means():
 
 
 def test_consistency_depth_table_and_figure():
-    frames = {5: _consistency_frame(), 0: _consistency_frame().assign(consistency=[0.0, 0.0, 0.3])}
+    frames = {5: _consistency_frame(), 0: _consistency_frame().assign(consistency=[0.0, 0.0, 0.3, np.nan])}
     table = consistency_depth_table(frames)
     assert table["depth"].tolist() == [0, 5]
     assert table["consistency"].tolist() == pytest.approx([0.1, 0.6])

@@ -164,7 +164,8 @@ def test_consistency_section_against_recomputed_scores(app, trained_selection, r
     assert metrics["Mean consistency degree"] == f"{np.mean(degree):.1%}"
     assert metrics["Baseline: lungs, uniform"] == f"{np.mean(lung_base):.1%}"
     assert metrics["Pointing game"] == f"{np.mean(hits):.1%}"
-    assert any("60.02%" in c.value and f"{np.mean(degree):.1%}" in c.value for c in at.caption)
+    assert any("60.02%" in c.value and f"{np.mean(degree):.1%} on {len(degree)} test images" in c.value
+               for c in at.caption)
     assert {"support_consistency_histogram", "support_consistency_depth"} <= _keys(at)
 
     histogram = _chart(at, "support_consistency_histogram")
