@@ -191,13 +191,14 @@ def consistency_histogram(df: pd.DataFrame, method_label: str = "Grad-CAM") -> g
         values = df[column].dropna()
         if values.empty:
             continue
+        # Bins centred on 0, 0.05, ..., 1 so that the common values 0 and 1 get a bar inside the axis.
         fig.add_trace(go.Histogram(x=values, name=name, marker_color=color, opacity=0.6,
-                                   xbins=dict(start=0, end=1.0001, size=0.05),
+                                   xbins=dict(start=-0.025, end=1.025, size=0.05),
                                    hovertemplate="%{x}: %{y} images<extra>" + name + "</extra>"))
         fig.add_vline(x=float(values.mean()), line=dict(color=color, dash="dash", width=2))
     fig.update_layout(barmode="overlay", height=360, margin=dict(t=30, b=40, l=60, r=20),
                       legend=dict(orientation="h", y=1.12, x=0))
-    fig.update_xaxes(title_text="Consistency degree (share of the lesion covered by support)", range=[0, 1],
+    fig.update_xaxes(title_text="Consistency degree (share of the lesion covered by support)", range=[-0.03, 1.03],
                      tickformat=".0%")
     fig.update_yaxes(title_text="Test images")
     return fig

@@ -123,7 +123,7 @@ PRESETS: dict[str, Preset] = {
         "Adam (lr 3e-4) instead of Wan's SGD (lr 1e-4, 50 epochs) and fc6/fc7 narrowed to 512 units, so the sweep "
         "fits in minutes on 2 cores.",
         RunConfig(backbone="alexnet", init="builtin", image_size=128, head_width=512, optimizer="adam", lr=3e-4,
-                  epochs=10, patience=3, batch_size=32),
+                  epochs=8, patience=3, batch_size=32),
     ),
     "wan": Preset(
         "wan",

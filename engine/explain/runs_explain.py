@@ -89,7 +89,8 @@ def run_masks(run: Run, split: str = "test") -> dict[str, np.ndarray]:
     """Lesion and lung masks of ``split`` at the run's image size, cached.
 
     Returns ``lesion``, ``lung`` (N, S, S) bool and ``has_lesion``, ``has_lung`` (N,) bool; an image without a mask
-    file gets an all-False mask.
+    file gets an all-False mask. ``has_lesion`` is False for an empty lesion mask too (a normal image has no lesion
+    that a heatmap could cover).
     """
 
     def compute() -> dict[str, np.ndarray]:
@@ -102,6 +103,8 @@ def run_masks(run: Run, split: str = "test") -> dict[str, np.ndarray]:
             masks = np.zeros((len(rows), size, size), dtype=bool)
             for i in np.flatnonzero(has):
                 masks[i] = _read_mask(paths[i], size)
+            if name == "lesion":
+                has &= masks.any(axis=(1, 2))
             out[name], out[f"has_{name}"] = masks, has
         return out
 
