@@ -1,9 +1,11 @@
 """Benchmark: the demo sweep from a cold cache, again from a warm cache, and without the frozen-prefix cache.
 
-Run by hand: ``python bench/bench_sweep.py``. Prints the figures README quotes. Uses throw-away cache folders.
+Run by hand: ``python -m bench.bench_sweep [--keep DIR]``. Prints the figures README quotes. Uses throw-away cache
+folders; ``--keep DIR`` keeps the demo's cache there (e.g. to open the dashboard on it with LUNGLENS_HOME=DIR).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -27,6 +29,9 @@ def sweep(home: Path, *extra: str) -> tuple[float, list[dict]]:
 
 def main() -> None:
     """Cold sweep, warm sweep, and the same training with the prefix cache off."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keep", type=Path, help="copy the demo's cache to this folder at the end")
+    args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lunglens-bench-"))
     try:
         cold, rows = sweep(tmp / "a")
@@ -45,6 +50,8 @@ def main() -> None:
             print(f"{a['depth']:>5}  {a['seconds']:>8.1f}  {b['seconds']:>7.1f}  {b['seconds'] / a['seconds']:>5.1f}x")
         print(f"all six runs: {cached_s:.0f} s with the prefix cache, {plain_s:.0f} s without: "
               f"{plain_s / cached_s:.1f}x")
+        if args.keep:
+            shutil.copytree(tmp / "a", args.keep, dirs_exist_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -404,7 +404,7 @@ def _depths_section(run: engine.Run, runs: dict[int, engine.Run], threshold: flo
     st.plotly_chart(depth_strip_figure(_test_images(*_key(run))[row], maps, titles, threshold=threshold,
                                        opacity=opacity, lesion=lesion, lung=lung),
                     width="stretch", key="support_depth_strip", config=NO_TOOLBAR)
-    st.caption(f"Grad-CAM on the last conv layer of each depth's run; panel titles give that run's prediction, its "
+    st.caption("Grad-CAM on the last conv layer of each depth's run; panel titles give that run's prediction, its "
                "probability and, with a lesion mask, the consistency degree. " + OUTLINES_CAPTION)
 
 
