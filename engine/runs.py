@@ -147,7 +147,8 @@ class Run:
         """The model as initialised before fine-tuning (rebuilt deterministically from the init and seed)."""
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        builtin = Path(self.meta["init"]["file"]) if cfg.init == "builtin" else None
+        # Looked up in the current cache, not at the path recorded at training time, so a moved cache still works.
+        builtin = builtin_backbone(cfg.backbone, cfg.image_size, cfg.head_width) if cfg.init == "builtin" else None
         model, _ = build_model(cfg.backbone, len(self.classes), cfg.init, head_width=cfg.head_width, builtin_file=builtin)
         return model.eval()
 
