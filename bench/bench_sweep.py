@@ -34,6 +34,11 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lunglens-bench-"))
     try:
+        from engine.data.phantom import PhantomSpec, write_phantom_dataset
+
+        t0 = time.perf_counter()
+        write_phantom_dataset(tmp / "phantoms", PhantomSpec(n_per_class=500, image_size=256))
+        print(f"generating 1,500 built-in images at 256 px: {time.perf_counter() - t0:.1f} s")
         cold, rows = sweep(tmp / "a")
         warm, warm_rows = sweep(tmp / "a")
         print(f"cold demo sweep (data, pretraining, 6 runs): {cold:.0f} s")
