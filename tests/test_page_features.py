@@ -1,7 +1,6 @@
 """The Features page in AppTest: LBP and deep features projected side by side, with separability scores."""
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -15,17 +14,13 @@ from streamlit.testing.v1 import AppTest
 
 import engine
 from dashboard.state import Selection
+from tests.apptest_helpers import open_page, plotly_array
 
 PAGE = "../pages/features.py"
 HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
 
 
-def _array(v) -> np.ndarray:
-    """A Plotly JSON array, plain or base64-typed (``{"dtype", "bdata", "shape"}``)."""
-    if isinstance(v, dict):
-        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        return a.reshape([int(n) for n in v["shape"].split(",")]) if "shape" in v else a
-    return np.array(v)
+_array = plotly_array
 
 
 def _traces(at: AppTest, key: str) -> list[dict]:
@@ -43,11 +38,7 @@ def _points(traces: list[dict], axes: str = "xy") -> tuple[np.ndarray, np.ndarra
 
 
 def _open(app: AppTest, sel: Selection) -> AppTest:
-    app.run()
-    app.session_state["selection"] = sel
-    app.switch_page(PAGE).run()
-    assert not app.exception
-    return app
+    return open_page(app, sel, PAGE)
 
 
 @pytest.fixture(scope="module")

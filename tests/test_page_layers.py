@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 
 import cv2
@@ -13,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 import engine
 from dashboard.state import Selection
+from tests.apptest_helpers import chart_spec, open_page
 from engine.data.transforms import to_model_input
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum")
@@ -23,8 +23,7 @@ CHARTS = {"layers_filters", "layers_neurons", "layers_across", "layers_activatio
 FROZEN = "conv1 is frozen at this depth, so before = after"
 
 
-def _chart(at: AppTest, key: str) -> dict:
-    return json.loads(next(c for c in at.get("plotly_chart") if c.key == key).proto.spec)
+_chart = chart_spec
 
 
 def _png(source: str) -> np.ndarray:
@@ -33,11 +32,7 @@ def _png(source: str) -> np.ndarray:
 
 
 def _open(app: AppTest, sel: Selection) -> AppTest:
-    app.run()
-    app.session_state["selection"] = sel
-    app.switch_page(PAGE).run()
-    assert not app.exception
-    return app
+    return open_page(app, sel, PAGE)
 
 
 @pytest.fixture(scope="module")

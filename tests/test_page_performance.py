@@ -1,8 +1,6 @@
 """The Performance page in AppTest: Table 1 with CIs, confusion / ROC / PR / per-class views, metric vs depth."""
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 import engine
 from dashboard.state import Selection
+from tests.apptest_helpers import chart_spec, open_page, plotly_array
 
 PAGE = "../pages/performance.py"
 HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
@@ -20,23 +19,14 @@ CHARTS = {"performance_confusion", "performance_roc", "performance_pr", "perform
 
 
 def _array(v) -> np.ndarray:
-    """A Plotly JSON array, plain or base64-typed (``{"dtype", "bdata", "shape"}``)."""
-    if isinstance(v, dict):
-        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        return a.reshape([int(n) for n in v["shape"].split(",")]) if "shape" in v else a
-    return np.array(v, dtype=float)
+    return plotly_array(v, dtype=float)
 
 
-def _chart(at: AppTest, key: str) -> dict:
-    return json.loads(next(c for c in at.get("plotly_chart") if c.key == key).proto.spec)
+_chart = chart_spec
 
 
 def _open(app: AppTest, sel: Selection) -> AppTest:
-    app.run()
-    app.session_state["selection"] = sel  # whatever Home's widgets did to it
-    app.switch_page(PAGE).run()
-    assert not app.exception
-    return app
+    return open_page(app, sel, PAGE)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 here from the run's files (predictions.csv, the mask PNGs) and the engine's heatmaps; the no-mask and empty states."""
 from __future__ import annotations
 
-import base64
-import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 import engine
 from dashboard.state import Selection
+from tests.apptest_helpers import chart_spec, open_page, plotly_array
 from engine.explain import run_heatmaps
 
 PAGE = "../pages/support_regions.py"
@@ -22,15 +21,10 @@ HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
 
 
 def _array(v) -> np.ndarray:
-    """A Plotly JSON array, plain or base64-typed (``{"dtype", "bdata", "shape"}``)."""
-    if isinstance(v, dict):
-        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        return a.reshape([int(n) for n in v["shape"].split(",")]) if "shape" in v else a
-    return np.array(v, dtype=float)
+    return plotly_array(v, dtype=float)
 
 
-def _chart(at: AppTest, key: str) -> dict:
-    return json.loads(next(c for c in at.get("plotly_chart") if c.key == key).proto.spec)
+_chart = chart_spec
 
 
 def _keys(at: AppTest) -> set[str]:
@@ -38,13 +32,7 @@ def _keys(at: AppTest) -> set[str]:
 
 
 def _open(app: AppTest, sel: Selection, section: str | None = None) -> AppTest:
-    app.run()
-    app.session_state["selection"] = sel  # whatever Home's widgets did to it
-    if section:
-        app.session_state["support_section"] = section
-    app.switch_page(PAGE).run()
-    assert not app.exception
-    return app
+    return open_page(app, sel, PAGE, **({"support_section": section} if section else {}))
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The Training page in AppTest: the chosen run's curves and cards, the depth slider, compare mode, the empty state."""
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -12,16 +11,14 @@ from streamlit.testing.v1 import AppTest
 
 import engine
 from dashboard.state import Selection
+from tests.apptest_helpers import open_page, plotly_array
 
 PAGE = "../pages/training.py"
 HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
 
 
 def _array(v) -> np.ndarray:
-    """A Plotly JSON array, plain or base64-typed (``{"dtype", "bdata"}``)."""
-    if isinstance(v, dict):
-        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-    return np.array([np.nan if x is None else x for x in v], dtype=float)
+    return plotly_array(v, dtype=float)
 
 
 def _traces(at: AppTest, key: str) -> dict[str, dict]:
@@ -31,11 +28,7 @@ def _traces(at: AppTest, key: str) -> dict[str, dict]:
 
 
 def _open(app: AppTest, sel: Selection) -> AppTest:
-    app.run()
-    app.session_state["selection"] = sel  # whatever Home's widgets did to it
-    app.switch_page(PAGE).run()
-    assert not app.exception
-    return app
+    return open_page(app, sel, PAGE)
 
 
 @pytest.fixture(scope="module")
