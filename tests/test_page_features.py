@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from dashboard.state import Selection
 from tests.apptest_helpers import open_page, plotly_array
 
 PAGE = "../pages/features.py"
-HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
 
 
 _array = plotly_array
@@ -118,14 +116,3 @@ def test_depth_slider_switches_run_and_a_picked_image_is_shown_and_ringed(app, t
     for key in ("features_lbp", "features_deep"):
         ring = _traces(at, key)[-1]
         assert ring["name"] == "selected image" and _array(ring["customdata"]).tolist() == [row]
-
-
-def test_empty_state_without_trained_runs(tiny_folder, tmp_path, monkeypatch):
-    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
-    sel = Selection(engine.RunConfig(data=str(tiny_folder), init="scratch", image_size=64, epochs=1), (0, 5))
-    at = AppTest.from_file(str(HOME), default_timeout=60)
-    at.session_state["selection"] = sel
-    at.switch_page(PAGE).run()
-    assert not at.exception
-    assert "none of the selected experiment is trained" in at.info[0].value
-    assert not at.get("plotly_chart")

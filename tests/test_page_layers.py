@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,7 +17,6 @@ from engine.data.transforms import to_model_input
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum")
 
 PAGE = "../pages/layers.py"
-HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
 CHARTS = {"layers_filters", "layers_neurons", "layers_across", "layers_activations"}
 FROZEN = "conv1 is frozen at this depth, so before = after"
 
@@ -125,14 +123,3 @@ def test_layer_neuron_choice_and_grayscale_toggles(app, trained_selection, runs)
     assert not at.exception
     tile = _png(_chart(at, "layers_neurons")["data"][0]["source"]).astype(int)
     assert np.array_equal(tile[..., 0], tile[..., 1]) and np.array_equal(tile[..., 1], tile[..., 2])
-
-
-def test_empty_state_without_trained_runs(tiny_folder, tmp_path, monkeypatch):
-    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
-    sel = Selection(engine.RunConfig(data=str(tiny_folder), init="scratch", image_size=64, epochs=1), (0, 5))
-    at = AppTest.from_file(str(HOME), default_timeout=60)
-    at.session_state["selection"] = sel
-    at.switch_page(PAGE).run()
-    assert not at.exception
-    assert "none of the selected experiment is trained" in at.info[0].value
-    assert not at.get("plotly_chart")

@@ -1,7 +1,6 @@
 """The Performance page in AppTest: Table 1 with CIs, confusion / ROC / PR / per-class views, metric vs depth."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from dashboard.state import Selection
 from tests.apptest_helpers import chart_spec, open_page, plotly_array
 
 PAGE = "../pages/performance.py"
-HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
 CHARTS = {"performance_confusion", "performance_roc", "performance_pr", "performance_per_class",
           "performance_depth_curve"}
 
@@ -98,14 +96,3 @@ def test_metric_selector_redraws_the_depth_curve(app, trained_selection, runs):
         expected.append(roc_auc_score(y == runs[d].positive, proba[:, runs[d].positive]))
     np.testing.assert_allclose(_array(line["y"]), expected)
     assert _chart(at, "performance_depth_curve")["layout"]["yaxis"]["title"]["text"] == "Test AUC"
-
-
-def test_empty_state_without_trained_runs(tiny_folder, tmp_path, monkeypatch):
-    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
-    sel = Selection(engine.RunConfig(data=str(tiny_folder), init="scratch", image_size=64, epochs=1), (0, 5))
-    at = AppTest.from_file(str(HOME), default_timeout=60)
-    at.session_state["selection"] = sel
-    at.switch_page(PAGE).run()
-    assert not at.exception
-    assert "none of the selected experiment is trained" in at.info[0].value
-    assert not at.get("plotly_chart") and not at.table and not at.dataframe

@@ -246,14 +246,3 @@ def test_data_without_lesion_masks(tiny_folder, tmp_path):
     at.session_state["support_section"] = "Explain an image"
     at.run()
     assert not at.exception and "support_overlay_gradcam" in _keys(at)
-
-
-def test_empty_state_without_trained_runs(tiny_folder, tmp_path, monkeypatch):
-    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
-    sel = Selection(engine.RunConfig(data=str(tiny_folder), init="scratch", image_size=64, epochs=1), (0, 5))
-    at = AppTest.from_file(str(HOME), default_timeout=60)
-    at.session_state["selection"] = sel
-    at.switch_page(PAGE).run()
-    assert not at.exception
-    assert "none of the selected experiment is trained" in at.info[0].value
-    assert not at.get("plotly_chart")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from dashboard.state import Selection
 from tests.apptest_helpers import open_page, plotly_array
 
 PAGE = "../pages/training.py"
-HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
 
 
 def _array(v) -> np.ndarray:
@@ -100,14 +98,3 @@ def test_compare_mode_overlays_depths_and_switches_quantity(app, trained_selecti
     assert not at.exception
     assert not at.get("plotly_chart")
     assert "Pick at least one depth" in at.info[0].value
-
-
-def test_empty_state_without_trained_runs(tiny_folder, tmp_path, monkeypatch):
-    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
-    sel = Selection(engine.RunConfig(data=str(tiny_folder), init="scratch", image_size=64, epochs=1), (0, 5))
-    at = AppTest.from_file(str(HOME), default_timeout=60)
-    at.session_state["selection"] = sel
-    at.switch_page(PAGE).run()
-    assert not at.exception
-    assert "none of the selected experiment is trained" in at.info[0].value
-    assert not at.get("plotly_chart")
