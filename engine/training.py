@@ -187,7 +187,6 @@ def train(
 
     n_batches = math.ceil(len(train_idx) / cfg.batch_size)
     stopped = False
-    epoch = first_epoch
     for epoch in range(first_epoch, cfg.epochs + 1):
         if cfg.patience and best["bad"] >= cfg.patience:
             stopped = True
@@ -241,8 +240,6 @@ def train(
             }))
         if progress is not None:
             progress(Progress(epoch, cfg.epochs, n_batches, n_batches, "epoch", row))
-    else:
-        stopped = False
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     _set_modes(model, start, False)

@@ -26,5 +26,5 @@ def code_version() -> dict[str, str]:
             out["git_commit"] = sha.stdout.strip()
             out["git_dirty"] = str(bool(dirty.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
-        pass
+        pass  # no git here (an installed copy): the source hash above still identifies the code
     return out
