@@ -8,12 +8,13 @@ $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps 'quantus==0.6.0'
 	touch $@
 
 setup: $(VENV)/.installed
 
 run: setup
-	$(VENV)/bin/streamlit run dashboard/Home.py
+	$(VENV)/bin/streamlit run dashboard/Home.py --server.address 127.0.0.1
 
 test: setup
 	$(PY) -m pytest -q

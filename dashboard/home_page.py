@@ -9,6 +9,7 @@ import streamlit as st
 import engine
 from dashboard.state import Selection, selection, set_selection, shared_datasets
 from dashboard.widgets import cached_runs, runs_table
+from engine.data.access import DATA_ROOT_ENV, allowed_folder, data_root, is_exposed
 
 INITS = ("builtin", "imagenet", "scratch")
 
@@ -40,10 +41,20 @@ def _data_picker(sel: Selection) -> dict:
     elif choice.startswith("Shared: "):
         changes["data"] = str(shared[choice.removeprefix("Shared: ")])
     else:
+        exposed = is_exposed(st.get_option("server.address"))
+        limit = data_root() if exposed else None
         path = st.text_input("Folder (ROOT/images/<class>/* or ROOT/<class>/*)",
-                             value="" if current == "builtin" or Path(current).name in shared else current)
-        if path:
-            changes["data"] = path
+                             value="" if current == "builtin" or Path(current).name in shared else current,
+                             disabled=exposed and limit is None,
+                             help=f"Only folders under {limit}." if limit else None)
+        if exposed and limit is None:
+            st.info(f"Typed folders are off: this dashboard is reachable from the network. Set {DATA_ROOT_ENV} to the "
+                    "folder holding the datasets it may read (see README, Reliability).")
+        elif path:
+            try:
+                changes["data"] = allowed_folder(path, exposed)
+            except engine.LungLensError as exc:
+                st.error(str(exc))
         st.caption("Optional: ROOT/masks/<class>/<same name>.png (lesions), ROOT/lung_masks/…, ROOT/manifest.csv "
                    "with file,class,patient_id,split. See README.")
     return changes
@@ -70,28 +81,37 @@ def _experiment_picker(sel: Selection) -> tuple[dict, tuple[int, ...]]:
              "head_width": head_width}, tuple(sorted(depths)))
 
 
-def _train(sel: Selection, missing: list[engine.RunConfig]) -> None:
+def _train(sel: Selection, missing: list[engine.RunConfig], retrain_damaged: bool = False) -> None:
     """Train the missing runs with a live progress display and an estimate of the time left."""
     overall = st.progress(0.0, text="Starting…")
     current = st.progress(0.0, text="")
     log = st.empty()
     t0 = time.perf_counter()
+    executor = engine.executor_from_env()  # $LUNGLENS_RAY_ADDRESS set: each run is a Ray task
+    shares = [0.0] * len(missing)  # the done share of each run (on Ray several train at once)
 
     def progress_for(i: int, cfg: engine.RunConfig):
         def report(p: engine.Progress) -> None:
-            done = (i + p.fraction) / len(missing) if not p.phase.startswith("pretrain") else i / len(missing)
+            if not p.phase.startswith("pretrain"):
+                shares[i] = p.fraction
+            done = sum(shares) / len(missing)
             elapsed = time.perf_counter() - t0
             eta = f" · about {elapsed / done - elapsed:.0f} s left" if done > 0.02 else ""
             what = "pretraining the built-in backbone" if p.phase.startswith("pretrain") else f"depth {cfg.depth}"
             overall.progress(min(done, 1.0), text=f"Run {i + 1} of {len(missing)}: {what}{eta}")
+            if p.phase == engine.RUN_DONE:
+                current.progress(1.0, text=f"Depth {cfg.depth} trained")
+                return
             current.progress(p.fraction, text=f"Epoch {p.epoch} of {p.epochs} · batch {p.batch}/{p.batches}")
             if p.metrics:
                 log.caption(f"Last epoch: validation loss {p.metrics.get('val_loss', float('nan')):.3f}, "
                             f"test ACC {p.metrics.get('test_acc', float('nan')):.3f}")
         return report
 
-    with st.status(f"Training {len(missing)} run(s)…", expanded=True) as box:
-        rows = engine.run_sweep(missing, progress_for, status=box.write)
+    where = " on Ray" if executor is not None else ""
+    with st.status(f"Training {len(missing)} run(s){where}…", expanded=True) as box:
+        rows = engine.run_sweep(missing, progress_for, status=box.write, retrain_damaged=retrain_damaged,
+                                executor=executor)
         box.update(label=f"Trained {len(rows)} run(s) in {time.perf_counter() - t0:.0f} s", state="complete")
     st.cache_resource.clear()
 
@@ -131,6 +151,16 @@ def home() -> None:
     st.subheader("3 · Train")
     try:
         runs = cached_runs(sel)
+    except engine.DamagedRunError as exc:
+        st.error(str(exc))
+        if st.button("Train the damaged run(s) again", type="primary", icon=":material/build:"):
+            try:
+                _train(sel, sel.configs(), retrain_damaged=True)
+            except engine.LungLensError as err:
+                st.error(str(err))
+            else:
+                st.rerun()
+        return
     except engine.LungLensError as exc:
         st.error(f"The selected data cannot be used: {exc}")
         return
@@ -151,6 +181,10 @@ def home() -> None:
 
     st.subheader("Cached runs")
     runs_table(engine.list_runs())
+    damaged = engine.damaged_runs()
+    if len(damaged):
+        st.warning(f"{damaged['run'].nunique()} damaged run(s) are not shown or used: "
+                   + "; ".join(damaged["problem"]) + f". Fix: {damaged['fix'].iloc[0]}.")
 
 
 

@@ -79,6 +79,10 @@ def require_runs(page: str) -> tuple[Selection, dict[int, engine.Run]]:
     sel = selection()
     try:
         runs = {d: r for d, r in cached_runs(sel).items() if r is not None}
+    except engine.DamagedRunError as exc:
+        st.error(str(exc))
+        st.page_link(str(HOME), label="Go to Home to train it again", icon=":material/build:")
+        st.stop()
     except engine.LungLensError as exc:
         st.error(f"The selected data cannot be used: {exc}")
         st.stop()

@@ -1,7 +1,8 @@
-"""Command line: ``python -m engine sweep | runs | data make-demo | explain``."""
+"""Command line: ``python -m engine sweep | runs | data make-demo | score | explain | explain-report``."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -10,10 +11,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from .config import PRESETS, RunConfig, preset
-from .errors import LungLensError
+from .errors import ConfigError, LungLensError
+from .explain.methods import METHODS
 from .models.backbones import BACKBONES
-from .runs import list_runs
-from .sweep import run_sweep, sweep_configs
+from .runs import damaged_runs, delete_run, list_runs
+from .sweep import RUN_DONE, run_sweep, sweep_configs
 from .training import Progress
 
 TABLE_COLUMNS = ["run", "backbone", "depth", "init", "fold", "best_epoch", "acc", "sensitivity", "specificity",
@@ -53,10 +55,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", default=None, dest="skip_bad", help="skip unreadable images (reported)")
     s.add_argument("--no-prefix-cache", action="store_false", default=None, dest="prefix_cache",
                    help="recompute the frozen layers every batch (for benchmarks)")
+    s.add_argument("--retrain-damaged", action="store_true", dest="retrain_damaged",
+                   help="train again any cached run whose files are damaged (default: stop and name the file)")
+    s.add_argument("--executor", choices=["in-process", "ray"], default="in-process",
+                   help="where runs train: one after the other in this process, or as Ray tasks (README: Sweeps on Ray)")
+    s.add_argument("--address", help="--executor ray: the Ray cluster to use ('auto': the one this machine joined with "
+                                     "`ray start`); default: start a local Ray instance on this machine")
+    s.add_argument("--gpus-per-run", type=float, dest="gpus_per_run",
+                   help="--executor ray: GPUs per run (default 1 where the cluster has GPUs, else 0; 0.5 packs two)")
+    s.add_argument("--cpus-per-run", type=float, dest="cpus_per_run",
+                   help="--executor ray: CPU cores per run (default: a node's cores shared among its GPUs, or all of "
+                        "them without GPUs; lower it to train several runs in parallel on CPU cores)")
     s.add_argument("--json", action="store_true", help="print the rows as a JSON list")
 
-    r = sub.add_parser("runs", help="list the finished runs in the cache")
+    r = sub.add_parser("runs", help="list the finished runs in the cache (and any damaged ones)")
     r.add_argument("--json", action="store_true")
+    r.add_argument("--verify", action="store_true", help="re-hash every file of every run against its record")
+    rsub = r.add_subparsers(dest="runs_command")
+    rd = rsub.add_parser("delete", help="remove one run and everything cached for it")
+    rd.add_argument("run_id", metavar="ID")
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -67,12 +84,27 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--confounder", type=float, default=0.0, help="P(marker | covid); 0 = no shortcut marker")
 
+    sc = sub.add_parser("score", help="score a trained run on another folder of images (an external test set)")
+    sc.add_argument("--run", required=True, help="run id (see `python -m engine runs`)")
+    sc.add_argument("--data", required=True, help="folder ROOT/images/<class>/* (or with a manifest.csv); all of it is "
+                                                  "test data")
+    sc.add_argument("--skip-bad", action="store_true", dest="skip_bad", help="skip unreadable images (reported)")
+    sc.add_argument("--out", type=Path, help="also write one row per image (file, class, prediction, probabilities)")
+    sc.add_argument("--json", action="store_true", help="print the criteria as JSON")
+
     e = sub.add_parser("explain", help="write an explanation overlay for one image")
     e.add_argument("--run", required=True, help="run id (see `python -m engine runs`)")
-    e.add_argument("--method", required=True, choices=["gradcam", "guided-gradcam", "lime", "occlusion"])
+    e.add_argument("--method", required=True, choices=list(METHODS))
     e.add_argument("--image", required=True, type=Path)
     e.add_argument("--out", required=True, type=Path)
     e.add_argument("--target", help="class name to explain (default: the predicted class)")
+
+    er = sub.add_parser("explain-report", help="score every explanation method of a run: localisation against lesion "
+                                               "masks and baselines, faithfulness, sanity checks (cached)")
+    er.add_argument("--run", required=True, help="run id (see `python -m engine runs`)")
+    er.add_argument("--split", default="test", choices=["train", "val", "test"])
+    er.add_argument("--methods", default="all", help=f"all, or a comma-separated list of {', '.join(METHODS)}")
+    er.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     return p
 
 
@@ -88,19 +120,20 @@ def _sweep(args: argparse.Namespace) -> int:
         changes["head_width"] = None  # pretrained torchvision weights come with the architecture's own head
     base = base.replace(**changes)
     configs = sweep_configs(base, depths)
-    bar: dict[str, tqdm | tuple | None] = {"key": None, "bar": None}
+    bars: dict[int, tuple[str, tqdm]] = {}  # the bar of each run in progress (several at once on Ray)
 
     def progress(i: int, cfg: RunConfig):
         def report(p: Progress) -> None:
-            key = (i, p.phase.split(":")[0])
-            if bar["key"] != key:  # one bar at a time: close the finished one, open the next
-                if bar["bar"] is not None:
-                    bar["bar"].close()
-                label = "pretrain builtin backbone" if p.phase.startswith("pretrain") else f"{cfg.backbone} depth {cfg.depth}"
-                bar["key"] = key
-                bar["bar"] = tqdm(total=p.epochs * p.batches, desc=f"[{i + 1}/{len(configs)}] {label}", unit="batch",
-                                  file=sys.stderr, dynamic_ncols=True)
-            current = bar["bar"]
+            kind = "pretrain" if p.phase.startswith("pretrain") else "run"
+            if i in bars and (p.phase == RUN_DONE or bars[i][0] != kind):  # close the run's finished bar
+                bars.pop(i)[1].close()
+            if p.phase == RUN_DONE:
+                return
+            if i not in bars:
+                label = "pretrain builtin backbone" if kind == "pretrain" else f"{cfg.backbone} depth {cfg.depth}"
+                bars[i] = (kind, tqdm(total=p.epochs * p.batches, desc=f"[{i + 1}/{len(configs)}] {label}",
+                                      unit="batch", file=sys.stderr, dynamic_ncols=True))
+            current = bars[i][1]
             current.n = (p.epoch - 1) * p.batches + p.batch
             if p.metrics:
                 current.set_postfix(epoch=p.epoch, val_loss=f"{p.metrics.get('val_loss', float('nan')):.3f}",
@@ -108,9 +141,22 @@ def _sweep(args: argparse.Namespace) -> int:
             current.refresh()
         return report
 
-    rows = run_sweep(configs, progress, status=lambda msg: tqdm.write(msg, file=sys.stderr))
-    if bar["bar"] is not None:
-        bar["bar"].close()
+    executor = None
+    if args.executor == "ray":
+        from .ray_executor import RayExecutor  # Ray is an optional dependency
+
+        executor = RayExecutor(args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
+    elif args.address is not None or args.gpus_per_run is not None or args.cpus_per_run is not None:
+        raise ConfigError("--address, --gpus-per-run and --cpus-per-run apply to --executor ray only: add it.")
+    try:  # stdout carries only the table (Ray prints a dead worker's report there): the rest goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            rows = run_sweep(configs, progress, status=lambda msg: tqdm.write(msg, file=sys.stderr),
+                             retrain_damaged=args.retrain_damaged, executor=executor)
+    finally:
+        for _, open_bar in bars.values():
+            open_bar.close()
+        if executor is not None:
+            executor.close()
     table = [r.as_dict() for r in rows]
     if args.json:
         print(json.dumps(table, indent=2, default=float))
@@ -121,14 +167,29 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
+    if args.runs_command == "delete":
+        delete_run(args.run_id)
+        print(f"deleted run {args.run_id}")
+        return 0
     df = list_runs()
+    damaged = damaged_runs("full" if args.verify else "size")
+    if not df.empty:
+        df = df[~df["run"].isin(damaged["run"])]
     if args.json:
-        print(df.to_json(orient="records", indent=2))
-    elif df.empty:
+        print(df.to_json(orient="records", indent=2) if len(df) else "[]")
+    elif df.empty and damaged.empty:
         print("No finished runs yet. Train some with: python -m engine sweep --preset demo")
-    else:
+    elif not df.empty:
         print(df.drop(columns=["finished"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    return 0
+    if args.verify and not args.json:
+        print(f"verified {len(df) + damaged['run'].nunique()} run(s) file by file: {damaged['run'].nunique()} damaged")
+    if not damaged.empty:  # on stderr, also with --json: stdout keeps the list of usable runs
+        print(f"\n{damaged['run'].nunique()} damaged run(s), not used:", file=sys.stderr)
+        for row in damaged.itertuples():
+            print(f"  {row.run}: {row.problem}", file=sys.stderr)
+        print("Fix: train them again with `python -m engine sweep ... --retrain-damaged` or remove one with "
+              "`python -m engine runs delete ID`.", file=sys.stderr)
+    return 1 if args.verify and not damaged.empty else 0
 
 
 def _make_demo(args: argparse.Namespace) -> int:
@@ -142,12 +203,36 @@ def _make_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from .runs import load_run
+    from .scoring import score_run
+    from .store import atomic_write_bytes
+
+    metrics, rows = score_run(load_run(args.run), args.data, skip_bad=args.skip_bad)
+    if args.out:
+        atomic_write_bytes(args.out, rows.to_csv(index=False).encode())
+    if args.json:
+        print(json.dumps(metrics, indent=2, default=float))
+    else:
+        print(f"run {args.run} on {args.data} ({metrics.pop('n')} images): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from .explain_cli import explain_to_file
 
     result = explain_to_file(args.run, args.method, args.image, args.out, target=args.target)
     probs = ", ".join(f"{c} {p:.3f}" for c, p in result["probabilities"].items())
     print(f"{args.out}: {result['method']} map for class {result['target']} (predicted {result['predicted']}; {probs})")
+    return 0
+
+
+def _explain_report(args: argparse.Namespace) -> int:
+    from .explain_cli import report_rows, report_text
+
+    rows = report_rows(args.run, args.split, args.methods)
+    print(json.dumps(rows, indent=2) if args.json else report_text(rows))
     return 0
 
 
@@ -161,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             return _runs(args)
         if args.command == "data":
             return _make_demo(args)
+        if args.command == "score":
+            return _score(args)
+        if args.command == "explain-report":
+            return _explain_report(args)
         return _explain(args)
     except LungLensError as exc:
         print(f"error: {exc}", file=sys.stderr)

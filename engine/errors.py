@@ -15,3 +15,11 @@ class ConfigError(LungLensError):
 
 class WeightsError(LungLensError):
     """Pretrained weights that cannot be found or loaded."""
+
+
+class StoreError(LungLensError):
+    """The cache folder cannot be written or read (read-only, full disk, permissions)."""
+
+
+class DamagedRunError(LungLensError):
+    """A stored run whose files are missing, truncated or altered since it was written; it is never served."""

@@ -1,17 +1,20 @@
 """The run store: a run is keyed by its config, data fingerprint and engine version, trained once and reloaded."""
 from __future__ import annotations
 
+import logging
+import os
 import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .config import RunConfig
@@ -20,16 +23,20 @@ from .data.dataset import Dataset
 from .data.sources import load_dataset
 from .data.splits import assign_splits
 from .device import pick_device
-from .errors import ConfigError, LungLensError, WeightsError
+from .errors import ConfigError, DamagedRunError, LungLensError
+from .integrity import UNREADABLE, Level, file_problem, record_files
 from .metrics import classification_metrics
 from .models.backbones import StagedNet
-from .models.weights import build_model, file_digest, imagenet_file, state_bytes
+from .models.weights import build_model, check_weights_path, file_digest, imagenet_file, state_bytes
 from .pretrain import builtin_backbone, builtin_backbone_path
-from .store import atomic_write_bytes, atomic_write_json, home, lock, read_json, stable_hash
+from .store import DAMAGED_READ_ERRORS, atomic_write_bytes, atomic_write_json, home, lock, read_json, stable_hash
 from .training import Progress, ProgressFn, train
-from .version import ENGINE_VERSION, code_version
+from .version import ENGINE_VERSION, code_version, training_code_hash
 
 RESULT = "result.json"
+#: The files of a run recorded (size and SHA-256) in its completion record, ``result.json``.
+ARTIFACTS = ("config.json", "meta.json", "history.json", "predictions.csv", "model.safetensors")
+log = logging.getLogger(__name__)
 NEGATIVE_NAMES = {"normal", "non_covid", "noncovid", "healthy", "negative", "clear"}
 
 
@@ -61,45 +68,104 @@ def init_fingerprint(cfg: RunConfig) -> str:
         return imagenet_file(cfg.backbone).name  # torchvision's file names carry a hash of the weights
     if cfg.init == "scratch":
         return "scratch"
-    path = Path(cfg.init).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"Weights file {path} does not exist: check the path given to --init.")
-    return file_digest(path)
+    return file_digest(check_weights_path(Path(cfg.init)))
 
 
 def run_id(cfg: RunConfig, ds: Dataset) -> str:
-    """The cache key of a run: its config, the initial weights, the data fingerprint and the engine version."""
+    """The cache key of a run: its config, the initial weights, the data fingerprint and the training code's hash."""
     key = cfg.key_dict()
     key.pop("data")  # the fingerprint identifies the data, wherever the folder lives
-    parts = {"config": key, "init": init_fingerprint(cfg), "data": ds.fingerprint, "engine": ENGINE_VERSION}
+    parts = {"config": key, "init": init_fingerprint(cfg), "data": ds.fingerprint, "engine": ENGINE_VERSION,
+             "code": training_code_hash()}  # a run trained by other training code is another run
     return f"{cfg.backbone}-d{cfg.depth}-{stable_hash(parts, 12)}"
+
+
+def _fix_hint(run_id_: str) -> str:
+    """What to do about a damaged run."""
+    return (f"train it again with `python -m engine sweep ... --retrain-damaged` (or Train on Home), or remove it with "
+            f"`python -m engine runs delete {run_id_}`")
 
 
 @dataclass
 class Run:
-    """A finished run on disk: config, history, predictions and weights."""
+    """A finished run on disk: config, history, predictions and weights.
+
+    Every file is checked against the size and SHA-256 recorded when the run finished before it is read; a damaged
+    file raises DamagedRunError naming it (see ``problems``).
+    """
 
     dir: Path
+    #: True for the Run object returned by the call that trained it (False when it came from the cache).
+    trained_now: bool = field(default=False, compare=False)
 
     @property
     def id(self) -> str:
         """The run's cache key."""
         return self.dir.name
 
+    def _damaged(self, name: str, problem: str) -> DamagedRunError:
+        if problem == UNREADABLE:
+            return DamagedRunError(f"Run {self.id} cannot be used: {self.dir / name} {problem}.")
+        return DamagedRunError(f"Run {self.id} is damaged: {self.dir / name} {problem}. It is not used; "
+                               f"{_fix_hint(self.id)}.")
+
     @cached_property
     def result(self) -> dict:
-        """Summary written when the run finished: test criteria, best epoch, timings."""
-        return read_json(self.dir / RESULT)
+        """Summary written when the run finished: test criteria, best epoch, timings, file records."""
+        path = self.dir / RESULT
+        try:
+            value = read_json(path)
+        except FileNotFoundError:
+            raise self._damaged(RESULT, "is missing") from None
+        except PermissionError:
+            raise self._damaged(RESULT, UNREADABLE) from None
+        except DAMAGED_READ_ERRORS as exc:
+            raise self._damaged(RESULT, f"cannot be read ({exc})") from None
+        if not isinstance(value, dict) or not isinstance(value.get("artifacts"), dict):
+            raise self._damaged(RESULT, "has no file records (written by an older LungLens, or altered)")
+        if value.pop("checksum", None) != stable_hash(value, 64):
+            raise self._damaged(RESULT, "has other content than was written (its checksum differs)")
+        return value
+
+    def problems(self, level: Level = "once") -> list[tuple[str, str]]:
+        """(file, problem) for every file of the run that does not match its record; empty when the run is sound."""
+        try:
+            records = self.result["artifacts"]
+        except DamagedRunError as exc:
+            return [(RESULT, str(exc))]
+        found = [(name, file_problem(self.dir / name, records.get(name, {"size": -1, "sha256": ""}), level))
+                 for name in ARTIFACTS]
+        return [(name, problem) for name, problem in found if problem]
+
+    def check(self, level: Level = "once") -> Run:
+        """Raise DamagedRunError naming the first damaged file; return the run when every file matches its record."""
+        found = self.problems(level)
+        if found and found[0][0] == RESULT:
+            raise DamagedRunError(found[0][1])
+        if found:
+            raise self._damaged(*found[0])
+        return self
+
+    def _read(self, name: str, read: Callable[[Path], object]):
+        """Read one recorded file after checking it, turning a parse failure into DamagedRunError."""
+        path = self.dir / name
+        problem = file_problem(path, self.result["artifacts"].get(name, {"size": -1, "sha256": ""}), "once")
+        if problem:
+            raise self._damaged(name, problem)
+        try:
+            return read(path)
+        except (*DAMAGED_READ_ERRORS, pd.errors.ParserError, SafetensorError, RuntimeError) as exc:
+            raise self._damaged(name, f"cannot be read ({type(exc).__name__}: {exc})") from None
 
     @cached_property
     def meta(self) -> dict:
         """Provenance: code version, data fingerprint, initialisation, device."""
-        return read_json(self.dir / "meta.json")
+        return self._read("meta.json", read_json)
 
     @cached_property
     def config(self) -> RunConfig:
         """The run's configuration."""
-        return RunConfig.from_dict(read_json(self.dir / "config.json"))
+        return RunConfig.from_dict(self._read("config.json", read_json))
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -114,14 +180,14 @@ class Run:
     @cached_property
     def history(self) -> pd.DataFrame:
         """One row per epoch: loss and the five criteria on train, val and test, and the learning rate."""
-        df = pd.DataFrame(read_json(self.dir / "history.json"))
+        df = pd.DataFrame(self._read("history.json", read_json))
         df["epoch"] = df["epoch"].astype(int)
         return df
 
     @cached_property
     def predictions(self) -> pd.DataFrame:
         """One row per image of every split: file, split, true and predicted class index, class probabilities."""
-        return pd.read_csv(self.dir / "predictions.csv", keep_default_na=False)
+        return self._read("predictions.csv", lambda p: pd.read_csv(p, keep_default_na=False))
 
     def dataset(self) -> Dataset:
         """The dataset the run was trained on."""
@@ -140,7 +206,7 @@ class Run:
     def load_model(self) -> StagedNet:
         """The trained model in eval mode on the CPU."""
         model = self.initial_model()
-        model.load_state_dict(load_file(str(self.dir / "model.safetensors")))
+        model.load_state_dict(self._read("model.safetensors", lambda p: load_file(str(p))))
         return model.eval()
 
     def initial_model(self) -> StagedNet:
@@ -167,43 +233,89 @@ class Run:
 
 
 def load_run(run_id_: str) -> Run:
-    """A finished run by id."""
+    """A finished run by id, checked against its file records (DamagedRunError when a file is damaged)."""
     path = runs_root() / run_id_
     if not (path / RESULT).exists():
         raise LungLensError(f"No finished run {run_id_!r} in {runs_root()}: list them with `python -m engine runs`.")
-    return Run(path)
+    return Run(path).check()
 
 
 def get_run(cfg: RunConfig, ds: Dataset | None = None) -> Run | None:
-    """The cached run for ``cfg``, or None if it has not been trained."""
+    """The cached run for ``cfg``, or None if it has not been trained; DamagedRunError if its files are damaged."""
     ds = ds or dataset_for(cfg)
     path = runs_root() / run_id(cfg, ds)
-    return Run(path) if (path / RESULT).exists() else None
+    return Run(path).check() if (path / RESULT).exists() else None
 
 
 def list_runs() -> pd.DataFrame:
-    """Every finished run with its key criteria, newest first."""
+    """Every finished, undamaged run with its key criteria, newest first (damaged ones: ``damaged_runs``)."""
     rows = []
     for path in sorted(runs_root().glob("*/" + RESULT)):
+        run = Run(path.parent)
         try:
-            rows.append({**Run(path.parent).summary(), "finished": read_json(path)["finished"]})
-        except (OSError, KeyError, ValueError, LungLensError):
-            continue  # a run from an incompatible engine version; it is simply not listed
+            if run.problems("size"):
+                continue  # listed by damaged_runs, with the file and what to do
+            rows.append({**run.summary(), "finished": run.result["finished"]})
+        except (KeyError, TypeError, LungLensError):
+            continue
     df = pd.DataFrame(rows)
     return df.sort_values("finished", ascending=False, ignore_index=True) if len(df) else df
 
 
+def damaged_runs(level: Level = "size") -> pd.DataFrame:
+    """Finished runs whose files do not match their records: columns run, file, problem, fix."""
+    rows = []
+    for path in sorted(runs_root().glob("*/" + RESULT)):
+        run = Run(path.parent)
+        problems = run.problems(level)
+        if not problems:
+            try:
+                run.summary()
+            except (KeyError, TypeError, LungLensError) as exc:
+                problems = [("config.json", f"cannot be used ({exc})")]
+        for name, problem in problems:
+            text = problem if name == RESULT else f"{path.parent / name} {problem}"
+            rows.append({"run": run.id, "file": name, "problem": text, "fix": _fix_hint(run.id)})
+    return pd.DataFrame(rows, columns=["run", "file", "problem", "fix"])
+
+
 def train_run(cfg: RunConfig, progress: ProgressFn | None = None, ds: Dataset | None = None,
-              status: Callable[[str], None] | None = None) -> Run:
-    """Return the run for ``cfg``, training it first if it is not cached (resuming an interrupted one)."""
+              status: Callable[[str], None] | None = None, retrain_damaged: bool = False) -> Run:
+    """Return the run for ``cfg``, training it first if it is not cached (resuming an interrupted one).
+
+    A cached run whose files are damaged raises DamagedRunError, or is removed and trained again when
+    ``retrain_damaged`` is set. The returned run's ``trained_now`` says whether this call trained it.
+    """
     ds = ds or dataset_for(cfg)
     path = runs_root() / run_id(cfg, ds)
+    say = status or (lambda _msg: None)
     if (path / RESULT).exists():
-        return Run(path)
-    with lock(path / "train"):
-        if (path / RESULT).exists():  # another process finished it while we waited
-            return Run(path)
-        return _train_and_store(cfg, ds, path, progress, status or (lambda _msg: None))
+        try:
+            return Run(path).check()
+        except DamagedRunError:
+            if not retrain_damaged:
+                raise
+    with lock(path / "train"):  # damaged files are removed only under the lock, by the process that retrains
+        if (path / RESULT).exists() and _sound_or_cleared(path, retrain_damaged, say):
+            return Run(path)  # another process finished it while we waited
+        return _train_and_store(cfg, ds, path, progress, say)
+
+
+def _sound_or_cleared(path: Path, retrain_damaged: bool, status: Callable[[str], None]) -> bool:
+    """True for a sound finished run; for a damaged one, raise, or remove its files when ``retrain_damaged``."""
+    try:
+        Run(path).check()
+        return True
+    except DamagedRunError as exc:
+        if not retrain_damaged:
+            raise
+        status(f"{exc} Training it again (--retrain-damaged).")
+        log.warning("retraining damaged run %s: %s", path.name, exc)
+        (path / RESULT).unlink(missing_ok=True)  # first, so nobody reads the rest as a finished run
+        for name in (*ARTIFACTS, "checkpoint.pt"):
+            (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / "artifacts", ignore_errors=True)
+        return False
 
 
 def _train_and_store(cfg: RunConfig, ds: Dataset, path: Path, progress: ProgressFn | None,
@@ -224,6 +336,7 @@ def _train_and_store(cfg: RunConfig, ds: Dataset, path: Path, progress: Progress
     y = ds.items["y"].to_numpy()
     device = pick_device()
     atomic_write_json(path / "config.json", cfg.to_dict())
+    _set_aside_bad_checkpoint(path / "checkpoint.pt", status)
     status(f"Training {cfg.backbone} at depth {cfg.depth} on {device.type}")
     result = train(cfg, model, images, y, split, len(classes), positive, device, path / "checkpoint.pt", progress)
 
@@ -245,12 +358,35 @@ def _train_and_store(cfg: RunConfig, ds: Dataset, path: Path, progress: Progress
         "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
         "prefix_cached": result.prefix_cached, "n_test": int(test.sum()),
     })
-    atomic_write_json(path / RESULT, {  # written last: its presence marks the run complete
-        **summary, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early, "seconds": time.perf_counter() - t0, "finished": time.time(),
-    })
+    record = {**summary, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+              "stopped_early": result.stopped_early, "seconds": time.perf_counter() - t0, "finished": time.time(),
+              "artifacts": record_files(path, ARTIFACTS)}
+    # Written last: its presence marks the run complete; its checksum covers its own content.
+    atomic_write_json(path / RESULT, {**record, "checksum": stable_hash(record, 64)})
     (path / "checkpoint.pt").unlink(missing_ok=True)
-    return Run(path)
+    return Run(path, trained_now=True)
+
+
+#: What a resumable checkpoint holds (see ``training.train``).
+CHECKPOINT_KEYS = frozenset({"model", "optimizer", "generator", "torch_rng", "history_keys", "history", "best_loss",
+                             "best_epoch", "best_state", "bad"})
+
+
+def _set_aside_bad_checkpoint(path: Path, status: Callable[[str], None]) -> None:
+    """Move a checkpoint that cannot be loaded out of the way, with a message, so training starts from scratch."""
+    if not path.exists():
+        return
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ck, dict) or not CHECKPOINT_KEYS <= set(ck):
+            raise ValueError("not a LungLens checkpoint")
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises, the file cannot be resumed from
+        aside = path.with_name(f"checkpoint.corrupt-{time.strftime('%Y%m%d-%H%M%S')}.pt")
+        os.replace(path, aside)
+        message = (f"The checkpoint {path} cannot be loaded ({type(exc).__name__}): it was moved to {aside.name} and "
+                   "this run trains again from epoch 1.")
+        log.warning(message)
+        status(message)
 
 
 def _relabel(progress: ProgressFn | None, phase: str) -> ProgressFn | None:
@@ -264,6 +400,9 @@ def _relabel(progress: ProgressFn | None, phase: str) -> ProgressFn | None:
 
 
 def delete_run(run_id_: str) -> None:
-    """Remove a run and everything cached for it."""
-    shutil.rmtree(runs_root() / run_id_, ignore_errors=True)
+    """Remove a run and everything cached for it (LungLensError when there is no such run)."""
+    path = runs_root() / run_id_
+    if not run_id_ or "/" in run_id_ or run_id_ in (".", "..") or not path.is_dir():
+        raise LungLensError(f"No run {run_id_!r} in {runs_root()}: list them with `python -m engine runs`.")
+    shutil.rmtree(path)
 

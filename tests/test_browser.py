@@ -156,3 +156,13 @@ def test_support_regions_with_an_upload(server, browser, tmp_path):
     text = _settled(browser, "upload.png")
     _assert_no_error(browser)
     assert "Grad-CAM" in text
+
+
+def test_support_regions_explanation_report(server, browser, tmp_path):
+    _open(browser, f"{server}/support_regions", "Support Regions")
+    tab = next(t for t in browser.find_elements(By.CSS_SELECTOR, '[role="tab"]') if "Explanation report" in t.text)
+    tab.click()
+    text = _settled(browser, "Every score against fine-tuning depth")
+    _assert_no_error(browser)
+    assert "Compute (" in text and "Report settings" in text and "scored on a sample" in text
+    browser.save_screenshot(str(tmp_path / "explanation-report.png"))

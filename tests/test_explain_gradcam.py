@@ -12,9 +12,9 @@ from torch import nn
 
 from engine.data.transforms import to_model_input
 from engine.errors import ConfigError
-from engine.explain import (explain_image, gradcam, guided_gradcam, heatmaps, normalise_maps, occlusion_map,
-                            write_overlay)
-from engine.models.backbones import StagedNet, conv_layers, stage
+from engine.explain import (cam_layer, explain_image, gradcam, guided_gradcam, heatmaps, normalise_maps,
+                            occlusion_map, write_overlay)
+from engine.models.backbones import StagedNet, cam_layers, stage
 
 SIZE = 64
 
@@ -31,7 +31,8 @@ def images() -> np.ndarray:
 
 
 def wan_gradcam(model: nn.Module, x: torch.Tensor, target: list[int], layer: nn.Module) -> np.ndarray:
-    """Eqs. 7-9 by hand: alpha_k^c = spatial mean of dy^c/dA^k, L^c = ReLU(sum_k alpha_k^c A^k), upsampled, / max."""
+    """Eqs. 7-9 by hand: alpha_k^c = spatial mean of dy^c/dA^k, L^c = ReLU(sum_k alpha_k^c A^k), scaled to [0, 1]
+    (min-max, as pytorch-grad-cam does), upsampled bilinearly and scaled to [0, 1] again."""
     saved = {}
     hook = layer.register_forward_hook(lambda _m, _i, out: saved.setdefault("A", out))
     try:
@@ -44,15 +45,17 @@ def wan_gradcam(model: nn.Module, x: torch.Tensor, target: list[int], layer: nn.
     cam = torch.relu((alpha * A).sum(dim=1)).detach().numpy()  # eqs. 8-9
     out = []
     for m in cam:
+        m = (m - m.min()) / (1e-7 + m.max() - m.min())
         up = cv2.resize(m, (x.shape[-1], x.shape[-2]), interpolation=cv2.INTER_LINEAR)  # bilinear, pixel centres
-        out.append(up / up.max() if up.max() > 0 else up)
+        out.append((up - up.min()) / (1e-7 + up.max() - up.min()))
     return np.stack(out)
 
 
 @pytest.mark.parametrize("which", [None, 2])
 def test_gradcam_equals_wans_equations(model, images, which):
     x = to_model_input(images)
-    layer, conv = (None, conv_layers(model)[-1][1]) if which is None else conv_layers(model)[which]
+    layer, _, conv = cam_layer(model) if which is None else cam_layers(model)[which]
+    layer = None if which is None else layer
     target = [0, 1, 2, 0, 1, 2]
     expected = wan_gradcam(model, x, target, conv)
     assert (expected.reshape(6, -1).max(1) > 0).sum() >= 4  # the comparison is not between empty maps
@@ -65,13 +68,13 @@ def test_gradcam_targets_default_to_the_prediction_and_broadcast(model, images):
     x = to_model_input(images)
     with torch.no_grad():
         pred = model(x).argmax(1).tolist()
-    np.testing.assert_allclose(gradcam(model, x), wan_gradcam(model, x, pred, conv_layers(model)[-1][1]), atol=2e-5)
+    np.testing.assert_allclose(gradcam(model, x), wan_gradcam(model, x, pred, cam_layer(model)[2]), atol=2e-5)
     np.testing.assert_array_equal(gradcam(model, x, 2), gradcam(model, x, [2] * 6))
     frozen = copy.deepcopy(model).requires_grad_(False)  # e.g. blocks frozen by the fine-tuning depth
     np.testing.assert_allclose(gradcam(frozen, x), gradcam(model, x), atol=1e-6)
     with pytest.raises(ValueError, match="one per image"):
         gradcam(model, x, [0, 1])
-    with pytest.raises(ConfigError, match="not a convolutional layer"):
+    with pytest.raises(ConfigError, match="not a CAM layer"):
         gradcam(model, x, layer="classifier.1")
 
 
@@ -138,7 +141,7 @@ def test_explain_image_probabilities_and_overlay_file(model, images, tmp_path):
     with pytest.raises(ConfigError, match="Unknown class"):
         explain_image(model, images[0], classes, "gradcam", target="flu")
     with pytest.raises(ConfigError, match="Unknown explanation method"):
-        explain_image(model, images[0], classes, "saliency")
+        explain_image(model, images[0], classes, "no-such-method")
 
     out = tmp_path / "overlay.png"
     write_overlay(model, images[0], "occlusion", out, classes=classes, alpha=0.4)

@@ -67,6 +67,7 @@ def _layout_entries(root: Path) -> tuple[pd.DataFrame, list[str]]:
                                 f"{base} so that masks can be matched to images")
         base = root
     class_dirs = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    _refuse_looping_class_dirs(base, class_dirs)
     masks = {column: _mask_index(root / folder, root) for column, folder in _MASK_DIRS.items()}
     records = []
     for class_dir in class_dirs:
@@ -83,6 +84,29 @@ def _layout_entries(root: Path) -> tuple[pd.DataFrame, list[str]]:
     for column in (*GROUP_COLUMNS, "split", "where"):
         entries[column] = ""
     return entries, [d.name for d in class_dirs]
+
+
+def _refuse_looping_class_dirs(base: Path, class_dirs: list[Path]) -> None:
+    """Raise when a class folder is a link to the dataset folder, one of its ancestors, or another class folder."""
+    resolved = {d: d.resolve() for d in class_dirs}
+    top = base.resolve()
+    for d in (d for d in class_dirs if d.is_symlink()):
+        target = resolved[d]
+        twin = next((o for o in class_dirs if o != d and resolved[o] == target), None)
+        if target == top or target in top.parents or twin is not None:
+            what = f"the class folder {twin.name}" if twin else f"{target}, which holds the class folders"
+            raise DataError(f"class folder {d} is a link to {what}: its images would be a second, duplicate class. "
+                            f"Remove the link {d} (or replace it with a real folder of that class's own images)")
+
+
+def _refuse_cross_label_duplicates(entries: pd.DataFrame, hashes: list[list[str]], root: Path) -> None:
+    """Raise when the same image content appears under two class labels (it would teach the model both)."""
+    first: dict[str, tuple[str, str]] = {}
+    for file, label, content in zip(entries["file"], entries["label"], hashes):
+        seen = first.setdefault(content[0], (file, label))
+        if seen[1] != label:
+            raise DataError(f"{root / seen[0]} (class '{seen[1]}') and {root / file} (class '{label}') are the same "
+                            "image (identical content) under two labels; keep it in one class only")
 
 
 def _clean_relpath(text: str) -> str:
@@ -150,10 +174,10 @@ def _inspect(root: Path, entry: dict[str, str]) -> list[str] | str:
     return hashes
 
 
-def _groups(entries: pd.DataFrame) -> list[str]:
-    """Group key per entry: connected components over shared patient_id/group_id/sim_group, else the file."""
+def _groups(entries: pd.DataFrame, columns: tuple[str, ...] = GROUP_COLUMNS) -> list[str]:
+    """Group key per entry: connected components over shared values of ``columns``, else the file."""
     n = len(entries)
-    links = entries[list(GROUP_COLUMNS)].reset_index(drop=True).melt(ignore_index=False)
+    links = entries[list(columns)].reset_index(drop=True).melt(ignore_index=False)
     links = links[links["value"] != ""]
     key_codes, keys = pd.factorize(links["variable"] + ":" + links["value"])
     image_nodes = links.index.to_numpy()
@@ -183,7 +207,7 @@ def _require_min_per_class(root: Path, entries: pd.DataFrame, classes: list[str]
         after = f" after skipping {n_skipped} bad image(s)" if n_skipped else ""
         listing = ", ".join(f"'{c}' has {k}" for c, k in few.items())
         raise DataError(f"too few images in {root}{after}: {listing}; each class needs at least {min_per_class} "
-                        "images to split into train/val/test: add images or lower min_per_class")
+                        "images to split into train/val/test: add images to it, or remove that class's folder (rows)")
 
 
 def load_folder(root: str | Path, *, skip_bad: bool = False, min_per_class: int = 5) -> Dataset:
@@ -212,8 +236,11 @@ def load_folder(root: str | Path, *, skip_bad: bool = False, min_per_class: int 
     entries = entries[good].reset_index(drop=True)
     hashes = [result for result in results if not isinstance(result, str)]
     _require_min_per_class(root, entries, classes, min_per_class, len(skipped))
-
-    groups = _groups(entries)
+    _refuse_cross_label_duplicates(entries, hashes, root)
+    # Identical images (same content, same class) are one group, so a copy never lands on the other side of a split.
+    content = pd.Series([h[0] for h in hashes])
+    entries["duplicate_of"] = content.where(content.duplicated(keep=False), "").to_numpy()
+    groups = _groups(entries, (*GROUP_COLUMNS, "duplicate_of"))
     fingerprint = stable_hash(sorted(
         [file, label, *content, group, split]
         for file, label, content, group, split in zip(entries["file"], entries["label"], hashes, groups,

@@ -1,10 +1,13 @@
 """Reading images and masks from disk or uploaded bytes into one float32 grayscale form.
 
-The single conversion every image goes through (``decode_image_bytes``):
+The single conversion every image goes through (``decode_image_bytes``), for training, evaluation and uploads:
 
+0. Read the header first (Pillow; tifffile for TIFFs Pillow cannot parse), before any pixel is decoded: the format
+   must be PNG, JPEG, BMP or TIFF, and width x height must not exceed the pixel limit (``max_pixels``: 50 megapixels,
+   or ``$LUNGLENS_MAX_MEGAPIXELS``), so no file can make the decoder allocate more than that.
 1. Decode with OpenCV (``cv2.imdecode``, ``IMREAD_UNCHANGED``); TIFFs OpenCV cannot decode (e.g. LZMA-compressed)
-   are read with tifffile (first page). EXIF orientation is not applied, and OpenCV ignores the alpha channel of
-   gray+alpha TIFFs (gray+alpha PNGs are composited like RGBA).
+   are read with tifffile (first page). The EXIF orientation tag is applied (the image as every viewer shows it).
+   OpenCV ignores the alpha channel of gray+alpha TIFFs (gray+alpha PNGs are composited like RGBA).
 2. Scale to [0, 1]: 8-bit by 255, 16-bit by 65535. Other pixel types are rejected.
 3. Composite alpha onto black: ``colour * alpha``.
 4. Colour to gray with OpenCV's luminance weights (``COLOR_BGR2GRAY``: 0.299 R + 0.587 G + 0.114 B).
@@ -15,11 +18,14 @@ The result is a float32 (H, W) array in [0, 1]. A mask is that array ``> 0.5``, 
 from __future__ import annotations
 
 import io
+import os
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
+from PIL import Image, UnidentifiedImageError
 
 from engine.errors import DataError
 
@@ -28,6 +34,101 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _UNREADABLE = "is not a readable PNG, JPEG, BMP or TIFF image (corrupt or another format); re-export or remove it"
+#: Pillow's names of the formats read (MPO: a JPEG with extra frames; DIB: a BMP without file header).
+_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF"}
+#: Default pixel limit (width x height) and the environment variable that changes it, in megapixels.
+DEFAULT_MAX_MEGAPIXELS = 50.0
+MAX_MEGAPIXELS_ENV = "LUNGLENS_MAX_MEGAPIXELS"
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+#: EXIF orientation tag value -> how to turn the stored pixels into the displayed image (numpy axis operations).
+_ORIENT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: a[::-1].swapaxes(0, 1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: a[:, ::-1].swapaxes(0, 1),
+}
+
+
+def max_pixels() -> int:
+    """The pixel limit (width x height) of every image read: ``$LUNGLENS_MAX_MEGAPIXELS`` megapixels, default 50."""
+    text = os.environ.get(MAX_MEGAPIXELS_ENV, "").strip()
+    try:
+        megapixels = float(text) if text else DEFAULT_MAX_MEGAPIXELS
+    except ValueError:
+        raise DataError(f"{MAX_MEGAPIXELS_ENV}={text!r} is not a number; set it to the largest image size to accept, "
+                        f"in megapixels (default {DEFAULT_MAX_MEGAPIXELS:g})") from None
+    if megapixels <= 0:
+        raise DataError(f"{MAX_MEGAPIXELS_ENV}={text!r} must be a positive number of megapixels")
+    return int(megapixels * 1_000_000)
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Pillow's lazily opened image (header only); past Pillow's own bomb limit, opened by the format's plugin."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        pass  # larger than Pillow's limit: read the header without that check, to report the real size
+    Image.init()
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        if accept is None or accept(data[:16]):
+            try:
+                return factory(io.BytesIO(data), "")
+            except (SyntaxError, IndexError, TypeError, ValueError, OSError):
+                continue
+    raise UnidentifiedImageError("no Pillow plugin reads this header")
+
+
+def _tiff_header(data: bytes) -> tuple[int, int] | None:
+    """Width and height of a TIFF's first page from its header (tifffile), or None when it is not a TIFF."""
+    if not data.startswith(_TIFF_MAGIC):
+        return None
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            return int(page.imagewidth), int(page.imagelength)
+    except Exception:  # tifffile raises many unrelated types for damaged input
+        return None
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 = as stored) from the header, never decoding pixels for it."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1  # Pillow would decode the whole PNG to look for an eXIf chunk after the pixel data
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a damaged EXIF block: the pixels are still usable, as stored
+        return 1
+
+
+def image_header(data: bytes, name: str) -> tuple[str, int, int, int]:
+    """Format, width, height and EXIF orientation (1 = as stored) of image bytes, read without decoding the pixels.
+
+    Raises DataError when the bytes are not a PNG, JPEG, BMP or TIFF, or when the image exceeds ``max_pixels``.
+    """
+    if len(data) == 0:
+        raise DataError(f"{name} is empty (0 bytes); replace it with the real image or remove it")
+    fmt, size, orientation = "", None, 1
+    try:
+        with _open_header(data) as im:
+            fmt, size, orientation = im.format or "", im.size, _orientation(im)
+        if fmt == "PNG":
+            with _open_header(data) as check:
+                check.verify()  # chunk checksums: a damaged PNG is refused here, before libpng prints raw errors
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, IndexError):
+        size = _tiff_header(data)
+        fmt = "TIFF" if size else ""
+    if size is None or fmt not in _FORMATS:
+        what = f"is a {fmt} image, not a PNG, JPEG, BMP or TIFF; convert it" if fmt else _UNREADABLE
+        raise DataError(f"{name} {what}")
+    width, height = size
+    limit = max_pixels()
+    if width * height > limit:
+        raise DataError(f"{name} is too large: {width} x {height} px ({width * height / 1e6:,.1f} megapixels), above "
+                        f"the limit of {limit / 1e6:g} megapixels; downscale it, or raise the limit with "
+                        f"{MAX_MEGAPIXELS_ENV}")
+    return fmt, width, height, orientation if orientation in _ORIENT else 1
 
 
 def _decode_tiff(data: bytes) -> np.ndarray | None:
@@ -47,17 +148,23 @@ def _decode_tiff(data: bytes) -> np.ndarray | None:
 
 def _decode_raw(data: bytes, name: str) -> np.ndarray:
     """Decoded pixels in their stored type, channels in OpenCV order (gray, BGR or BGRA)."""
-    if len(data) == 0:
-        raise DataError(f"{name} is empty (0 bytes); replace it with the real image or remove it")
+    _, width, height, orientation = image_header(data, name)
     try:
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error:  # some damaged files raise instead of returning None
-        arr = None
-    if arr is None:
-        arr = _decode_tiff(data)
+        try:
+            arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:  # some damaged files raise instead of returning None
+            arr = None
+        if arr is None:
+            arr = _decode_tiff(data)
+    except MemoryError:
+        raise DataError(f"{name} ({width} x {height} px) is too large to decode in the memory available; downscale "
+                        "it or lower LUNGLENS_MAX_MEGAPIXELS") from None
     if arr is None or arr.size == 0:
         raise DataError(f"{name} {_UNREADABLE}")
-    return arr
+    if arr.shape[:2] != (height, width):
+        raise DataError(f"{name} decodes to {arr.shape[1]} x {arr.shape[0]} px but its header says {width} x "
+                        f"{height}; the file is damaged: re-export or remove it")
+    return np.ascontiguousarray(_ORIENT[orientation](arr)) if orientation != 1 else arr
 
 
 def _to_gray_float(arr: np.ndarray, name: str) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from ..store import writing
 
 LESION_CLASSES: tuple[str, ...] = ("normal", "pneumonia", "covid")
 SOURCE_CLASSES: tuple[str, ...] = ("clear", "nodules", "effusion", "cardiomegaly")
@@ -215,13 +216,56 @@ def _marker_draws(rng: np.random.Generator, spec: PhantomSpec, label: str) -> bo
     return bool(rng.random() < p)
 
 
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    """Write ``pixels`` as PNG (what ``cv2.imwrite`` writes), raising on failure instead of returning False."""
+    ok, buf = cv2.imencode(".png", pixels)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode {path.name} as PNG")
+    path.write_bytes(buf.tobytes())
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Remove half-written copies of ``root`` left by processes that no longer run (killed while writing)."""
+    for tmp in root.parent.glob(f".{root.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            continue  # a process of another user: it may still be writing
+
+
 def write_phantom_dataset(root: Path, spec: PhantomSpec, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write the dataset in the folder layout the loader reads (images/, masks/, lung_masks/, manifest.csv)."""
+    """Write the dataset in the folder layout the loader reads (images/, masks/, lung_masks/, manifest.csv).
+
+    It is written to a temporary folder beside ``root`` and renamed, so a reader never sees half of it; the temporary
+    folder is removed on any failure (a read-only or full disk raises a StoreError naming the folder).
+    """
     root = Path(root)
     if (root / "manifest.csv").exists():
         return root
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    with writing(root.parent):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _write_phantoms(tmp, spec, progress)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another process wrote it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _write_phantoms(tmp: Path, spec: PhantomSpec, progress: Callable[[int, int], None] | None) -> None:
+    """Render and write every image, mask and the manifest of ``spec`` into ``tmp``."""
     rng = np.random.default_rng(spec.seed)
     total = spec.n_per_class * len(spec.classes)
     rows, done = [], 0
@@ -238,13 +282,13 @@ def write_phantom_dataset(root: Path, spec: PhantomSpec, progress: Callable[[int
                 marker = _marker_draws(rng, spec, label)
                 ph = render_phantom(rng, label, spec.image_size, marker=marker, anatomy=anatomy)
                 name = f"{pid}_{k}.png"
-                cv2.imwrite(str(tmp / "images" / label / name), ph.image)
-                cv2.imwrite(str(tmp / "lung_masks" / label / name), ph.lung_mask.astype(np.uint8) * 255)
+                _write_png(tmp / "images" / label / name, ph.image)
+                _write_png(tmp / "lung_masks" / label / name, ph.lung_mask.astype(np.uint8) * 255)
                 row = {"file": f"images/{label}/{name}", "class": label, "patient_id": pid, "split": "",
                        "mask_file": "", "lung_mask_file": f"lung_masks/{label}/{name}", "marker": int(marker),
                        "marker_box": " ".join(map(str, ph.marker_box)) if ph.marker_box else ""}
                 if spec.task == "lesions":
-                    cv2.imwrite(str(tmp / "masks" / label / name), ph.lesion_mask.astype(np.uint8) * 255)
+                    _write_png(tmp / "masks" / label / name, ph.lesion_mask.astype(np.uint8) * 255)
                     row["mask_file"] = f"masks/{label}/{name}"
                 rows.append(row)
                 made += 1
@@ -252,9 +296,3 @@ def write_phantom_dataset(root: Path, spec: PhantomSpec, progress: Callable[[int
                 if progress is not None:
                     progress(done, total)
     pd.DataFrame(rows).to_csv(tmp / "manifest.csv", index=False)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, root)
-    except OSError:  # another process wrote it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root

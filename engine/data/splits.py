@@ -51,6 +51,22 @@ def _carve(pool: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: f
     return carved
 
 
+#: What to do with a folder that is all test data: score a trained run on it.
+SCORE_HINT = ("to score an already trained run on it instead, use `python -m engine score --run ID --data FOLDER` "
+              "(list runs with `python -m engine runs`)")
+
+
+def _require_training_rows(labels: np.ndarray, rest: np.ndarray, what: str) -> None:
+    """Raise when no row, or no row of some class, is left for training (``rest``) after the held-out rows."""
+    if not rest.any():
+        raise DataError(f"nothing to train on: {what} leaves no row for training and validation; mark some rows "
+                        f"train (or leave their split empty), or, if this is an external test set, {SCORE_HINT}")
+    missing = sorted(set(labels) - set(labels[rest]))
+    if missing:
+        raise DataError(f"class(es) {', '.join(map(str, missing))} have no row for training: {what} holds every one "
+                        "of their images; mark some of them train (or leave their split empty)")
+
+
 def _outside(groups: np.ndarray, taken: np.ndarray) -> np.ndarray:
     """Rows whose group has no row in ``taken`` (so carving them cannot put a group on both sides)."""
     return ~np.isin(groups, groups[taken])
@@ -93,8 +109,10 @@ def assign_splits(items: pd.DataFrame, *, test_fraction: float = 0.2, val_fracti
     test = given == "test"
     if not test.any():
         pool = (given != "val") & _outside(groups, given == "val")
+        _require_training_rows(labels, pool, "the manifest's split=val rows")
         test = _carve(pool, labels, groups, test_fraction, seed, "carve a test split")
     rest = ~test
+    _require_training_rows(labels, rest, "the test split (the manifest's split=test rows)")
     if folds > 1:
         positions = np.flatnonzero(rest)
         _, held = kfold_indices(labels[rest], groups[rest], folds, seed, f"make {folds} cross-validation folds")[fold]
@@ -104,9 +122,13 @@ def assign_splits(items: pd.DataFrame, *, test_fraction: float = 0.2, val_fracti
         val = rest & (given == "val")
     else:
         pool = rest & _outside(groups, test)
+        if not pool.any():
+            raise DataError("no rows left to carve a validation split from: every non-test row shares a group with a "
+                            "test row; mark some rows split=val, or give those rows their own patient/group ids")
         val = _carve(pool, labels, groups, val_fraction * len(items) / pool.sum(), seed, "carve a validation split")
 
     split = np.full(len(items), "train", dtype=object)
     split[val] = "val"
     split[test] = "test"
+    _require_training_rows(labels, split == "train", "the test and validation splits (given and carved)")
     return pd.Series(split, index=items.index, name="split")

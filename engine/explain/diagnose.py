@@ -8,8 +8,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..models.backbones import StagedNet
 from .inference import predict_proba
-from .lime_maps import lime_map
-from .methods import check_method, heatmaps
+from .methods import check_method, explain_one
 
 
 def class_index(target: int | str, classes: tuple[str, ...] | list[str]) -> int:
@@ -28,7 +27,7 @@ def explain_image(model: StagedNet, image_uint8: np.ndarray, classes: tuple[str,
     """Class probabilities and one method's map for a single (H, W) uint8 image already preprocessed for the model.
 
     Returns ``probabilities`` (class -> p), ``predicted`` and ``target`` class names, ``method``, ``heatmap`` (H, W)
-    in [0, 1] and, for LIME, ``lime`` (the full result of ``lime_map``). Nothing is written to disk.
+    in [0, 1] and ``details``: the method's arrays (``explain_one``; LIME's superpixels). Nothing is written to disk.
     """
     check_method(method)
     image = np.asarray(image_uint8)
@@ -41,9 +40,6 @@ def explain_image(model: StagedNet, image_uint8: np.ndarray, classes: tuple[str,
     t = predicted if target is None else class_index(target, classes)
     result: dict[str, Any] = {"probabilities": {c: float(p) for c, p in zip(classes, probs)},
                               "predicted": classes[predicted], "target": classes[t], "method": method}
-    if method == "lime":
-        result["lime"] = lime_map(model, image, t, **params)
-        result["heatmap"] = result["lime"]["heatmap"]
-    else:
-        result["heatmap"] = heatmaps(model, image[None], method, t, **params)[0]
+    result["details"] = explain_one(model, image, method, t, **params)
+    result["heatmap"] = result["details"]["heatmap"]
     return result

@@ -38,7 +38,8 @@ def write_overlay(model: StagedNet, image_uint8: np.ndarray, method: str, out_pa
                   **params: Any) -> dict[str, Any]:
     """Explain one preprocessed uint8 image and write its overlay as an image file; returns ``explain_image``'s dict."""
     result = explain_image(model, image_uint8, classes, method, target, **params)
-    rgb = (lime_overlay(image_uint8, result["lime"], alpha) if method == "lime"
+    details = result["details"]
+    rgb = (lime_overlay(image_uint8, details, alpha) if "segments" in details
            else heatmap_overlay(image_uint8, result["heatmap"], alpha))
     out_path = Path(out_path)
     if not cv2.haveImageWriter(str(out_path)):

@@ -12,8 +12,7 @@ from ..errors import ConfigError
 from ..store import cached_arrays, cached_json, stable_hash
 from .consistency import (SUPPORT_THRESHOLD, consistency_degree, lung_uniform_heatmap, pointing_game,
                           random_heatmap, support_area)
-from .lime_maps import lime_map
-from .methods import check_method, heatmaps
+from .methods import check_method, explain_one, heatmaps
 
 if TYPE_CHECKING:
     from ..runs import Run
@@ -64,17 +63,15 @@ def run_image_explanation(run: Run, row: int, split: str = "test", method: str =
                           **params: Any) -> dict[str, np.ndarray]:
     """One image's explanation (``row`` of ``split_rows``), cached.
 
-    Returns ``heatmap`` (S, S) in [0, 1] and, for LIME, its ``map``, ``segments`` and ``weights`` as well.
+    Returns ``heatmap`` (S, S) in [0, 1] and the method's details where it has them (LIME: ``map``, ``segments``,
+    ``weights``).
     """
 
     def compute() -> dict[str, np.ndarray]:
         rows = split_rows(run, split)
         t = _targets(rows.iloc[[row]], target)
         image = run.images(split)[row]
-        if method == "lime":
-            lime = lime_map(run.load_model(), image, int(np.ravel(t)[0]), **params)
-            return {k: np.asarray(lime[k]) for k in ("heatmap", "map", "segments", "weights")}
-        return {"heatmap": heatmaps(run.load_model(), image[None], method, t, **params)[0]}
+        return explain_one(run.load_model(), image, method, int(np.ravel(t)[0]), **params)
 
     key = _key(method, split, target, params)
     return cached_arrays(run.artifact(f"explain/image-{row}-{key}.npz"), compute)

@@ -89,15 +89,17 @@ def _resnet(tv: nn.Module, n_classes: int, width: int | None, arch: str) -> Stag
 
 def _densenet(tv: nn.Module, n_classes: int, width: int | None, arch: str) -> StagedNet:
     f = tv.features
+    # torchvision's DenseNet applies F.relu after norm5 inside forward(); here it is the last module of block 5, so
+    # that block's output is the rectified feature map A^k that Grad-CAM weights (it has no parameters, so the
+    # state-dict keys are unchanged).
     blocks = [
         nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0),
         nn.Sequential(f.denseblock1, f.transition1),
         nn.Sequential(f.denseblock2, f.transition2),
         nn.Sequential(f.denseblock3, f.transition3),
-        nn.Sequential(f.denseblock4, f.norm5),
+        nn.Sequential(f.denseblock4, f.norm5, nn.ReLU()),
     ]
-    # torchvision's DenseNet applies F.relu before pooling inside forward(); here it is a module.
-    pool = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
     return StagedNet(arch, blocks, pool, nn.Linear(tv.classifier.in_features, n_classes))
 
 
@@ -153,3 +155,46 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 def last_conv_layer(model: nn.Module) -> tuple[str, nn.Conv2d]:
     """The last Conv2d (Grad-CAM's default layer)."""
     return conv_layers(model)[-1]
+
+
+def _after_relu(block: nn.Module) -> list[nn.ReLU]:
+    """The ReLU modules of a plain conv stack, each right after its convolution (AlexNet, VGG)."""
+    return [m for m in block.modules() if isinstance(m, nn.ReLU)]
+
+
+def cam_layers(model: StagedNet) -> list[tuple[str, str, nn.Module]]:
+    """Layers whose output is a rectified feature map A^k (what CAM methods weight), input to output.
+
+    Each entry is (qualified module name, human label, module). Grad-CAM (Selvaraju et al.; Wan eqs. 7-9) and
+    pytorch-grad-cam weight the activations *after* the ReLU: a convolution's raw output is signed, and weighting it
+    cancels out to an all-zero map. AlexNet/VGG: the ReLU after each convolution; ResNet: the output of each residual
+    unit (rectified after the addition); DenseNet: the stem's ReLU, each transition's ReLU and the final ReLU.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    out: list[tuple[str, str, nn.Module]] = []
+    if model.arch == "alexnet" or model.arch.startswith("vgg"):
+        for b, block in enumerate(model.blocks, 1):
+            relus = _after_relu(block)
+            for k, m in enumerate(relus, 1):
+                conv = f"conv{b}" if model.arch == "alexnet" else f"conv{b}_{k}"
+                out.append((names[id(m)], f"{conv} (block {b})", m))
+    elif model.arch.startswith("resnet"):
+        out.append((names[id(model.blocks[0][2])], "stem conv1 (block 1)", model.blocks[0][2]))
+        for b, layer in enumerate(model.blocks[1:], 2):
+            for k, unit in enumerate(layer, 1):
+                out.append((names[id(unit)], f"layer{b - 1} unit {k} (block {b})", unit))
+    elif model.arch.startswith("densenet"):
+        out.append((names[id(model.blocks[0][2])], "stem conv0 (block 1)", model.blocks[0][2]))
+        for b in range(2, N_BLOCKS):
+            relu = model.blocks[b - 1][1].relu
+            out.append((names[id(relu)], f"dense block {b - 1} (block {b})", relu))
+        out.append((names[id(model.blocks[4][2])], f"dense block 4 (block {N_BLOCKS})", model.blocks[4][2]))
+    else:
+        raise ConfigError(f"No CAM layers are defined for the backbone {model.arch!r}.")
+    return out
+
+
+def block_of(name: str) -> int:
+    """0-based index of the block holding the module called ``name`` (0 when it is outside ``model.blocks``)."""
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] == "blocks" and len(parts) > 1 and parts[1].isdigit() else 0

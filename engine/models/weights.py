@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -29,17 +30,32 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` or ``.pt/.pth`` file, never unpickling arbitrary objects."""
-    path = Path(path)
+def check_weights_path(path: Path) -> Path:
+    """``path`` when it is a file; a WeightsError saying what it is instead (missing, a folder)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder, not a weights file: give --init the .pth or .safetensors file inside "
+                           "it (or builtin, imagenet, scratch).")
     if not path.is_file():
         raise WeightsError(f"Weights file {path} does not exist: check the path given to --init.")
+    return path
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.pt/.pth`` file, never unpickling arbitrary objects."""
+    path = check_weights_path(path)
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message suggests weights_only=False, i.e. running the file's code: never pass that on.
+        raise WeightsError(f"{path} holds Python objects other than tensors, which are not loaded (unpickling them "
+                           "could run arbitrary code). Give a plain state dict of tensors (.pth) or a .safetensors "
+                           "file.") from None
     except Exception as exc:  # noqa: BLE001 - any decoding failure means the same thing to the user
-        raise WeightsError(f"Cannot read weights from {path}: {exc}. Give a torchvision state dict (.pth) or a .safetensors file.") from exc
+        raise WeightsError(f"Cannot read weights from {path} ({type(exc).__name__}: the file is damaged or not a "
+                           "weights file). Give a torchvision state dict (.pth) or a .safetensors file.") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
