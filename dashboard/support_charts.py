@@ -2,25 +2,21 @@
 consistency-degree charts, class probabilities, and the checks of an uploaded image before it is diagnosed."""
 from __future__ import annotations
 
-import io
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from PIL import Image, UnidentifiedImageError
 from plotly.subplots import make_subplots
 
-from engine.data.imageio import decode_image_bytes
+from engine.data.imageio import decode_image_bytes, image_header
 from engine.data.transforms import preprocess
 from engine.errors import DataError
 from engine.explain import explain_image, lime_overlay
 from engine.models.backbones import StagedNet
 
-#: The page's names of the explanation methods, mapped to the engine's.
-METHOD_LABELS: dict[str, str] = {"Grad-CAM": "gradcam", "Guided Grad-CAM": "guided-gradcam", "LIME": "lime",
-                                 "Occlusion": "occlusion"}
 #: Which test images the image picker lists.
 OUTCOMES = ("All", "Correct", "Wrong")
 #: Upload limits: larger files or images are refused before they are decoded.
@@ -143,10 +139,11 @@ def lime_figure(image: np.ndarray, lime: Mapping[str, np.ndarray], *, threshold:
                           base_rgb=rgb, title=title, height=height, colorbar=False, legend=legend)
 
 
-def depth_strip_figure(image: np.ndarray, maps: Mapping[int, np.ndarray], titles: Mapping[int, str], *,
+def depth_strip_figure(image: np.ndarray, maps: Mapping[int, np.ndarray | None], titles: Mapping[int, str], *,
                        threshold: float = 0.7, opacity: float = 0.5, lesion: np.ndarray | None = None,
                        lung: np.ndarray | None = None, height: int = 360) -> go.Figure:
-    """One panel per fine-tuning depth, left to right: the same image with that depth's heatmap."""
+    """One panel per fine-tuning depth, left to right: the same image with that depth's heatmap (None: the image
+    alone, for a map the page reports as empty instead of drawing it)."""
     depths = sorted(maps)
     fig = make_subplots(rows=1, cols=len(depths), subplot_titles=[titles[d] for d in depths],
                         horizontal_spacing=0.01)
@@ -161,31 +158,28 @@ def depth_strip_figure(image: np.ndarray, maps: Mapping[int, np.ndarray], titles
     return fig
 
 
-def consistency_summary(df: pd.DataFrame) -> dict[str, float]:
-    """Means over the images of ``run_consistency``'s table that have a lesion: the model, both baselines, pointing.
-
-    Images whose lesion mask is empty (e.g. normal ones) have no consistency degree and cannot be hit, so they are
-    left out. ``pointing_chance`` is the hit rate of a peak placed uniformly at random: the mean lesion area.
-    """
-    df = df[df["lesion_area"] > 0]
-    return {
-        "n": len(df),
-        "consistency": float(df["consistency"].mean()),
-        "median": float(df["consistency"].median()),
-        "lung_baseline": float(df["lung_baseline"].mean()),
-        "n_lung": int(df["lung_baseline"].notna().sum()),
-        "random_baseline": float(df["random_baseline"].mean()),
-        "pointing_game": float(df["pointing_game"].astype(float).mean()),
-        "pointing_chance": float(df["lesion_area"].mean()),
-        "support_area": float(df["support_area"].mean()),
-    }
+def colour_scale_figure(threshold: float = 0.7) -> go.Figure:
+    """A horizontal jet colour bar from 0 to 1 with the support threshold marked: the one scale of every map panel."""
+    ramp = np.linspace(0, 1, 101, dtype=np.float32)[None, :]
+    fig = go.Figure(go.Heatmap(z=ramp, x=ramp[0], zmin=0, zmax=1, colorscale="Jet", showscale=False,
+                               hovertemplate="heatmap %{x:.2f}<extra></extra>"))
+    fig.add_vline(x=threshold, line=dict(color=SUPPORT_COLOR, width=3))
+    fig.update_yaxes(visible=False)
+    fig.update_xaxes(range=[0, 1], tickvals=[0, threshold, 1], ticktext=["0", f"{threshold:g} (support)", "1"])
+    fig.update_layout(height=90, margin=dict(t=28, b=26, l=10, r=10),
+                      title=dict(text="Colour scale of every map (one scale for all methods)", font=dict(size=12)))
+    return fig
 
 
 def consistency_histogram(df: pd.DataFrame, method_label: str = "Grad-CAM") -> go.Figure:
-    """Distributions of the per-image consistency degree of the model and of both baselines, with their means."""
+    """Distributions of the per-image consistency degree of the map and of both baselines, with their means.
+
+    ``df`` is ``run_localisation``'s table (columns ``consistency``, ``lung_area_matched_baseline``,
+    ``random_baseline``).
+    """
     series = [(f"{method_label} (model)", "consistency", MODEL_COLOR),
-              ("lungs, uniform", "lung_baseline", LUNG_BASELINE_COLOR),
-              ("random smooth field", "random_baseline", RANDOM_BASELINE_COLOR)]
+              ("lungs, same area", "lung_area_matched_baseline", LUNG_BASELINE_COLOR),
+              ("random smooth map", "random_baseline", RANDOM_BASELINE_COLOR)]
     fig = go.Figure()
     for name, column, color in series:
         values = df[column].dropna()
@@ -204,11 +198,16 @@ def consistency_histogram(df: pd.DataFrame, method_label: str = "Grad-CAM") -> g
     return fig
 
 
-def consistency_depth_table(frames: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
-    """One row per fine-tuning depth: mean consistency, pointing-game hit rate and both baselines."""
-    rows = [{"depth": d, **consistency_summary(df)} for d, df in sorted(frames.items()) if len(df)]
-    return pd.DataFrame(rows, columns=["depth", "n", "consistency", "median", "lung_baseline", "n_lung",
-                                       "random_baseline", "pointing_game", "pointing_chance", "support_area"])
+#: Columns of ``consistency_depth_table``.
+DEPTH_TABLE_COLUMNS = ["depth", "n", "n_empty", "consistency", "lung_area_matched_baseline", "random_baseline",
+                       "pointing_game", "pointing_chance", "support_area", "beats_chance"]
+
+
+def consistency_depth_table(summaries: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per fine-tuning depth from the engine's ``localisation_summary`` of each depth's run."""
+    rows = [{"depth": d, **{c: s.get(c) for c in DEPTH_TABLE_COLUMNS[1:]}} for d, s in sorted(summaries.items())
+            if s.get("n")]
+    return pd.DataFrame(rows, columns=DEPTH_TABLE_COLUMNS)
 
 
 def consistency_depth_figure(table: pd.DataFrame) -> go.Figure:
@@ -216,11 +215,11 @@ def consistency_depth_figure(table: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     lines = [("consistency", "mean consistency degree", MODEL_COLOR, "solid"),
              ("pointing_game", "pointing-game hit rate", "#7c3aed", "solid"),
-             ("lung_baseline", "lungs-uniform baseline", LUNG_BASELINE_COLOR, "dash"),
-             ("random_baseline", "random-field baseline", RANDOM_BASELINE_COLOR, "dash")]
+             ("lung_area_matched_baseline", "baseline: lungs, same area", LUNG_BASELINE_COLOR, "dash"),
+             ("random_baseline", "baseline: random map", RANDOM_BASELINE_COLOR, "dash")]
     for column, name, color, dash in lines:
         if table[column].notna().any():
-            fig.add_trace(go.Scatter(x=table["depth"], y=table[column], name=name, mode="lines+markers",
+            fig.add_trace(go.Scatter(x=table["depth"], y=table[column].astype(float), name=name, mode="lines+markers",
                                      line=dict(color=color, dash=dash),
                                      hovertemplate="depth %{x}: %{y:.1%}<extra>" + name + "</extra>"))
     fig.update_layout(height=360, margin=dict(t=30, b=40, l=60, r=20), legend=dict(orientation="h", y=1.15, x=0))
@@ -229,16 +228,9 @@ def consistency_depth_figure(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header without decoding the pixels; None when Pillow does not know the format."""
-    # Pillow reads only the header here, so an oversized image is refused before OpenCV allocates its pixels.
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except Image.DecompressionBombError:
-        return (MAX_UPLOAD_SIDE + 1, MAX_UPLOAD_SIDE + 1)
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
+def markdown_literal(text: str) -> str:
+    """``text`` with every ASCII punctuation mark backslash-escaped, so Markdown shows it as written."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
 
 
 def read_upload(data: bytes, name: str, size: int, clahe: bool = False) -> np.ndarray | str:
@@ -251,10 +243,11 @@ def read_upload(data: bytes, name: str, size: int, clahe: bool = False) -> np.nd
         return f"{name} is empty (0 bytes): upload the image file itself."
     if len(data) > MAX_UPLOAD_BYTES:
         return f"{name} is {len(data) / 2**20:.1f} MB: uploads must be {limit}."
-    header = _header_size(data)
-    if header and max(header) > MAX_UPLOAD_SIDE:
-        return f"{name} is {header[0]} x {header[1]} px: uploads must be {limit}. Downscale it first."
     try:
+        # The header alone (engine's one image reader): an oversized or unknown file is refused before decoding.
+        _, width, height, _ = image_header(data, name)
+        if max(width, height) > MAX_UPLOAD_SIDE:
+            return f"{name} is {width} x {height} px: uploads must be {limit}. Downscale it first."
         pixels = decode_image_bytes(data, name)
     except DataError as exc:
         return f"This file cannot be used: {exc}."
@@ -276,4 +269,4 @@ def diagnose_upload(data: bytes, name: str, model: StagedNet, classes: Sequence[
     cam = explain_image(model, image, tuple(classes), "gradcam")
     lime = explain_image(model, image, tuple(classes), "lime", cam["predicted"], n_samples=lime_samples)
     return {"image": image, "probabilities": cam["probabilities"], "predicted": cam["predicted"],
-            "gradcam": cam["heatmap"], "lime": lime["lime"]}
+            "gradcam": cam["heatmap"], "lime": lime["details"]}

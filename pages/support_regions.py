@@ -1,9 +1,12 @@
 """Support regions (Wan et al. §3.5, Cheng et al. fig. 7, Lee et al. figs. 8-10, Ouyang et al. figs. 5-6): where
-the model looks, how much of the lesion that covers, which decisions rest on the wrong region, and a new image."""
+the model looks by every registered explanation method, how much of the lesion that covers against baselines that
+mean something, whether the maps are faithful and pass the sanity check, which decisions rest on the wrong region,
+and a new image. Methods, labels, knobs and citations all come from ``engine.explain.METHODS``."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -11,31 +14,46 @@ import pandas as pd
 import streamlit as st
 
 import engine
+from dashboard.report_charts import (
+    DEPTH_SCORES,
+    consistency_curve_figure,
+    depth_score_figure,
+    empty_map_message,
+    format_ci,
+    missing_depths,
+    report_csv,
+    report_table,
+    sanity_figure,
+    sanity_message,
+    styled_report,
+)
 from dashboard.support_charts import (
     MAX_UPLOAD_BYTES,
     MAX_UPLOAD_SIDE,
-    METHOD_LABELS,
     OUTCOMES,
+    colour_scale_figure,
     consistency_depth_figure,
     consistency_depth_table,
     consistency_histogram,
-    consistency_summary,
     depth_strip_figure,
     diagnose_upload,
     filter_test_rows,
     image_label,
     lime_figure,
+    markdown_literal,
     probability_figure,
     support_figure,
 )
 from dashboard.widgets import depth_slider, require_runs
 from engine.data.imageio import IMAGE_SUFFIXES
 from engine.explain import (
+    METHODS,
     SUPPORT_THRESHOLD,
     consistency_degree,
+    is_empty,
+    layer_choices,
     outside_share,
     pointing_game,
-    run_consistency,
     run_heatmaps,
     run_image_explanation,
     run_masks,
@@ -43,31 +61,49 @@ from engine.explain import (
     support_area,
     wrong_reason_gallery,
 )
-from engine.models.backbones import StagedNet, conv_layers
+from engine.explain.localisation import localisation_scores
+from engine.explain.report import (
+    REPORT_COLUMNS,
+    ReportSettings,
+    best_per_column,
+    cached_method_report,
+    latest_method_report,
+    localisation_summary,
+    method_report,
+    report_across_depths,
+    run_localisation,
+)
+from engine.jobs import Job, get_job, start_job
+from engine.models.backbones import StagedNet
+from engine.store import stable_hash
 
-SECTIONS = ("Explain an image", "Consistency degree", "Wrong-reason gallery", "Same image across depths",
-            "Diagnose a new image")
-#: LIME perturbation counts offered; 1000 is the lime package's default (and Cheng et al.'s setting).
-LIME_SAMPLES = (50, 100, 250, 500, 1000, 2000)
-#: Methods scored over the whole test split; LIME costs ``n_samples`` model runs per image, too slow for a split.
-SPLIT_METHODS = ("Grad-CAM", "Guided Grad-CAM", "Occlusion")
+SECTIONS = ("Explain an image", "Explanation report", "Consistency degree", "Wrong-reason gallery",
+            "Same image across depths", "Diagnose a new image")
+#: Methods scored over a whole test split on this page; slow ones (one model run per channel or sample) are scored
+#: on a sample by the explanation report instead.
+SPLIT_METHODS = tuple(name for name, m in METHODS.items() if m.cost != "slow")
 #: Image panels and bar charts: no Plotly toolbar over their titles (drag still zooms, double-click resets).
 NO_TOOLBAR = {"displayModeBar": False}
 TARGETS = {"Predicted": "pred", "True": "true"}
 #: Gallery filter: both kinds, or only images classified wrongly / rightly (the value of the ``correct`` column).
 GALLERY_KINDS = {"Both": None, "Misclassified (Lee fig. 9)": False, "Right for the wrong reason (Lee fig. 10)": True}
-OUTLINES_CAPTION = ("Heatmaps in jet colours, red high and blue low (Wan fig. 11). Magenta line: support region "
-                    "(heatmap above the threshold). Green: annotated lesion. Dotted cyan: lungs (where the data has "
-                    "these masks).")
-METHOD_NOTES = {
-    "Grad-CAM": "Grad-CAM (Wan eqs. 7-9): gradient-weighted feature maps of the chosen conv layer, ReLU, upsampled.",
-    "Guided Grad-CAM": "Guided Grad-CAM: Grad-CAM times guided backpropagation, pixel-sharp; scaled by its 99th "
-                       "percentile because it is spiky.",
-    "LIME": "LIME (Cheng et al. §3.3, fig. 7): 50 SLIC superpixels switched off at random; red superpixels raise the "
-            "class probability, blue ones lower it. The support contour is drawn on the red part.",
-    "Occlusion": "Occlusion: the drop in the class probability when a gray window (1/8 of the side, half-overlapping) "
-                 "hides each region.",
-}
+OUTLINES_CAPTION = ("Heatmaps in jet colours, red high and blue low (Wan fig. 11), one colour scale (0 to 1) for "
+                    "every map. Magenta line: support region (heatmap above the threshold). Green: annotated lesion. "
+                    "Dotted cyan: lungs (where the data has these masks).")
+#: Session-state key of the explanation-report job this session started (the job itself lives in engine.jobs).
+REPORT_JOB = "support_report_job"
+#: How often the progress panel of a running job redraws itself.
+POLL_SECONDS = 1.0
+
+
+def _label(name: str) -> str:
+    return METHODS[name].label
+
+
+def _note(name: str) -> str:
+    """One line on a method from the registry: label, citation, what it computes."""
+    m = METHODS[name]
+    return f"**{m.label}** ({m.citation}): {m.description}"
 
 
 # Runs are keyed by id and ``finished`` so that a run trained again under the same id is not served stale.
@@ -99,13 +135,17 @@ def _image_map(run_id: str, finished: float, row: int, method: str, target: str 
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _consistency(run_id: str, finished: float, threshold: float, method: str, target: str) -> pd.DataFrame:
-    return run_consistency(engine.load_run(run_id), threshold, method, target)
+def _localisation(run_id: str, finished: float, threshold: float, method: str,
+                  target: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    table = run_localisation(engine.load_run(run_id), threshold, method, target)
+    return table, localisation_summary(table)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _gallery(run_id: str, finished: float, threshold: float, mostly: float, layer: str | None) -> pd.DataFrame:
-    return wrong_reason_gallery(engine.load_run(run_id), threshold, mostly=mostly, layer=layer)
+def _gallery(run_id: str, finished: float, threshold: float, mostly: float, method: str,
+             layer: str | None) -> pd.DataFrame:
+    params = {"layer": layer} if layer is not None else {}
+    return wrong_reason_gallery(engine.load_run(run_id), threshold, method, mostly=mostly, **params)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -127,12 +167,17 @@ def _masks_of(masks: dict[str, np.ndarray], row: int) -> tuple[np.ndarray | None
             lung if masks["has_lung"][row] and lung.any() else None)
 
 
-def _scores(heatmap: np.ndarray, lesion: np.ndarray | None, lung: np.ndarray | None, threshold: float) -> dict:
-    """The engine's scores of one heatmap against the image's masks (NaN where a mask is missing)."""
+def _scores(heatmap: np.ndarray, lesion: np.ndarray | None, lung: np.ndarray | None, threshold: float,
+            row: int) -> dict:
+    """The engine's scores of one heatmap against the image's masks, with baselines (NaN where a mask is missing)."""
     nan = float("nan")
+    local = localisation_scores(heatmap, lesion, lung, threshold, seed=row) if lesion is not None else {}
     return {
         "consistency degree": consistency_degree(heatmap, lesion, threshold) if lesion is not None else nan,
+        "baseline: lungs, same area": local.get("lung_area_matched_baseline", nan),
+        "baseline: random map": local.get("random_baseline", nan),
         "pointing game": ("hit" if pointing_game(heatmap, lesion) else "miss") if lesion is not None else "n/a",
+        "relevance mass": local.get("relevance_mass", nan),
         "support area": support_area(heatmap, threshold),
         "support outside lesion": outside_share(heatmap, lesion, threshold) if lesion is not None else nan,
         "support outside lungs": outside_share(heatmap, lung, threshold) if lung is not None else nan,
@@ -147,14 +192,28 @@ def _target_picker(classes: tuple[str, ...], key: str, column: Any) -> str | int
     return classes.index(column.selectbox("Class to explain", classes, key=f"{key}_class"))
 
 
+def _layers(run: engine.Run) -> dict[str, str]:
+    """Module name -> human label of every CAM layer of the run's model, input to output."""
+    return dict(layer_choices(_model(*_key(run))))
+
+
 def _layer_picker(run: engine.Run, key: str, column: Any) -> str | None:
-    """A Grad-CAM layer of the run's model; None for the last conv layer, the default (Wan et al.)."""
-    names = [name for name, _ in conv_layers(_model(*_key(run)))]
-    layer = column.selectbox("Grad-CAM layer", names, index=len(names) - 1, key=key,
-                             help="Wan et al. use the last convolutional layer (the default): it holds the most "
-                                  "semantic information but is coarse. Earlier layers localise small objects (a "
-                                  "marker, a device) more sharply and are less class-specific.")
+    """A CAM layer of the run's model; None for the last one, the default (Wan et al.'s A^k)."""
+    layers = _layers(run)
+    names = list(layers)
+    layer = column.selectbox("Layer (CAM methods)", names, index=len(names) - 1, key=key, format_func=layers.get,
+                             help="Wan et al. use the last convolutional layer (the default), after its ReLU: it "
+                                  "holds the most semantic information but is coarse. Earlier layers localise small "
+                                  "objects (a marker, a device) more sharply and are less class-specific.")
     return None if layer == names[-1] else layer  # the default stays implicit: its cache is shared with other views
+
+
+def _layer_label(run: engine.Run, name: str, layer: str | None) -> str | None:
+    """The human label of the layer a method reads (None for methods that read no layer)."""
+    if not METHODS[name].uses_layer:
+        return None
+    layers = _layers(run)
+    return layers[layer] if layer is not None else list(layers.values())[-1]
 
 
 def _grid(n: int, per_row: int) -> Iterator[Any]:
@@ -166,6 +225,23 @@ def _grid(n: int, per_row: int) -> Iterator[Any]:
 def _target_index(row: pd.Series, target: str | int) -> int:
     """The class index a target names for one test row."""
     return int(row["pred"] if target == "pred" else row["y"] if target == "true" else target)
+
+
+def _sanity_note(run: engine.Run, name: str) -> None:
+    """The method's sanity verdict from its newest cached report row: a warning when it fails, a note otherwise."""
+    level, text = sanity_message(_label(name), latest_method_report(run, name))
+    if level == "warning":
+        st.warning(text, icon=":material/warning:")
+    else:
+        st.caption(text)
+
+
+def _empty_count(n_empty: int, n: int, label: str, where: str) -> None:
+    """Say how many of the listed maps are empty (all zero or constant); nothing when none is."""
+    if n_empty:
+        st.warning(f"{n_empty} of the {n} {label} maps {where} are empty (all zero or constant): the method found "
+                   "no positive evidence there, so those maps have no support region. They are counted, not drawn "
+                   "blank.", icon=":material/visibility_off:")
 
 
 def _pick_image(rows: pd.DataFrame, classes: tuple[str, ...]) -> int | None:
@@ -181,22 +257,49 @@ def _pick_image(rows: pd.DataFrame, classes: tuple[str, ...]) -> int | None:
                         format_func=lambda i: image_label(rows.loc[i], classes), key="support_image")
 
 
-def _pick_methods(run: engine.Run) -> tuple[list[str], str | int, dict[str, dict[str, Any]]]:
-    """The chosen methods, the class to explain and each method's parameters (Grad-CAM layer, LIME samples)."""
+def _knobs(name: str, column: Any) -> dict[str, Any]:
+    """The method's parameters from the registry's knobs (label, choices, default), rendered generically."""
+    values = {}
+    for knob, (label, choices, default) in METHODS[name].knobs.items():
+        key = f"support_knob_{name}_{knob}"
+        st.session_state.setdefault(key, default)  # a state default, not value=, so a preset value wins
+        shown = label if _label(name) in label else f"{label} ({_label(name)})"
+        values[knob] = column.select_slider(shown, choices, key=key)
+    return values
+
+
+def _pick_methods(run: engine.Run) -> tuple[list[str], str | int, str | None, dict[str, dict[str, Any]]]:
+    """The chosen methods, the class to explain, the CAM layer and each method's parameters."""
     c1, c2, c3 = st.columns(3)
-    labels = c1.multiselect("Methods", list(METHOD_LABELS), default=["Grad-CAM"], key="support_methods")
+    names = c1.multiselect("Methods", list(METHODS), default=["gradcam"], format_func=_label, key="support_methods",
+                           help="Every registered explanation method; several are shown side by side on one colour "
+                                "scale.")
     target = _target_picker(run.classes, "support_target", c2)
-    params: dict[str, dict[str, Any]] = {label: {} for label in labels}
-    if {"Grad-CAM", "Guided Grad-CAM"} & set(labels):
-        layer = _layer_picker(run, "support_layer", c3)
-        if layer is not None:
-            params["Grad-CAM"] = params["Guided Grad-CAM"] = {"layer": layer}
-    if "LIME" in labels:
-        st.session_state.setdefault("support_lime_samples", 1000)  # a state default, not value=, so a preset value wins
-        n_samples = c3.select_slider("LIME samples", LIME_SAMPLES, key="support_lime_samples",
-                                     help="Perturbed images LIME scores; fewer is faster and noisier.")
-        params["LIME"] = {"n_samples": n_samples}
-    return labels, target, params
+    layer = _layer_picker(run, "support_layer", c3) if any(METHODS[n].uses_layer for n in names) else None
+    params: dict[str, dict[str, Any]] = {}
+    for name in names:
+        params[name] = _knobs(name, c3)
+        if layer is not None and METHODS[name].uses_layer:
+            params[name]["layer"] = layer
+    return names, target, layer, params
+
+
+def _map_panel(run: engine.Run, image: np.ndarray, name: str, result: dict[str, np.ndarray], *, title: str,
+               class_name: str, layer: str | None, threshold: float, opacity: float, lesion: np.ndarray | None,
+               lung: np.ndarray | None, height: int, key: str, colorbar: bool) -> None:
+    """One method's map over the image, or what an empty map means instead of a blank picture."""
+    heatmap = result["heatmap"]
+    empty = bool(is_empty(heatmap[None])[0])
+    if "segments" in result and "map" in result:  # LIME-like: signed superpixels
+        fig = lime_figure(image, result, threshold=threshold, opacity=opacity, lesion=lesion, lung=lung,
+                          title=title, height=height, legend=False)
+    else:
+        fig = support_figure(image, None if empty else heatmap, threshold=threshold, opacity=opacity, lesion=lesion,
+                             lung=lung, title=title, height=height, colorbar=colorbar, legend=False)
+    st.plotly_chart(fig, width="stretch", key=key, config=NO_TOOLBAR)
+    if empty:
+        st.warning(empty_map_message(_label(name), class_name, _layer_label(run, name, layer), heatmap),
+                   icon=":material/visibility_off:")
 
 
 def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
@@ -204,28 +307,31 @@ def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
     row = _pick_image(rows, classes)
     if row is None:
         return
-    labels, target, params = _pick_methods(run)
+    names, target, layer, params = _pick_methods(run)
     image, (lesion, lung) = _test_images(*_key(run))[row], _masks_of(_masks(*_key(run)), row)
     r = rows.loc[row]
-    columns = st.columns(len(labels) + 1)
-    with columns[0]:
-        st.plotly_chart(support_figure(image, lesion=lesion, lung=lung, title="Image", height=380),
+    class_name = classes[_target_index(r, target)]
+    cells = _grid(len(names) + 1, 4 if len(names) > 2 else len(names) + 1)
+    with next(cells):
+        st.plotly_chart(support_figure(image, lesion=lesion, lung=lung, title="Image", height=340),
                         width="stretch", key="support_image_figure", config=NO_TOOLBAR)
-    scores = {}
-    for column, label in zip(columns[1:], labels):
-        method = METHOD_LABELS[label]
-        with column, st.spinner(f"Computing {label}…"):
-            result = _image_map(*_key(run), row, method, target, tuple(sorted(params[label].items())))
-            title = f"{label} · {classes[_target_index(r, target)]}"
-            if method == "lime":
-                fig = lime_figure(image, result, threshold=threshold, opacity=opacity, lesion=lesion, lung=lung,
-                                  title=title, height=380)
-            else:
-                fig = support_figure(image, result["heatmap"], threshold=threshold, opacity=opacity, lesion=lesion,
-                                     lung=lung, title=title, height=380)
-            st.plotly_chart(fig, width="stretch", key=f"support_overlay_{method}", config=NO_TOOLBAR)
-        scores[label] = _scores(result["heatmap"], lesion, lung, threshold)
-    st.caption(OUTLINES_CAPTION + " " + " ".join(METHOD_NOTES[label] for label in labels))
+    scores, empties = {}, 0
+    for cell, name in zip(cells, names):
+        with cell, st.spinner(f"Computing {_label(name)}…"):
+            result = _image_map(*_key(run), row, name, target, tuple(sorted(params[name].items())))
+            _map_panel(run, image, name, result, title=f"{_label(name)} · {class_name}", class_name=class_name,
+                       layer=layer, threshold=threshold, opacity=opacity, lesion=lesion, lung=lung, height=340,
+                       key=f"support_overlay_{name}", colorbar=len(names) == 1)
+            _sanity_note(run, name)
+        empties += bool(is_empty(result["heatmap"][None])[0])
+        scores[_label(name)] = _scores(result["heatmap"], lesion, lung, threshold, row)
+    if len(names) > 1:
+        st.plotly_chart(colour_scale_figure(threshold), width="stretch", key="support_colour_scale",
+                        config=NO_TOOLBAR)
+        _empty_count(empties, len(names), "method", "of this image")
+    st.caption(OUTLINES_CAPTION)
+    with st.expander("What each method computes", expanded=len(names) <= 2):
+        st.markdown("\n".join(f"- {_note(n)}" for n in names) or "No method chosen.")
 
     left, right = st.columns(2)
     with left:
@@ -238,9 +344,208 @@ def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
             st.dataframe(table.map(lambda v: v if isinstance(v, str) else "n/a" if np.isnan(v) else f"{v:.1%}"),
                          width="stretch")
             st.caption(f"Scores of each map at threshold {threshold:g}: consistency degree = share of the lesion "
-                       "covered by support (Wan §3.5); pointing game = whether the map's peak lies in the lesion; "
-                       "support outside = share of the support pixels outside the lesion or the lungs.")
+                       "covered by support (Wan §3.5), next to support of the same area spread uniformly in the "
+                       "lungs and a smooth random map; pointing game = whether the map's peak lies in the lesion; "
+                       "relevance mass = share of the map's total inside the lesion (Arras et al.); support "
+                       "outside = share of the support pixels outside the lesion or the lungs.")
 
+
+# --- the explanation report -----------------------------------------------------------------------------------------
+
+def _report_settings(threshold: float) -> ReportSettings:
+    """The report's settings: the page's threshold, and image counts the user may lower for speed."""
+    d = ReportSettings()
+    fields = (("faithfulness_images", "Deletion / insertion images", 1, 1000),
+              ("road_images", "ROAD images", 1, 1000), ("sanity_images", "Sanity-check images", 1, 200),
+              ("deletion_steps", "Deletion / insertion steps", 4, 256))
+    values = {}
+    with st.expander("Report settings (images per check)"):
+        for column, (field, label, lo, hi) in zip(st.columns(len(fields)), fields):
+            key = f"support_report_{field}"
+            st.session_state.setdefault(key, getattr(d, field))
+            values[field] = int(column.number_input(label, lo, hi, step=1, key=key))
+        st.caption("Each check scores the first images of the test split in a fixed seeded order, images with a "
+                   "lesion mask first. Every setting is part of the cache key: changing one computes again.")
+    return ReportSettings(split="test", threshold=threshold, **values)
+
+
+def _report_work(work: list[tuple[str, list[str]]], settings: ReportSettings) -> Callable[..., int]:
+    """The job computing the report rows of ``work`` ((run id, method names) pairs) one method at a time."""
+    def compute(progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> int:
+        total, done = sum(len(methods) for _, methods in work), 0
+        for run_id, methods in work:
+            run = engine.load_run(run_id)
+            for name in methods:
+                def step(fraction: float, text: str, done: int = done, depth: int = run.config.depth) -> None:
+                    progress((done + fraction) / total, f"depth {depth} · {text}")
+
+                method_report(run, name, settings, progress=step, cancel=cancelled)
+                done += 1
+        return done
+
+    return compute
+
+
+def _start_report(work: list[tuple[str, list[str]]], settings: ReportSettings) -> None:
+    """Start (or find, when the same work is already running) the report job and remember it for this session."""
+    n = sum(len(m) for _, m in work)
+    key = "explanation-report:" + stable_hash({"work": work, "settings": asdict(settings)}, 16)
+    start_job(key, f"Explanation report: {n} method row(s)", _report_work(work, settings))
+    st.session_state[REPORT_JOB] = key
+    st.session_state.pop("support_report_seen", None)
+
+
+def _eta(job: Job) -> str:
+    left = job.seconds_left
+    if left is None:
+        return "estimating the time left…"
+    return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
+
+
+def _job_panel() -> Job | None:
+    """Progress of this session's report job (polled every POLL_SECONDS while it runs), Cancel, and its outcome."""
+    key = st.session_state.get(REPORT_JOB)
+    job = get_job(key) if key else None
+    if job is None:
+        return None
+
+    def panel() -> None:
+        current = get_job(key)
+        if current is None:
+            return
+        if current.running:
+            st.progress(current.fraction, text=f"{current.label}: {current.text} · {current.fraction:.0%} · "
+                                               f"{_eta(current)}")
+            if current.cancel_requested:
+                st.caption("Cancelling after the current chunk…")
+            elif st.button("Cancel", key="support_report_cancel", icon=":material/stop:"):
+                current.cancel()
+                st.caption("Cancelling after the current chunk…")
+            st.caption("It runs in the background: the rest of the page (and the other tabs) stay usable.")
+            return
+        seen = f"{key}@{current.started}"
+        if st.session_state.get("support_report_seen") != seen:
+            st.session_state["support_report_seen"] = seen
+            st.rerun()  # the whole page, so the table shows what the job computed
+        if current.status == "done":
+            st.success(f"{current.label}: computed in {current.elapsed:.0f} s.")
+        elif current.status == "cancelled":
+            st.info("Cancelled: the method rows finished before the cancel are cached, the interrupted one is not.")
+        else:
+            st.error(f"The report stopped with an error: {current.error}")
+
+    st.fragment(panel, run_every=POLL_SECONDS if job.running else None)()
+    return job
+
+
+def _report_section(run: engine.Run, runs: dict[int, engine.Run], threshold: float) -> None:
+    depth = run.config.depth
+    sampled = [f"{m.label} ({m.cost}, {m.report_images} images)" for m in METHODS.values()
+               if m.report_images is not None]
+    names = st.multiselect("Methods", list(METHODS), default=list(METHODS), format_func=_label,
+                           key="support_report_methods")
+    st.caption("Slow and medium methods are scored on a sample of the test split, the first images of a fixed "
+               f"seeded order (lesion images first): {', '.join(sampled)}. The slow ones are "
+               f"{', '.join(m.label for m in METHODS.values() if m.cost == 'slow')}.")
+    settings = _report_settings(threshold)
+    if not names:
+        st.info("Choose at least one method.")
+        return
+    rows = {n: cached_method_report(run, n, settings) for n in names}
+    missing = [n for n, r in rows.items() if r is None]
+    job = _job_panel()
+    busy = job is not None and job.running
+    c1, c2 = st.columns(2)
+    if c1.button(f"Compute ({len(missing)} of {len(names)} method(s) not cached at depth {depth})",
+                 key="support_report_compute", disabled=busy or not missing, type="primary",
+                 icon=":material/play_arrow:"):
+        _start_report([(run.id, missing)], settings)
+        st.rerun()
+    if not missing:
+        c2.caption(f"Every chosen method is computed for depth {depth} (read from the run's cache).")
+
+    done = [r for r in rows.values() if r is not None]
+    if not done:
+        st.info(f"No method of this list is computed for depth {depth} at these settings yet: press **Compute**. "
+                "It runs in the background with a progress bar and can be cancelled; results are cached per run, "
+                "method and settings.")
+    else:
+        _report_table(run, pd.DataFrame(done, columns=list(REPORT_COLUMNS)), threshold)
+    _report_depths(runs, names, settings, busy)
+
+
+def _report_table(run: engine.Run, report: pd.DataFrame, threshold: float) -> None:
+    st.markdown(f"**Methods × scores, depth {run.config.depth}** ({len(report)} method(s), mean and 95% bootstrap "
+                "interval)")
+    table, best = report_table(report, best_per_column(report))
+    st.dataframe(styled_report(table, best), hide_index=True, width="stretch", key="support_report_table")
+    st.download_button("Download the table (CSV)", report_csv(report), mime="text/csv", key="support_report_csv",
+                       file_name=f"explanation-report-{run.id}-depth{run.config.depth}.csv",
+                       icon=":material/download:")
+    st.caption(
+        f"★ bold green: the best mean of a column (every tied method is marked). Consistency: Wan §3.5's share of "
+        f"the lesion covered by support (heatmap > {threshold:g}); Wan et al. report 60.02% on 500 CT images. Next "
+        "to it the **lung-area baseline** (support of the same area spread uniformly in the lungs: support area in "
+        "the lungs / lung area × the lesion's share inside the lungs) and a smooth **random map**, both scored the "
+        "same way. **Beats chance**: the mean beats both baselines and the 95% intervals do not overlap. IoU with "
+        "Otsu's threshold as CheXlocalize; relevance mass and rank accuracy after Arras et al.; deletion (lower is "
+        "better) and insertion AUCs of the class probability as the most relevant pixels are removed / added "
+        "(Petsiuk et al. 2018, RISE); ROAD = least-relevant-first minus most-relevant-first with noisy linear "
+        "imputation (Rong et al. 2022); sanity check: cascading model-parameter randomisation (Adebayo et al. "
+        "2018), SSIM of the fully randomised maps with the originals (fail: still similar).")
+    failed = report[report["sanity_pass"] == False]  # noqa: E712 - NaN (not computed) is neither
+    for _, r in failed.iterrows():
+        st.warning(sanity_message(r["label"], r.to_dict())[1], icon=":material/warning:")
+    if len(failed):
+        st.caption("Guided backpropagation and Guided Grad-CAM were expected to fail (Adebayo et al. 2018): these "
+                   "are the verdicts as measured on this run.")
+    empty = report[report["empty_share"] > 0]
+    if len(empty):
+        st.warning("Empty maps (all zero or constant) counted in the report: " + ", ".join(
+            f"{r['label']} {r['empty_share']:.0%} of {r['n_images']}" for _, r in empty.iterrows()) + ".",
+            icon=":material/visibility_off:")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Sanity check: cascading randomisation**")
+        st.plotly_chart(sanity_figure(report), width="stretch", key="support_report_sanity")
+        st.caption("Adebayo et al. 2018, fig. 2 style: similarity of each method's maps to the original maps as "
+                   "the weights are re-initialised from the classifier head down to block 1 (cumulatively). A "
+                   "method that explains the model falls towards 0; one that stays near 1 shows image structure.")
+    with right:
+        st.markdown("**Consistency degree against the support threshold**")
+        st.plotly_chart(consistency_curve_figure(report, threshold), width="stretch", key="support_report_curve")
+        st.caption("Mean consistency degree (Wan §3.5) at thresholds 0.1 to 0.9; the dotted line is the page's "
+                   "threshold. A map that only reaches the lesion at low thresholds has weak evidence there.")
+
+
+def _report_depths(runs: dict[int, engine.Run], names: list[str], settings: ReportSettings, busy: bool) -> None:
+    st.markdown("**Every score against fine-tuning depth, one line per method**")
+    long = report_across_depths(runs, names, settings)
+    missing = missing_depths(long, sorted(runs), names)
+    c1, c2 = st.columns([1, 2])
+    score = c1.selectbox("Score", list(DEPTH_SCORES), format_func=DEPTH_SCORES.get, key="support_report_score")
+    if missing:
+        n = sum(len(m) for m in missing.values())
+        c2.caption("Not computed yet: " + "; ".join(
+            f"depth {d} ({len(m)} of {len(names)} methods: {', '.join(_label(x) for x in m[:4])}"
+            f"{', …' if len(m) > 4 else ''})" for d, m in missing.items()))
+        if c2.button(f"Compute the missing depths ({n} method row(s), in the background)",
+                     key="support_report_compute_depths", disabled=busy, icon=":material/play_arrow:"):
+            _start_report([(runs[d].id, m) for d, m in missing.items()], settings)
+            st.rerun()
+    if long.empty:
+        st.info("No depth has a computed report at these settings yet.")
+        return
+    st.plotly_chart(depth_score_figure(long, score), width="stretch", key="support_report_depths")
+    empty = long[(long["score"] == "empty_share") & (long["value"].astype(float) > 0)]
+    if len(empty):
+        st.caption("Empty maps by depth: " + "; ".join(f"{r['label']} at depth {r['depth']}: {r['value']:.0%}"
+                                                       for _, r in empty.iterrows()) + ".")
+    st.caption("How explanation quality changes with fine-tuning depth: each point is one depth's run scored on its "
+               "own test split with the same settings (cached rows only; compute the missing depths above).")
+
+
+# --- consistency degree -------------------------------------------------------------------------------------------
 
 def _consistency_section(run: engine.Run, runs: dict[int, engine.Run], threshold: float, opacity: float) -> None:
     masks = _masks(*_key(run))
@@ -250,93 +555,111 @@ def _consistency_section(run: engine.Run, runs: dict[int, engine.Run], threshold
                 "sections of this page work without them.")
         return
     c1, c2 = st.columns(2)
-    label = c1.selectbox("Method", SPLIT_METHODS, key="support_consistency_method",
-                         help="LIME is left out: it costs one model run per perturbed sample for every image.")
+    name = c1.selectbox("Method", SPLIT_METHODS, format_func=_label, key="support_consistency_method",
+                        help="Slow methods are left out here (they cost a model run per channel or per sample for "
+                             "every image); the Explanation report scores them on a sample.")
     kind = c2.radio("Explain the class", tuple(TARGETS), horizontal=True, key="support_consistency_target",
                     help="Wan et al. explain the model's decision (predicted). The true class asks whether the "
                          "evidence for the right answer lies on the lesion.")
-    method, target = METHOD_LABELS[label], TARGETS[kind]
+    target, label = TARGETS[kind], _label(name)
     with st.spinner(f"Scoring {label} against the lesion masks of every test image (once per run, then cached)…"):
-        df = _consistency(*_key(run), threshold, method, target)
-    s = consistency_summary(df)
+        df, s = _localisation(*_key(run), threshold, name, target)
+    _sanity_note(run, name)
+    _empty_count(s["n_empty"], s["n"], label, "of the test images with a lesion")
     cols = st.columns(4)
     cols[0].metric("Mean consistency degree", f"{s['consistency']:.1%}",
-                   help=f"{label}; median {s['median']:.1%}; {s['n']} test images with a lesion mask.")
-    cols[1].metric("Baseline: lungs, uniform", "n/a" if np.isnan(s["lung_baseline"]) else f"{s['lung_baseline']:.1%}",
-                   help=f"A heatmap of 1 over the lungs, 0 elsewhere ({s['n_lung']} images with a lung mask).")
-    cols[2].metric("Baseline: random field", f"{s['random_baseline']:.1%}",
-                   help="A smooth random heatmap (blurred uniform noise, seeded per image), scored the same way.")
+                   help=f"{label}; 95% interval {format_ci(s['consistency'], s['consistency_ci'])}; median "
+                        f"{s['median']:.1%}; {s['n']} test images with a lesion mask.")
+    cols[1].metric("Baseline: lungs, same area",
+                   "n/a" if np.isnan(s["lung_area_matched_baseline"]) else f"{s['lung_area_matched_baseline']:.1%}",
+                   help="The expected consistency of support pixels spread uniformly inside the lungs with the same "
+                        f"area as the map's support ({s['n_lung']} images with a lung mask).")
+    cols[2].metric("Baseline: random map", f"{s['random_baseline']:.1%}",
+                   help="A smooth random map (blurred uniform noise, seeded per image), scored the same way.")
     cols[3].metric("Pointing game", f"{s['pointing_game']:.1%}",
-                   help=f"Share of images whose heatmap peak lies in the lesion; a random peak hits "
+                   help=f"Share of images whose map peak lies in the lesion; a random peak hits "
                         f"{s['pointing_chance']:.1%} (the mean lesion area).")
+    verdict = "beats" if s["beats_chance"] else "does not beat"
+    (st.success if s["beats_chance"] else st.warning)(
+        f"{label} {verdict} chance: consistency {format_ci(s['consistency'], s['consistency_ci'])} against "
+        f"{format_ci(s['lung_area_matched_baseline'], s['lung_area_matched_baseline_ci'])} (lungs, same area) and "
+        f"{format_ci(s['random_baseline'], s['random_baseline_ci'])} (random map); it beats chance only where its "
+        "mean is above both and the 95% bootstrap intervals do not overlap.")
     st.plotly_chart(consistency_histogram(df, label), width="stretch", key="support_consistency_histogram")
     st.caption(
         f"Consistency degree (Wan §3.5): the share of the annotated lesion covered by support pixels (heatmap > "
         f"{threshold:g}). Wan et al. report a mean of 60.02% on 500 CT images for a modified AlexNet's Grad-CAM at "
         f"0.7; here the mean is {s['consistency']:.1%} on {s['n']} test images. The degree grows with the support "
-        f"area (here {s['support_area']:.1%} of the image on average), so read it against the baselines: a map that "
-        "covers the whole lungs scores the lungs-uniform value without localising anything. Dashed lines: means."
+        f"area (here {s['support_area']:.1%} of the image on average), so read it against the lung-area baseline: "
+        "support of the same area placed anywhere in the lungs. Dashed lines: means."
     )
-    table = df[df["lesion_area"] > 0]  # an empty lesion mask (a normal image) has no consistency degree
-    table = table.assign(true_class=[run.classes[y] for y in table["y"]],
-                         predicted=[run.classes[p] for p in table["pred"]])
+    table = df.assign(true_class=[run.classes[y] for y in df["y"]], predicted=[run.classes[p] for p in df["pred"]])
     with st.expander("Per image with a lesion (highest consistency first)"):
         st.dataframe(
             table.sort_values("consistency", ascending=False)[
-                ["file", "true_class", "predicted", "consistency", "lung_baseline", "random_baseline",
-                 "pointing_game", "lesion_area", "support_area"]],
+                ["file", "true_class", "predicted", "empty", "consistency", "lung_area_matched_baseline",
+                 "random_baseline", "pointing_game", "relevance_mass", "lesion_area", "support_area"]],
             hide_index=True, width="stretch",
             column_config={c: st.column_config.NumberColumn(format="percent") for c in
-                           ("consistency", "lung_baseline", "random_baseline", "lesion_area", "support_area")})
-    _top_consistency(run, df, method, target, threshold, opacity, masks)
-    _consistency_by_depth(runs, threshold, method, target, label)
+                           ("consistency", "lung_area_matched_baseline", "random_baseline", "relevance_mass",
+                            "lesion_area", "support_area")})
+    _top_consistency(run, df, name, target, threshold, opacity, masks)
+    _consistency_by_depth(runs, threshold, name, target)
 
 
-def _top_consistency(run: engine.Run, df: pd.DataFrame, method: str, target: str, threshold: float, opacity: float,
+def _top_consistency(run: engine.Run, df: pd.DataFrame, name: str, target: str, threshold: float, opacity: float,
                      masks: dict[str, np.ndarray]) -> None:
     """The six images of highest consistency with their maps (Wan fig. 12)."""
     st.markdown("**Highest consistency degree (Wan et al., fig. 12)**")
     top = df.sort_values("consistency", ascending=False, kind="stable").head(6)
-    maps, images = _split_maps(*_key(run), method, target), _test_images(*_key(run))
+    maps, images = _split_maps(*_key(run), name, target), _test_images(*_key(run))
+    _empty_count(int(top["empty"].sum()), len(top), _label(name), "shown here")
+    rows = split_rows(run, "test")
     for k, (cell, (_, r)) in enumerate(zip(_grid(len(top), 3), top.iterrows())):
         row = int(r["row"])
         lesion, lung = _masks_of(masks, row)
         with cell:
-            st.plotly_chart(support_figure(images[row], maps[row], threshold=threshold, opacity=opacity, lesion=lesion,
-                                           lung=lung, height=300, colorbar=False, legend=False,
-                                           title=f"{r['consistency']:.0%} of the lesion"),
-                            width="stretch", key=f"support_top_{k}", config=NO_TOOLBAR)
+            _map_panel(run, images[row], name, {"heatmap": maps[row]}, title=f"{r['consistency']:.0%} of the lesion",
+                       class_name=run.classes[_target_index(rows.loc[row], target)], layer=None, threshold=threshold,
+                       opacity=opacity, lesion=lesion, lung=lung, height=300, key=f"support_top_{k}", colorbar=False)
             st.caption(f"`{r['file']}`")
     st.caption(OUTLINES_CAPTION)
 
 
-def _consistency_by_depth(runs: dict[int, engine.Run], threshold: float, method: str, target: str,
-                          label: str) -> None:
+def _consistency_by_depth(runs: dict[int, engine.Run], threshold: float, name: str, target: str) -> None:
     st.markdown("**Consistency degree vs fine-tuning depth**")
-    frames = {}
-    with st.spinner(f"Scoring {label} for {len(runs)} trained depth(s)…"):
+    summaries = {}
+    with st.spinner(f"Scoring {_label(name)} for {len(runs)} trained depth(s)…"):
         for depth, r in sorted(runs.items()):
-            frames[depth] = _consistency(*_key(r), threshold, method, target)
-    table = consistency_depth_table(frames)
+            summaries[depth] = _localisation(*_key(r), threshold, name, target)[1]
+    table = consistency_depth_table(summaries)
     if len(table) < 2:
         st.info("Only one fine-tuning depth is trained for this experiment: add depths on Home to compare them.")
     st.plotly_chart(consistency_depth_figure(table), width="stretch", key="support_consistency_depth")
-    st.caption(f"One point per trained depth, each run scored on its own test split with {label} at threshold "
-               f"{threshold:g}. Does fine-tuning more blocks move the support onto the lesions (Lee et al. compare "
-               "depths by accuracy only)?")
+    empties = [f"depth {d}: {s['n_empty']} of {s['n']}" for d, s in summaries.items() if s["n_empty"]]
+    if empties:
+        st.caption(f"Empty {_label(name)} maps (all zero or constant) among the images with a lesion: "
+                   + "; ".join(empties) + ".")
+    st.caption(f"One point per trained depth, each run scored on its own test split with {_label(name)} at "
+               f"threshold {threshold:g}. Does fine-tuning more blocks move the support onto the lesions (Lee et al. "
+               "compare depths by accuracy only)?")
 
+
+# --- gallery, depths, upload ----------------------------------------------------------------------------------------
 
 def _gallery_section(run: engine.Run, threshold: float, opacity: float) -> None:
     masks = _masks(*_key(run))
     c1, c2, c3, c4 = st.columns(4)
     kind = c1.radio("Show", tuple(GALLERY_KINDS), key="support_gallery_kind")
-    layer = _layer_picker(run, "support_gallery_layer", c2)
+    name = c2.selectbox("Method", SPLIT_METHODS, format_func=_label, key="support_gallery_method")
+    layer = _layer_picker(run, "support_gallery_layer", c2) if METHODS[name].uses_layer else None
     mostly = c3.slider("'Mostly outside' means more than this share of the support", 0.3, 0.9, 0.5, 0.05,
                        key="support_mostly")
     n_show = c4.slider("Images shown", 4, 32, 12, 4, key="support_gallery_size")
-    with st.spinner("Explaining every test image with Grad-CAM (once per run and layer, then cached)…"):
-        gallery = _gallery(*_key(run), threshold, mostly, layer)
+    with st.spinner(f"Explaining every test image with {_label(name)} (once per run and layer, then cached)…"):
+        gallery = _gallery(*_key(run), threshold, mostly, name, layer)
     n_test = len(split_rows(run, "test"))
+    _sanity_note(run, name)
     if not (masks["has_lesion"].any() or masks["has_lung"].any()):
         st.info("This data has no lesion or lung masks: the gallery can only list misclassified images, not those "
                 "right for the wrong reason.")
@@ -353,68 +676,81 @@ def _gallery_section(run: engine.Run, threshold: float, opacity: float) -> None:
         st.info(f"No test image of this kind ({kind.lower()}) at these settings.")
         return
     st.caption(f"Worst first; showing {min(n_show, len(gallery))} of {len(gallery)}.")
-    maps, images = _split_maps(*_key(run), "gradcam", "pred", layer), _test_images(*_key(run))
+    maps, images = _split_maps(*_key(run), name, "pred", layer), _test_images(*_key(run))
     shown = gallery.head(n_show)
+    _empty_count(int(is_empty(maps[shown["row"].to_numpy(int)]).sum()), len(shown), _label(name), "shown here")
     for k, (cell, (_, g)) in enumerate(zip(_grid(len(shown), 4), shown.iterrows())):
         row = int(g["row"])
         lesion, lung = _masks_of(masks, row)
         with cell:
-            st.plotly_chart(support_figure(images[row], maps[row], threshold=threshold, opacity=opacity,
-                                           lesion=lesion, lung=lung, height=280, colorbar=False, legend=False,
-                                           title=f"{k + 1}. {g['true_class']} → {g['pred_class']}"),
-                            width="stretch", key=f"support_gallery_{k}", config=NO_TOOLBAR)
+            _map_panel(run, images[row], name, {"heatmap": maps[row]},
+                       title=f"{k + 1}. {g['true_class']} → {g['pred_class']}", class_name=g["pred_class"],
+                       layer=layer, threshold=threshold, opacity=opacity, lesion=lesion, lung=lung, height=280,
+                       key=f"support_gallery_{k}", colorbar=False)
             st.caption(f"`{g['file']}`: {g['reason']}.")
     st.caption(
-        "Grad-CAM of the predicted class at the chosen layer. Ranked by badness = the probability given to a wrong "
-        "class (0 when correct) + the share of the support outside the lesion or the lungs when it exceeds the "
-        "'mostly' cut. Lee et al. (figs. 9-10) found foreign bodies (ports, pacemakers) behind wrong and "
-        "right-for-the-wrong-reason calls; Ouyang et al. (fig. 6) show maps lit outside the lungs in failures. "
-        + OUTLINES_CAPTION)
+        f"{_label(name)} of the predicted class. Ranked by badness = the probability given to a wrong class (0 when "
+        "correct) + the share of the support outside the lesion or the lungs when it exceeds the 'mostly' cut. Lee "
+        "et al. (figs. 9-10) found foreign bodies (ports, pacemakers) behind wrong and right-for-the-wrong-reason "
+        "calls; Ouyang et al. (fig. 6) show maps lit outside the lungs in failures. " + OUTLINES_CAPTION)
 
 
 def _depths_section(run: engine.Run, runs: dict[int, engine.Run], threshold: float, opacity: float) -> None:
     rows, classes = split_rows(run, "test"), run.classes
-    c1, c2 = st.columns([2, 1])
+    c1, c2, c3 = st.columns([2, 1, 1])
     row = c1.selectbox("Test image", rows.index.tolist(), format_func=lambda i: image_label(rows.loc[i], classes),
                        key="support_depth_image")
-    kind = c2.radio("Explain the class", ("True", "Predicted"), horizontal=True, key="support_depth_target",
+    name = c2.selectbox("Method", SPLIT_METHODS, format_func=_label, key="support_depth_method")
+    kind = c3.radio("Explain the class", ("True", "Predicted"), horizontal=True, key="support_depth_target",
                     help="The true class shows every depth's evidence for the same class; 'predicted' each run's "
                          "own decision.")
     target = TARGETS[kind]
     masks = _masks(*_key(run))
     lesion, lung = _masks_of(masks, row)
     file = rows.loc[row, "file"]
-    maps, titles = {}, {}
-    with st.spinner(f"Grad-CAM of the test split for {len(runs)} depth(s) (once per run, then cached)…"):
+    maps, titles, explained, empty = {}, {}, {}, []
+    with st.spinner(f"{_label(name)} of the test split for {len(runs)} depth(s) (once per run, then cached)…"):
         for depth, r in sorted(runs.items()):
             other = split_rows(r, "test")
             match = np.flatnonzero(other["file"].to_numpy() == file)
             if not len(match):
                 continue
             i = int(match[0])
-            maps[depth] = _split_maps(*_key(r), "gradcam", target)[i]
+            maps[depth] = _split_maps(*_key(r), name, target)[i]
             pred = classes[int(other.loc[i, "pred"])]
+            explained[depth] = classes[int(other.loc[i, "y"])] if target == "true" else pred
             title = f"depth {depth}: {pred} ({float(other.loc[i, f'prob_{pred}']):.2f})"
-            if lesion is not None:
+            if is_empty(maps[depth][None])[0]:
+                title += " · empty map"
+                empty.append(depth)
+            elif lesion is not None:
                 title += f" · {consistency_degree(maps[depth], lesion, threshold):.0%} of lesion"
             titles[depth] = title
     if len(maps) < 2:
         st.info("Only one fine-tuning depth of this experiment is trained with this image in its test split: add "
                 "depths on Home to compare them.")
-    st.plotly_chart(depth_strip_figure(_test_images(*_key(run))[row], maps, titles, threshold=threshold,
+    _sanity_note(run, name)
+    _empty_count(len(empty), len(maps), _label(name), "across depths")
+    for depth in empty:
+        st.caption(f"Depth {depth}: " + empty_map_message(_label(name), explained[depth],
+                                                          _layer_label(runs[depth], name, None), maps[depth]))
+    strip = {d: None if d in empty else m for d, m in maps.items()}  # an empty map is said above, not drawn
+    st.plotly_chart(depth_strip_figure(_test_images(*_key(run))[row], strip, titles, threshold=threshold,
                                        opacity=opacity, lesion=lesion, lung=lung),
                     width="stretch", key="support_depth_strip", config=NO_TOOLBAR)
-    st.caption("Grad-CAM on the last conv layer of each depth's run; panel titles give that run's prediction, its "
-               "probability and, with a lesion mask, the consistency degree. " + OUTLINES_CAPTION)
+    st.caption(f"{_label(name)} of each depth's run (CAM methods on the last conv layer); panel titles give that "
+               "run's prediction, its probability and, with a lesion mask, the consistency degree. "
+               + OUTLINES_CAPTION)
 
 
 def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None:
     cfg = run.config
     st.markdown(f"Upload a chest X-ray or CT slice: this run's model (depth {cfg.depth}) gives its class probabilities "
-                "and shows where it looked, by Grad-CAM and LIME.")
+                f"and shows where it looked, by {_label('gradcam')} and {_label('lime')}.")
     upload = st.file_uploader("Image (PNG, JPEG, BMP or TIFF)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES],
                               key="support_upload", max_upload_size=MAX_UPLOAD_BYTES // 2**20)
-    n_samples = st.select_slider("LIME samples", LIME_SAMPLES, value=1000, key="support_upload_lime_samples",
+    knob, (knob_label, choices, default) = next(iter(METHODS["lime"].knobs.items()))
+    n_samples = st.select_slider(knob_label, choices, value=default, key="support_upload_lime_samples",
                                  help="Perturbed images LIME scores; fewer is faster and noisier.")
     st.caption(f"At most {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_UPLOAD_SIDE} px per side. The image is read in "
                f"memory only (nothing is saved), converted to gray and resized to {cfg.image_size} px"
@@ -426,25 +762,26 @@ def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None
     with st.spinner("Diagnosing and explaining the image…"):
         result = _diagnose(*_key(run), hashlib.sha256(data).hexdigest(), data, upload.name, n_samples)
     if isinstance(result, str):
-        st.error(result)
+        st.error(markdown_literal(result))  # the message holds the uploaded file's name: shown as written
         return
     image = result["image"]
+    maps = {"gradcam": {"heatmap": result["gradcam"]}, "lime": result["lime"]}
+    n_empty = int(sum(bool(is_empty(m["heatmap"][None])[0]) for m in maps.values()))
+    _empty_count(n_empty, len(maps), "method", "of this upload")
     c1, c2, c3 = st.columns(3)
     with c1:
         st.plotly_chart(probability_figure(result["probabilities"]), width="stretch", key="support_upload_probs",
                         config=NO_TOOLBAR)
         st.plotly_chart(support_figure(image, title="Model input", height=320, legend=False), width="stretch",
                         key="support_upload_image", config=NO_TOOLBAR)
-    with c2:
-        st.plotly_chart(support_figure(image, result["gradcam"], threshold=threshold, opacity=opacity,
-                                       title=f"Grad-CAM · {result['predicted']}"), width="stretch",
-                        key="support_upload_gradcam", config=NO_TOOLBAR)
-    with c3:
-        st.plotly_chart(lime_figure(image, result["lime"], threshold=threshold, opacity=opacity,
-                                    title=f"LIME · {result['predicted']}"), width="stretch",
-                        key="support_upload_lime", config=NO_TOOLBAR)
+    for column, name in zip((c2, c3), maps):
+        with column:
+            _map_panel(run, image, name, maps[name], title=f"{_label(name)} · {result['predicted']}",
+                       class_name=result["predicted"], layer=None, threshold=threshold, opacity=opacity, lesion=None,
+                       lung=None, height=420, key=f"support_upload_{name}", colorbar=name == "gradcam")
+            _sanity_note(run, name)
     st.caption(f"Both maps explain the predicted class ({result['predicted']}); magenta line: support (heatmap > "
-               f"{threshold:g}). {METHOD_NOTES['Grad-CAM']} {METHOD_NOTES['LIME']}")
+               f"{threshold:g}). " + " ".join(_note(n) for n in maps))
 
 
 st.title("Support Regions")
@@ -463,6 +800,7 @@ c2.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, {run.config.i
 tabs = st.tabs(SECTIONS, key="support_section", on_change="rerun")  # only the open tab runs
 draw = {
     "Explain an image": lambda: _explain_section(run, threshold, opacity),
+    "Explanation report": lambda: _report_section(run, runs, threshold),
     "Consistency degree": lambda: _consistency_section(run, runs, threshold, opacity),
     "Wrong-reason gallery": lambda: _gallery_section(run, threshold, opacity),
     "Same image across depths": lambda: _depths_section(run, runs, threshold, opacity),

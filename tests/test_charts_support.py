@@ -18,9 +18,9 @@ from dashboard.support_charts import (
     MAX_UPLOAD_BYTES,
     SUPPORT_COLOR,
     consistency_depth_figure,
+    colour_scale_figure,
     consistency_depth_table,
     consistency_histogram,
-    consistency_summary,
     depth_strip_figure,
     diagnose_upload,
     filter_test_rows,
@@ -141,40 +141,41 @@ def test_depth_strip_has_one_panel_per_depth_in_order():
 
 
 def _consistency_frame() -> pd.DataFrame:
-    """Three images with a lesion and a normal one whose lesion mask is empty (no degree, no hit possible)."""
+    """``run_localisation``-shaped: three images with a lesion, one of them without a lung mask."""
     return pd.DataFrame({
-        "consistency": [0.2, 0.6, 1.0, np.nan], "lung_baseline": [1.0, np.nan, 0.5, np.nan],
-        "random_baseline": [0.1, 0.3, 0.2, np.nan], "pointing_game": [True, False, True, False],
-        "lesion_area": [0.01, 0.02, 0.03, 0.0], "support_area": [0.1, 0.2, 0.3, 0.5],
+        "consistency": [0.2, 0.6, 1.0], "lung_area_matched_baseline": [0.5, np.nan, 0.25],
+        "random_baseline": [0.1, 0.3, 0.2],
     })
-
-
-def test_consistency_summary_hand_worked():
-    s = consistency_summary(_consistency_frame())
-    assert s["n"] == 3 and s["n_lung"] == 2
-    assert s["consistency"] == pytest.approx(0.6) and s["median"] == pytest.approx(0.6)
-    assert s["lung_baseline"] == pytest.approx(0.75)  # NaN (no lung mask) left out
-    assert s["random_baseline"] == pytest.approx(0.2)
-    assert s["pointing_game"] == pytest.approx(2 / 3)
-    assert s["pointing_chance"] == pytest.approx(0.02) and s["support_area"] == pytest.approx(0.2)
 
 
 def test_consistency_histogram_shows_model_and_baselines_with_means():
     fig = consistency_histogram(_consistency_frame(), "Grad-CAM")
-    assert [t.name for t in fig.data] == ["Grad-CAM (model)", "lungs, uniform", "random smooth field"]
-    assert list(fig.data[1].x) == [1.0, 0.5]
-    assert sorted(s.x0 for s in fig.layout.shapes) == pytest.approx([0.2, 0.6, 0.75])
+    assert [t.name for t in fig.data] == ["Grad-CAM (model)", "lungs, same area", "random smooth map"]
+    assert list(fig.data[1].x) == [0.5, 0.25]  # NaN (no lung mask) left out
+    assert sorted(s.x0 for s in fig.layout.shapes) == pytest.approx([0.2, 0.375, 0.6])
 
 
 def test_consistency_depth_table_and_figure():
-    frames = {5: _consistency_frame(), 0: _consistency_frame().assign(consistency=[0.0, 0.0, 0.3, np.nan])}
-    table = consistency_depth_table(frames)
-    assert table["depth"].tolist() == [0, 5]
-    assert table["consistency"].tolist() == pytest.approx([0.1, 0.6])
+    summaries = {5: {"n": 3, "n_empty": 0, "consistency": 0.6, "lung_area_matched_baseline": 0.375,
+                     "random_baseline": 0.2, "pointing_game": 2 / 3},
+                 0: {"n": 3, "n_empty": 2, "consistency": 0.1, "lung_area_matched_baseline": 0.3,
+                     "random_baseline": 0.2, "pointing_game": 1 / 3},
+                 3: {"n": 0}}  # a depth with no lesion image has no point
+    table = consistency_depth_table(summaries)
+    assert table["depth"].tolist() == [0, 5] and table["n_empty"].tolist() == [2, 0]
     fig = consistency_depth_figure(table)
     by_name = {t.name: t for t in fig.data}
     assert list(by_name["mean consistency degree"].y) == pytest.approx([0.1, 0.6])
-    assert list(by_name["pointing-game hit rate"].y) == pytest.approx([2 / 3, 2 / 3])
+    assert list(by_name["baseline: lungs, same area"].y) == pytest.approx([0.3, 0.375])
+    assert list(by_name["pointing-game hit rate"].y) == pytest.approx([1 / 3, 2 / 3])
+
+
+def test_colour_scale_marks_the_threshold_on_one_zero_to_one_scale():
+    fig = colour_scale_figure(0.6)
+    ramp = fig.data[0]
+    assert (ramp.zmin, ramp.zmax) == (0, 1) and ramp.colorscale[0][1] == support_figure(
+        np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32)).data[1].colorscale[0][1]  # the maps' jet
+    assert list(fig.layout.xaxis.tickvals) == [0, 0.6, 1] and fig.layout.shapes[0].x0 == 0.6
 
 
 # --- uploads -----------------------------------------------------------------------------------------------------
@@ -243,3 +244,113 @@ def test_diagnose_upload_refuses_an_image_wider_than_the_limit(model):
 def test_diagnose_upload_refuses_a_file_over_the_size_limit(model):
     message = diagnose_upload(b"\x89PNG" + bytes(MAX_UPLOAD_BYTES), "huge.png", model, CLASSES, 64)
     assert message == "huge.png is 20.0 MB: uploads must be at most 20 MB and 4096 px on each side."
+
+
+# --- the explanation report ----------------------------------------------------------------------------------------
+
+from dashboard.report_charts import (  # noqa: E402
+    BEST_STYLE,
+    consistency_curve_figure,
+    depth_score_figure,
+    empty_map_message,
+    format_ci,
+    missing_depths,
+    report_csv,
+    report_table,
+    sanity_figure,
+    sanity_message,
+    styled_report,
+)
+from engine.explain.report import REPORT_COLUMNS, best_per_column  # noqa: E402
+
+
+def _report() -> pd.DataFrame:
+    """Three hand-made report rows: Grad-CAM and HiResCAM tie on consistency; guided backprop fails the sanity check."""
+    def row(method, label, consistency, deletion, sanity_pass, ssim, empty=0.0):
+        r = {c: np.nan for c in REPORT_COLUMNS}
+        r.update(method=method, label=label, kind="CAM", n_images=10, empty_share=empty, consistency=consistency,
+                 consistency_ci=[consistency - 0.1, consistency + 0.1], lung_area_matched_baseline=0.2,
+                 lung_area_matched_baseline_ci=[0.15, 0.25], random_baseline=0.05, random_baseline_ci=[0.0, 0.1],
+                 beats_chance=consistency > 0.4, iou_otsu=0.3, pointing_game=0.5, relevance_mass=0.4,
+                 relevance_rank=0.3, deletion_auc=deletion, deletion_auc_ci=[deletion - 0.01, deletion + 0.01],
+                 insertion_auc=0.6, road=0.1, sanity_ssim=ssim, sanity_spearman=ssim, sanity_pass=sanity_pass,
+                 seconds_per_image=0.0123,
+                 consistency_curve={f"{t / 10:g}": consistency * (1 - t / 10) for t in range(1, 10)},
+                 sanity_steps=[{"step": k, "layer": layer, "spearman": s, "ssim": s} for k, (layer, s) in
+                               enumerate([("original", 1.0), ("head", 0.8 if sanity_pass else 1.0),
+                                          ("block 5", 0.1 if sanity_pass else ssim)])])
+        return r
+    return pd.DataFrame([row("gradcam", "Grad-CAM", 0.6, 0.30, True, 0.1),
+                         row("hirescam", "HiResCAM", 0.6, 0.20, True, 0.2),
+                         row("guided-backprop", "Guided backpropagation", 0.3, 0.40, False, 0.93, empty=0.2)],
+                        columns=list(REPORT_COLUMNS))
+
+
+def test_format_ci():
+    assert format_ci(0.4521, [0.401, 0.503]) == "45.2% [40.1, 50.3]"
+    assert format_ci(0.4521, [0.401, 0.503], percent=False) == "0.452 [0.401, 0.503]"
+    assert format_ci(0.5) == "50.0%" and format_ci(float("nan"), [0, 1]) == "n/a" and format_ci(None) == "n/a"
+
+
+def test_report_table_marks_every_tied_best_and_the_lowest_deletion():
+    report = _report()
+    table, best = report_table(report, best_per_column(report))
+    assert table["Method"].tolist() == ["Grad-CAM", "HiResCAM", "Guided backpropagation"]
+    assert table["Consistency"].tolist() == ["★ 60.0% [50.0, 70.0]", "★ 60.0% [50.0, 70.0]", "30.0% [20.0, 40.0]"]
+    assert best["Consistency"].tolist() == [True, True, False]  # a tie marks both
+    assert best["Deletion AUC ↓"].tolist() == [False, True, False]  # lower is better
+    assert table["Lung-area baseline"].tolist()[0] == "20.0% [15.0, 25.0]"
+    assert table["Beats chance"].tolist() == ["yes", "yes", "no"]
+    assert table["Sanity check"].tolist() == ["pass (SSIM 0.10)", "pass (SSIM 0.20)", "FAIL (SSIM 0.93)"]
+    assert table["Empty maps"].tolist()[2] == "20.0%" and table["s / image"].tolist()[0] == "0.012"
+    assert not best["Method"].any() and not best["Lung-area baseline"].any()
+    styles = styled_report(table, best)._compute().ctx  # (row, col) -> [(property, value)]
+    col = list(table.columns).index("Consistency")
+    assert ("font-weight", "700") in styles[(0, col)] and ("color", "#15803d") in styles[(0, col)]
+    assert BEST_STYLE.startswith("font-weight") and "red" not in BEST_STYLE and not styles.get((2, col))
+    sanity = list(table.columns).index("Sanity check")
+    assert ("color", "#b91c1c") in styles[(2, sanity)]
+
+
+def test_report_csv_splits_intervals_and_leaves_nested_columns_out():
+    csv = pd.read_csv(pd.io.common.BytesIO(report_csv(_report())))
+    assert csv["method"].tolist() == ["gradcam", "hirescam", "guided-backprop"]
+    assert csv["consistency_lo"].tolist() == pytest.approx([0.5, 0.5, 0.2])
+    assert csv["consistency_hi"].tolist() == pytest.approx([0.7, 0.7, 0.4])
+    assert "consistency_ci" not in csv and "sanity_steps" not in csv and "consistency_curve" not in csv
+    assert csv["sanity_pass"].tolist() == [True, True, False]
+
+
+def test_sanity_figure_one_line_per_method_in_cascade_order():
+    fig = sanity_figure(_report())
+    ssim = [t for t in fig.data if t.xaxis == "x2"]
+    assert [t.name for t in ssim] == ["Grad-CAM", "HiResCAM", "Guided backpropagation"]
+    assert list(ssim[2].x) == ["original", "head", "block 5"] and list(ssim[2].y) == [1.0, 1.0, 0.93]
+    assert fig.layout.shapes[0].y0 == 0.5  # the pass limit
+
+
+def test_consistency_curve_and_depth_figures():
+    fig = consistency_curve_figure(_report(), threshold=0.7)
+    assert [t.name for t in fig.data] == ["Grad-CAM", "HiResCAM", "Guided backpropagation"]
+    assert list(fig.data[0].x) == pytest.approx([t / 10 for t in range(1, 10)])
+    assert fig.data[0].y[0] == pytest.approx(0.6 * 0.9)
+    long = pd.DataFrame({"depth": [5, 0, 0, 5], "method": ["gradcam", "gradcam", "saliency", "gradcam"],
+                         "label": ["Grad-CAM", "Grad-CAM", "Saliency", "Grad-CAM"],
+                         "score": ["consistency", "consistency", "consistency", "road"], "value": [0.6, 0.2, 0.1, 9]})
+    fig = depth_score_figure(long, "consistency")
+    assert [t.name for t in fig.data] == ["Grad-CAM", "Saliency"]
+    assert list(fig.data[0].x) == [0, 5] and list(fig.data[0].y) == [0.2, 0.6]
+    assert missing_depths(long, [0, 3, 5], ["gradcam", "saliency"]) == {3: ["gradcam", "saliency"], 5: ["saliency"]}
+
+
+def test_sanity_and_empty_map_messages():
+    level, text = sanity_message("Guided backpropagation", {"sanity_pass": False, "sanity_ssim": 0.934})
+    assert level == "warning" and text.startswith("Guided backpropagation fails the model-randomisation sanity check")
+    assert "(SSIM 0.93)" in text and "image structure, not the model's reasoning" in text
+    assert sanity_message("Grad-CAM", {"sanity_pass": True, "sanity_ssim": 0.1})[0] == "ok"
+    level, text = sanity_message("LIME", None)
+    assert level == "missing" and "Explanation report" in text
+    assert empty_map_message("Grad-CAM", "covid", "conv5 (block 5)", np.zeros((4, 4))).startswith(
+        "This map is empty (all zero): Grad-CAM found no positive evidence for covid at conv5 (block 5)")
+    assert empty_map_message("Saliency", "normal", None, np.full((4, 4), 0.5)).startswith(
+        "This map is constant (every pixel 0.50): Saliency")

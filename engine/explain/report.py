@@ -132,19 +132,30 @@ def _compute(run: Run, method: str, s: ReportSettings, params: dict[str, Any], p
     table = pd.DataFrame(local)
     col = (lambda k: table[k].to_numpy(dtype=float)) if len(table) else (lambda k: np.array([], float))
 
-    _check_cancel(cancel)
-    progress(0.65, f"{m.label}: deletion and insertion")
     nf = min(s.faithfulness_images, len(x))
-    faith = deletion_insertion(model, x[:nf], maps[:nf], targets[:nf], n_steps=s.deletion_steps, seed=s.seed)
-    _check_cancel(cancel)
-    progress(0.75, f"{m.label}: ROAD")
+    parts = []
+    for i in range(0, nf, 4):  # a few images at a time, so that a cancel is heard within seconds
+        _check_cancel(cancel)
+        progress(0.62 + 0.13 * i / nf, f"{m.label}: deletion and insertion {i}/{nf}")
+        j = min(i + 4, nf)
+        parts.append(deletion_insertion(model, x[i:j], maps[i:j], targets[i:j], n_steps=s.deletion_steps, seed=s.seed))
+    faith = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     nr = min(s.road_images, len(x))
-    road_scores = road(model, x[:nr], maps[:nr], targets[:nr], seed=s.seed)
-    _check_cancel(cancel)
+    road_scores = []
+    for i in range(0, nr, 4):
+        _check_cancel(cancel)
+        progress(0.75 + 0.1 * i / nr, f"{m.label}: ROAD {i}/{nr}")
+        j = min(i + 4, nr)
+        road_scores.append(road(model, x[i:j], maps[i:j], targets[i:j], seed=s.seed))
+    road_scores = np.concatenate(road_scores)
     progress(0.85, f"{m.label}: sanity check (cascading randomisation)")
     ns = min(s.sanity_images, len(x))
-    cascade = cascading_randomisation(model, x[:ns], targets[:ns],
-                                      lambda mdl, xb, tb: attribute(mdl, xb, method, tb, **params), seed=s.seed)
+
+    def explain(mdl: Any, xb: Any, tb: Any) -> np.ndarray:
+        _check_cancel(cancel)  # once per randomisation step
+        return attribute(mdl, xb, method, tb, **params)
+
+    cascade = cascading_randomisation(model, x[:ns], targets[:ns], explain, seed=s.seed)
 
     out: dict[str, Any] = {"method": m.name, "label": m.label, "kind": m.kind, "citation": m.citation,
                            "n_images": int(len(x)), "n_lesion_images": len(lesion_idx),
@@ -160,7 +171,8 @@ def _compute(run: Run, method: str, s: ReportSettings, params: dict[str, Any], p
         out[name] = mean_ci(col(name), seed=s.seed)[0]
     out["beats_chance"] = bool(len(table)) and beats_chance(
         col("consistency"), [col("lung_area_matched_baseline"), col("random_baseline")], seed=s.seed)
-    curves = np.array(table["consistency_curve"].tolist(), float) if len(table) else np.full((0, len(THRESHOLDS)), np.nan)
+    curves = (np.array(table["consistency_curve"].tolist(), float) if len(table)
+              else np.full((0, len(THRESHOLDS)), np.nan))
     out["consistency_curve"] = {f"{t:g}": (float(np.nanmean(curves[:, k])) if len(curves) else float("nan"))
                                 for k, t in enumerate(THRESHOLDS)}
     for name in ("deletion_auc", "insertion_auc"):
