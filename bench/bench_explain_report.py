@@ -3,7 +3,9 @@
 Prints, per depth, Grad-CAM's empty share, consistency degree against its two baselines and the sanity verdict, and
 the full methods x scores table at ``--full-depths``, with the wall time of each (cached rows cost nothing).
 
-    .venv/bin/python -m bench.bench_explain_report [--preset demo] [--full-depths 5] [--methods all]
+    .venv/bin/python -m bench.bench_explain_report [--preset demo] [--full-depths 5] [--methods all] [--runs ID ...]
+
+``--runs`` names the runs instead (e.g. runs trained before a change to the training code changed their keys).
 """
 from __future__ import annotations
 
@@ -36,9 +38,13 @@ def main() -> None:
     p.add_argument("--preset", default="demo")
     p.add_argument("--full-depths", type=int, nargs="*", default=[5])
     p.add_argument("--methods", default="all")
+    p.add_argument("--runs", nargs="*", help="run ids to report on (default: the preset's runs)")
     args = p.parse_args()
     experiment = engine.preset(args.preset)
-    runs = {cfg.depth: engine.get_run(cfg) for cfg in engine.sweep_configs(experiment.config, experiment.depths)}
+    if args.runs:
+        runs = {run.config.depth: run for run in map(engine.load_run, args.runs)}
+    else:
+        runs = {cfg.depth: engine.get_run(cfg) for cfg in engine.sweep_configs(experiment.config, experiment.depths)}
     missing = [d for d, r in runs.items() if r is None]
     if missing:
         sys.exit(f"Depths {missing} of the {args.preset} experiment are not trained: "

@@ -174,4 +174,6 @@ def heatmaps(model: StagedNet, images_uint8: np.ndarray, method: str = "gradcam"
 def is_empty(maps: np.ndarray) -> np.ndarray:
     """(N,) bool: maps that carry no information (all zero or constant), which a page must report, not draw."""
     flat = np.asarray(maps).reshape(len(maps), -1)
-    return flat.max(axis=1, initial=0.0) - flat.min(axis=1, initial=0.0) <= 1e-6
+    if flat.shape[1] == 0:
+        return np.ones(len(flat), dtype=bool)
+    return np.ptp(flat, axis=1) <= 1e-6

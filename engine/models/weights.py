@@ -50,9 +50,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's message suggests weights_only=False, i.e. running the file's code: never pass that on.
-        raise WeightsError(f"{path} holds Python objects other than tensors, which are not loaded (unpickling them "
-                           "could run arbitrary code). Give a plain state dict of tensors (.pth) or a .safetensors "
-                           "file.") from None
+        raise WeightsError(f"Cannot read weights from {path}: it is not a plain state dict of tensors (a damaged or "
+                           "other file, or one holding Python objects other than tensors, which are not loaded "
+                           "because unpickling them could run arbitrary code). Give a plain state dict of tensors "
+                           "(.pth) or a .safetensors file.") from None
     except Exception as exc:  # noqa: BLE001 - any decoding failure means the same thing to the user
         raise WeightsError(f"Cannot read weights from {path} ({type(exc).__name__}: the file is damaged or not a "
                            "weights file). Give a torchvision state dict (.pth) or a .safetensors file.") from None
