@@ -139,6 +139,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--occlusion-images", type=int, default=180)
     p.add_argument("--captum-images", type=int, default=10)
+    p.add_argument("--parts", nargs="+", choices=["gradcam", "lime", "occlusion"], default=["gradcam", "lime", "occlusion"])
     args = p.parse_args()
     if args.run:
         from engine.runs import load_run
@@ -151,9 +152,12 @@ def main() -> None:
         run_images = None
     print(f"{model.arch}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average at start {os.getloadavg()[0]:.2f}")
-    bench_gradcam(model, args.sizes, args.gradcam_images, run_images)
-    bench_lime(model, 224, args.lime_images, args.samples, run_images)
-    bench_occlusion(model, 128, args.occlusion_images, args.captum_images, run_images)
+    if "gradcam" in args.parts:
+        bench_gradcam(model, args.sizes, args.gradcam_images, run_images)
+    if "lime" in args.parts:
+        bench_lime(model, 224, args.lime_images, args.samples, run_images)
+    if "occlusion" in args.parts:
+        bench_occlusion(model, 128, args.occlusion_images, args.captum_images, run_images)
     print(f"load average at end {os.getloadavg()[0]:.2f} (other processes on the 2 cores slow both sides)")
 
 

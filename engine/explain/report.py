@@ -17,7 +17,7 @@ from ..store import cached_json, read_json, stable_hash
 from .consistency import SUPPORT_THRESHOLD
 from .faithfulness import deletion_insertion, road
 from .localisation import THRESHOLDS, beats_chance, localisation_scores, mean_ci
-from .methods import METHODS, attribute, get_method, is_empty
+from .methods import METHODS, Method, attribute, get_method, is_empty
 from .runs_explain import run_masks, split_rows
 from .sanity import cascading_randomisation, sanity_verdict
 
@@ -87,13 +87,19 @@ def _check_cancel(cancel: Callable[[], bool] | None) -> None:
         raise Cancelled("Stopped on request; nothing partial was cached.")
 
 
+def _row_key(m: Method, params: dict[str, Any], settings: ReportSettings) -> str:
+    """Cache key of one report row: the method, its parameters, the settings and how many images it scores."""
+    return stable_hash({"method": m.name, "params": params, "settings": asdict(settings),
+                        "report_images": m.report_images}, 12)
+
+
 def method_report(run: Run, method: str, settings: ReportSettings = ReportSettings(), *,
                   progress: ReportProgress | None = None, cancel: Callable[[], bool] | None = None,
                   **params: Any) -> dict[str, Any]:
     """One method's row of the report for ``run`` (computed once, then read from the run's cache)."""
     m = get_method(method)
     params = m.params_for(params)
-    key = stable_hash({"method": m.name, "params": params, "settings": asdict(settings)}, 12)
+    key = _row_key(m, params, settings)
 
     def compute() -> dict[str, Any]:
         return _compute(run, m.name, settings, params, progress or (lambda _f, _t: None), cancel)
@@ -217,7 +223,7 @@ def cached_method_report(run: Run, method: str, settings: ReportSettings = Repor
     """The method's cached row, or None when it has not been computed (never computes)."""
     m = get_method(method)
     params = m.params_for(params)
-    key = stable_hash({"method": m.name, "params": params, "settings": asdict(settings)}, 12)
+    key = _row_key(m, params, settings)
     path = run.artifact(f"explain/report-{m.name}-{key}.json")
     if not path.exists():
         return None
