@@ -8,7 +8,7 @@ from sklearn.metrics import f1_score, jaccard_score
 
 from engine.explain.consistency import consistency_degree, pointing_game, random_heatmap
 from engine.explain.localisation import (THRESHOLDS, beats_chance, consistency_curve, iou_dice, localisation_scores,
-                                         lung_matched_consistency, lung_matched_pointing,
+                                         lung_matched_consistency, lung_matched_pointing, pointing_hit_rate,
                                          lung_matched_relevance_mass, mean_ci, otsu_threshold, relevance_mass,
                                          relevance_rank, smooth_random_map)
 
@@ -176,7 +176,8 @@ def test_localisation_scores_combine_the_scores_and_baselines():
     assert s["random_baseline"] == pytest.approx(consistency_degree(rand, lesion, 0.7))
     assert s["random_relevance_mass"] == pytest.approx(relevance_mass(rand, lesion))
     assert s["random_relevance_rank"] == pytest.approx(relevance_rank(rand, lesion))
-    assert s["random_pointing_game"] == float(pointing_game(rand, lesion))
+    assert s["random_pointing_game"] == float(pointing_game(rand, lesion))  # a smooth field has a unique peak
+
     assert s["random_iou_otsu"] == pytest.approx(iou_dice(rand, lesion, otsu_threshold(rand))[0])
     no_lung = localisation_scores(h, lesion, None, threshold=0.7, seed=1)
     assert all(np.isnan(no_lung[k]) for k in ("lung_area_matched_baseline", "lung_pointing_baseline",
@@ -211,3 +212,13 @@ def test_beats_chance():
     with_nan = method.copy()
     with_nan[:10] = np.nan
     assert beats_chance(with_nan, [low])
+
+
+def test_pointing_game_breaks_ties_at_random():
+    lesion = np.zeros((10, 10), bool)
+    lesion[:5] = True
+    flat = np.zeros((10, 10), np.float32)
+    flat[4:6, 0] = 1.0  # two tied peaks, one in the lesion: a random tie-break hits half the time
+    assert pointing_hit_rate(flat, lesion) == 0.5 and pointing_game(flat, lesion)  # the old rule: a hit
+    assert pointing_hit_rate(np.zeros((10, 10)), lesion) == 0.0
+    assert np.isnan(pointing_hit_rate(flat, np.zeros((10, 10), bool)))
