@@ -29,7 +29,6 @@ import torchvision  # noqa: E402
 from captum.attr import Occlusion  # noqa: E402
 from lime.lime_image import LimeImageExplainer  # noqa: E402
 from pytorch_grad_cam import GradCAM  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from skimage.filters import gaussian  # noqa: E402
 
 from engine.data.imageio import read_image  # noqa: E402
@@ -139,7 +138,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--occlusion-images", type=int, default=180)
     p.add_argument("--captum-images", type=int, default=10)
-    p.add_argument("--parts", nargs="+", choices=["gradcam", "lime", "occlusion"], default=["gradcam", "lime", "occlusion"])
+    parts = ["gradcam", "lime", "occlusion"]
+    p.add_argument("--parts", nargs="+", choices=parts, default=parts)
     args = p.parse_args()
     if args.run:
         from engine.runs import load_run

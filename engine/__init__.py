@@ -14,12 +14,15 @@ _EXPORTS: dict[str, str] = {
     "PRESETS": "config", "Preset": "config", "RunConfig": "config", "preset": "config",
     "Dataset": "data.dataset", "load_dataset": "data.sources",
     "pick_device": "device",
-    "ConfigError": "errors", "DamagedRunError": "errors", "DataError": "errors", "StoreError": "errors", "LungLensError": "errors", "WeightsError": "errors",
+    "ConfigError": "errors", "DamagedRunError": "errors", "DataError": "errors", "StoreError": "errors",
+    "LungLensError": "errors", "WeightsError": "errors",
     "CRITERIA": "metrics",
     "BACKBONES": "models.backbones", "N_BLOCKS": "models.backbones",
-    "Run": "runs", "damaged_runs": "runs", "delete_run": "runs", "get_run": "runs", "list_runs": "runs", "load_run": "runs", "train_run": "runs",
+    "Run": "runs", "damaged_runs": "runs", "delete_run": "runs", "get_run": "runs", "list_runs": "runs",
+    "load_run": "runs", "train_run": "runs",
     "home": "store",
-    "RUN_DONE": "sweep", "SweepRow": "sweep", "executor_from_env": "sweep", "run_sweep": "sweep", "sweep_configs": "sweep",
+    "RUN_DONE": "sweep", "SweepRow": "sweep", "executor_from_env": "sweep", "run_sweep": "sweep",
+    "sweep_configs": "sweep",
     "Progress": "training",
 }
 

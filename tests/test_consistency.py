@@ -12,8 +12,9 @@ import pytest
 import torch
 import torchvision
 
-from engine.explain import (SUPPORT_THRESHOLD, consistency_degree, gradcam, lung_uniform_heatmap, outside_share,
-                            pointing_game, random_heatmap, run_consistency, run_heatmaps, wrong_reason_gallery)
+from engine.explain import (SUPPORT_THRESHOLD, consistency_degree, gradcam, outside_share, pointing_game,
+                            random_heatmap, run_heatmaps, wrong_reason_gallery)
+from engine.explain.report import run_localisation
 from engine.data.transforms import to_model_input
 from engine.models.backbones import stage
 
@@ -34,19 +35,6 @@ def test_consistency_is_the_covered_share_of_the_lesion():
     assert np.isnan(consistency_degree(heat, np.zeros_like(lesion)))
     with pytest.raises(ValueError, match="shape"):
         consistency_degree(heat, lesion[:10])
-
-
-def test_lung_uniform_baseline_covers_the_lesion_inside_the_lungs():
-    lungs = np.zeros((32, 32), bool)
-    lungs[4:28, 2:14] = lungs[4:28, 18:30] = True
-    inside = np.zeros_like(lungs)
-    inside[10:20, 4:12] = True
-    spilling = np.zeros_like(lungs)
-    spilling[10:20, 10:18] = True  # columns 10-13 in the left lung, 14-17 between the lungs
-    base = lung_uniform_heatmap(lungs)
-    assert base.dtype == np.float32 and set(np.unique(base)) == {0.0, 1.0}
-    assert consistency_degree(base, inside) == 1.0
-    assert consistency_degree(base, spilling) == pytest.approx(0.5)
 
 
 def test_random_heatmap_is_seeded_smooth_and_spans_zero_to_one():
@@ -144,10 +132,10 @@ def _nearest(mask: np.ndarray) -> np.ndarray:
     return mask[::2, ::2]  # halving a mask by nearest neighbour at pixel centres keeps every other pixel
 
 
-def test_run_consistency_scores_each_masked_test_image_and_caches(tmp_path, monkeypatch):
+def test_run_localisation_scores_each_masked_test_image_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
     run = _fake_run(tmp_path)
-    table = run_consistency(run)
+    table = run_localisation(run)
     assert run.loads == 1
     maps = run_heatmaps(run)
     expected_maps = gradcam(run.load_model(), to_model_input(run.images("test")), run.predictions["pred"][:5].tolist())
@@ -159,14 +147,16 @@ def test_run_consistency_scores_each_masked_test_image_and_caches(tmp_path, monk
     for i in (0, 1):
         covered = ((maps[i] > 0.7) & lesion).sum() / lesion.sum()
         assert table["consistency"][i] == pytest.approx(covered)
-        assert table["lung_baseline"][i] == pytest.approx((lesion & lungs).sum() / lesion.sum())
+        n_support = min(int((maps[i] > 0.7).sum()), int(lungs.sum()))  # the same support area, spread in the lungs
+        assert table["lung_area_matched_baseline"][i] == pytest.approx(
+            n_support / lungs.sum() * (lesion & lungs).sum() / lesion.sum())
         assert table["support_area"][i] == pytest.approx((maps[i] > 0.7).mean())
         assert 0.0 <= table["random_baseline"][i] <= 1.0
     assert table["lesion_area"][0] == pytest.approx(lesion.mean())
     assert list(table["correct"]) == [True, False]
 
     loads = run.loads
-    pd.testing.assert_frame_equal(run_consistency(run), table)
+    pd.testing.assert_frame_equal(run_localisation(run), table)
     assert run.loads == loads  # read from the cache
 
 

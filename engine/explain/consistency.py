@@ -52,11 +52,6 @@ def pointing_game(heatmap: np.ndarray, lesion_mask: np.ndarray) -> bool:
     return bool(peak > 0 and lesion[h == peak].any())
 
 
-def lung_uniform_heatmap(lung_mask: np.ndarray) -> np.ndarray:
-    """Baseline heatmap: 1 inside the lungs, 0 outside (it supports every lesion pixel that lies in the lungs)."""
-    return np.asarray(lung_mask, dtype=bool).astype(np.float32)
-
-
 def random_heatmap(shape: tuple[int, int], seed: int, sigma: float | None = None) -> np.ndarray:
     """Baseline heatmap: seeded uniform noise blurred by a Gaussian (default sigma: 1/16 of the side), scaled to [0, 1]."""
     noise = np.random.default_rng(seed).random(shape)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from .consistency import SUPPORT_THRESHOLD, _pair, consistency_degree, pointing_game, random_heatmap, support_area
+from .consistency import SUPPORT_THRESHOLD, _pair, consistency_degree, random_heatmap, support_area
 
 #: Thresholds of the consistency curve (Wan's single threshold is 0.7).
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.91, 0.1), 1))

@@ -1,4 +1,4 @@
-"""Explanations and consistency scores of a trained run, computed once per split or image and cached in the run."""
+"""Explanations of a trained run and its masks, computed once per split or image and cached in the run."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -9,9 +9,7 @@ import pandas as pd
 from ..data.imageio import read_mask
 from ..data.transforms import preprocess_mask
 from ..errors import ConfigError
-from ..store import cached_arrays, cached_json, stable_hash
-from .consistency import (SUPPORT_THRESHOLD, consistency_degree, lung_uniform_heatmap, pointing_game,
-                          random_heatmap, support_area)
+from ..store import cached_arrays, stable_hash
 from .methods import check_method, explain_one, heatmaps
 
 if TYPE_CHECKING:
@@ -106,39 +104,3 @@ def run_masks(run: Run, split: str = "test") -> dict[str, np.ndarray]:
         return out
 
     return cached_arrays(run.artifact(f"explain/masks-{split}-{run.config.image_size}px.npz"), compute)
-
-
-def run_consistency(run: Run, threshold: float = SUPPORT_THRESHOLD, method: str = "gradcam",
-                    target: RunTarget = "pred", **params: Any) -> pd.DataFrame:
-    """Wan's consistency degree per test image with a lesion mask, next to baselines scored the same way.
-
-    Columns: ``consistency``; ``lung_baseline`` (a heatmap of 1 inside the lungs, NaN without a lung mask);
-    ``random_baseline`` (a smooth random field seeded by the row); ``pointing_game``; ``lesion_area`` and
-    ``support_area`` (shares of the image), since the degree grows with the support area.
-    """
-
-    def compute() -> list[dict[str, Any]]:
-        rows = split_rows(run, "test")
-        maps = run_heatmaps(run, method, "test", target, **params)
-        masks = run_masks(run, "test")
-        records = []
-        for i in np.flatnonzero(masks["has_lesion"]):
-            lesion, r = masks["lesion"][i], rows.iloc[i]
-            lung_baseline = (consistency_degree(lung_uniform_heatmap(masks["lung"][i]), lesion, threshold)
-                             if masks["has_lung"][i] else float("nan"))
-            records.append({
-                "row": int(i), "file": r["file"], "y": int(r["y"]), "pred": int(r["pred"]),
-                "correct": bool(r["y"] == r["pred"]),
-                "lesion_area": float(lesion.mean()),
-                "support_area": support_area(maps[i], threshold),
-                "consistency": consistency_degree(maps[i], lesion, threshold),
-                "lung_baseline": lung_baseline,
-                "random_baseline": consistency_degree(random_heatmap(lesion.shape, seed=int(i)), lesion, threshold),
-                "pointing_game": pointing_game(maps[i], lesion),
-            })
-        return records
-
-    name = f"explain/consistency-{_key(method, 'test', target, params)}-t{threshold:g}.json"
-    columns = ["row", "file", "y", "pred", "correct", "lesion_area", "support_area", "consistency", "lung_baseline",
-               "random_baseline", "pointing_game"]
-    return pd.DataFrame(cached_json(run.artifact(name), compute), columns=columns)
