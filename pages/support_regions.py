@@ -79,9 +79,10 @@ from engine.store import stable_hash
 
 SECTIONS = ("Explain an image", "Explanation report", "Consistency degree", "Wrong-reason gallery",
             "Same image across depths", "Diagnose a new image")
-#: Methods scored over a whole test split on this page; slow ones (one model run per channel or sample) are scored
-#: on a sample by the explanation report instead.
-SPLIT_METHODS = tuple(name for name, m in METHODS.items() if m.cost != "slow")
+#: Methods scored over a whole test split on this page, where they run while the page waits: only the fast ones.
+#: Medium and slow ones (occlusion: minutes per split on a CPU) are scored by the explanation report, in the
+#: background with a cancel button.
+SPLIT_METHODS = tuple(name for name, m in METHODS.items() if m.cost == "fast")
 #: Image panels and bar charts: no Plotly toolbar over their titles (drag still zooms, double-click resets).
 NO_TOOLBAR = {"displayModeBar": False}
 TARGETS = {"Predicted": "pred", "True": "true"}
@@ -556,8 +557,9 @@ def _consistency_section(run: engine.Run, runs: dict[int, engine.Run], threshold
         return
     c1, c2 = st.columns(2)
     name = c1.selectbox("Method", SPLIT_METHODS, format_func=_label, key="support_consistency_method",
-                        help="Slow methods are left out here (they cost a model run per channel or per sample for "
-                             "every image); the Explanation report scores them on a sample.")
+                        help="Only the fast methods are offered here, where the page waits for every test image; "
+                             "the Explanation report tab scores the others (occlusion, LIME, Integrated Gradients, "
+                             "...) in the background, with progress and a cancel button.")
     kind = c2.radio("Explain the class", tuple(TARGETS), horizontal=True, key="support_consistency_target",
                     help="Wan et al. explain the model's decision (predicted). The true class asks whether the "
                          "evidence for the right answer lies on the lesion.")
