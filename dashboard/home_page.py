@@ -11,7 +11,7 @@ from dashboard.state import Selection, selection, set_selection, shared_datasets
 from dashboard.widgets import cached_runs, runs_table
 from engine.data.access import DATA_ROOT_ENV, allowed_folder, data_root, is_exposed
 
-INITS = ("builtin", "imagenet", "scratch")
+INITS = ("builtin", "imagenet", "xrv-densenet121", "scratch")
 
 
 def _data_picker(sel: Selection) -> dict:
@@ -66,8 +66,10 @@ def _experiment_picker(sel: Selection) -> tuple[dict, tuple[int, ...]]:
     c1, c2, c3 = st.columns(3)
     backbone = c1.selectbox("Backbone", engine.BACKBONES, index=engine.BACKBONES.index(c.backbone))
     init = c2.selectbox("Initialisation", INITS, index=INITS.index(c.init) if c.init in INITS else 0,
-                        help="builtin: pretrained once on the phantom source corpus (offline); imagenet: torchvision "
-                             "weights from the local TORCH_HOME cache; scratch: random.")
+                        help="builtin: pretrained once on the phantom source corpus (no download); imagenet: "
+                             "torchvision's ImageNet weights, downloaded into TORCH_HOME/hub/checkpoints on first use; "
+                             "xrv-densenet121 (DenseNet-121 only): TorchXRayVision's weights pretrained on public "
+                             "chest X-ray corpora, downloaded into ~/.torchxrayvision on first use; scratch: random.")
     epochs = c3.number_input("Epochs (max; early stopping on validation loss)", 1, 200, c.epochs)
     depths = st.multiselect("Fine-tuning depths to compare (trainable conv blocks, Lee et al.)",
                             list(range(engine.N_BLOCKS + 1)), default=list(sel.depths))

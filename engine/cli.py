@@ -11,9 +11,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from .config import PRESETS, RunConfig, preset
+from .data.sources import BUILTIN
 from .errors import ConfigError, LungLensError
 from .explain.methods import METHODS
-from .models.backbones import BACKBONES
+from .models.backbones import BACKBONES, N_BLOCKS
 from .runs import damaged_runs, delete_run, list_runs
 from .sweep import RUN_DONE, run_sweep, sweep_configs
 from .training import Progress
@@ -34,11 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sweep", help="train (or load from the cache) one run per fine-tuning depth and print their scores")
-    s.add_argument("--preset", choices=sorted(PRESETS), help="start from a named experiment (demo: the dashboard's default)")
+    s.add_argument("--preset", choices=sorted(PRESETS), help="start from a named experiment (demo: the dashboard's default; folder: the default for --data PATH)")
     s.add_argument("--data", help="'builtin' or a folder ROOT/images/<class>/* (default builtin)")
     s.add_argument("--backbone", choices=BACKBONES)
-    s.add_argument("--depths", type=_depths, help="fine-tuning depths, e.g. 0,1,2,3,4,5")
-    s.add_argument("--init", help="builtin | imagenet | scratch | PATH to a weights file")
+    s.add_argument("--depths", type=_depths, help="fine-tuning depths, e.g. 0,2,5 (default: the preset's, else all of 0-5)")
+    s.add_argument("--init", help="builtin | imagenet (torchvision, downloaded into $TORCH_HOME/hub when missing) | xrv-densenet121 (TorchXRayVision's chest X-ray DenseNet-121, with --backbone densenet121) | scratch | PATH to a weights file")
     s.add_argument("--epochs", type=int)
     s.add_argument("--image-size", type=int, dest="image_size")
     s.add_argument("--folds", type=int, help="k-fold cross-validation inside the non-test data (default: hold-out)")
@@ -47,9 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--optimizer", choices=["sgd", "rmsprop", "adam"])
     s.add_argument("--lr", type=float)
+    s.add_argument("--scheduler", choices=["none", "plateau", "cosine"], help="learning-rate schedule")
+    s.add_argument("--weight-decay", type=float, dest="weight_decay")
     s.add_argument("--batch-size", type=int, dest="batch_size")
     s.add_argument("--clahe", action="store_true", default=None, help="contrast-limited histogram equalisation (Lee et al.)")
-    s.add_argument("--augment", action="store_true", default=None, help="Cheng et al.'s augmentation recipe")
+    s.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="Cheng et al.'s augmentation with a random crop (on in the folder preset; --no-augment: off)")
     s.add_argument("--confounder", type=float, dest="confounder_prob", help="built-in data: P(marker | covid), 0 = off")
     s.add_argument("--per-class", type=int, dest="builtin_per_class", help="built-in data: images per class")
     s.add_argument("--skip-bad", action="store_true", default=None, dest="skip_bad", help="skip unreadable images (reported)")
@@ -109,9 +113,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    base = preset(args.preset).config if args.preset else RunConfig()
-    depths = args.depths or (list(preset(args.preset).depths) if args.preset else [base.depth])
-    fields = ["data", "backbone", "init", "epochs", "image_size", "head_width", "patience", "seed", "optimizer", "lr", "batch_size", "clahe",
+    name = args.preset or ("folder" if args.data not in (None, BUILTIN) else None)
+    base = preset(name).config if name else RunConfig()
+    depths = args.depths or (list(preset(name).depths) if name else list(range(N_BLOCKS + 1)))
+    fields = ["data", "backbone", "init", "epochs", "image_size", "head_width", "patience", "seed", "optimizer", "lr",
+              "scheduler", "weight_decay", "batch_size", "clahe",
               "augment", "confounder_prob", "builtin_per_class", "skip_bad", "prefix_cache"]
     changes = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     if args.folds is not None:

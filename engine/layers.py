@@ -10,7 +10,7 @@ import torch
 from captum.attr import NeuronGuidedBackprop
 from torch import nn
 
-from .data.transforms import to_model_input
+from .data.transforms import IMAGENET_STD, to_model_input
 from .errors import ConfigError, DataError
 from .models.backbones import conv_layers
 from .store import cached_arrays
@@ -89,27 +89,46 @@ def _check_one_image(image: torch.Tensor) -> None:
 
 # ---- first-layer filters ---------------------------------------------------------------------------------------
 
-def first_layer_weights(model: nn.Module) -> np.ndarray:
-    """Raw weights of the first conv layer as (n, k, k, 3) float32, input channels (RGB) last."""
+def first_layer_weights(model: nn.Module, gray_input: bool = True) -> np.ndarray:
+    """Weights of the first conv layer: (n, k, k) gray filters, or (n, k, k, 3) with RGB last if not ``gray_input``.
+
+    LungLens feeds every model one gray image g copied into the three channels, each ImageNet-normalised
+    ((g - mean_c) / std_c), so an RGB filter w acts on g as the single kernel sum_c w_c / std_c (plus a constant):
+    that is the gray filter returned. A first layer with one input channel (xrv's DenseNet, whose adapter rescales
+    g linearly) is its own gray filter. Gray filters are exact up to one positive factor per model.
+    """
     name, conv = conv_layers(model)[0]
+    weight = conv.weight.detach().cpu().to(torch.float64)
+    if conv.in_channels == 1:
+        return weight[:, 0].numpy().astype(np.float32)
     if conv.in_channels != 3:
         raise ConfigError(f"The first conv layer {name} has {conv.in_channels} input channels; "
-                          "filters are shown as RGB (3).")
-    return conv.weight.detach().cpu().permute(0, 2, 3, 1).numpy().astype(np.float32)
+                          "filters are shown for 1 (gray) or 3 (RGB) input channels.")
+    if gray_input:
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+        return (weight / std).sum(1).numpy().astype(np.float32)
+    return weight.permute(0, 2, 3, 1).numpy().astype(np.float32)
 
 
-def filter_grid(model: nn.Module) -> np.ndarray:
-    """First-layer filters (AlexNet: 64 of 11 x 11) as (n, k, k, 3) images, each filter min-max scaled to [0, 1]."""
-    return _minmax(first_layer_weights(model), axis=(1, 2, 3))
+def _filter_axes(filters: np.ndarray) -> tuple[int, ...]:
+    """The axes of one filter: (k, k) for gray filters, (k, k, 3) for RGB ones."""
+    return tuple(range(1, filters.ndim))
 
 
-def filter_difference(before: nn.Module, after: nn.Module) -> np.ndarray:
-    """``after - before`` first-layer filters as (n, k, k, 3) in [0, 1], zero change at 0.5 (mid-grey).
+def filter_grid(model: nn.Module, gray_input: bool = True) -> np.ndarray:
+    """First-layer filters (AlexNet: 64 of 11 x 11) as (n, k, k) gray images (``gray_input``, LungLens's models) or
+    (n, k, k, 3) RGB ones, each filter min-max scaled to [0, 1] on its own."""
+    weights = first_layer_weights(model, gray_input)
+    return _minmax(weights, axis=_filter_axes(weights))
+
+
+def filter_difference(before: nn.Module, after: nn.Module, gray_input: bool = True) -> np.ndarray:
+    """``after - before`` first-layer filters (shaped as ``filter_grid``) in [0, 1], zero change at 0.5 (mid-grey).
 
     One scale for all filters (the largest absolute change), so filters that changed more look stronger; a frozen
     first layer is uniformly grey.
     """
-    diff = first_layer_weights(after) - first_layer_weights(before)
+    diff = first_layer_weights(after, gray_input) - first_layer_weights(before, gray_input)
     scale = float(np.abs(diff).max())
     return (0.5 + 0.5 * diff / scale if scale > 0 else np.full_like(diff, 0.5)).astype(np.float32)
 
@@ -268,7 +287,7 @@ def run_activation_maps(run: Run, image_index: int, layer_name: str) -> tuple[np
 
 
 def run_filter_grid(run: Run, which: FilterView) -> np.ndarray:
-    """First-layer filters before fine-tuning, after it, or their difference (see ``filter_difference``)."""
+    """First-layer gray filters before fine-tuning, after it, or their difference (see ``filter_difference``)."""
     if which not in FILTER_VIEWS:
         raise ConfigError(f"Unknown filter view {which!r}: choose one of {', '.join(FILTER_VIEWS)}.")
 
@@ -279,4 +298,5 @@ def run_filter_grid(run: Run, which: FilterView) -> np.ndarray:
             return {"filters": filter_grid(run.load_model())}
         return {"filters": filter_difference(run.initial_model(), run.load_model())}
 
-    return cached_arrays(run.artifact(f"filters-{which}.npz"), compute)["filters"]
+    # "-gray": earlier LungLens versions cached RGB filters under "filters-{which}.npz".
+    return cached_arrays(run.artifact(f"filters-{which}-gray.npz"), compute)["filters"]

@@ -27,7 +27,8 @@ from .errors import ConfigError, DamagedRunError, LungLensError
 from .integrity import UNREADABLE, Level, file_problem, record_files
 from .metrics import classification_metrics
 from .models.backbones import StagedNet
-from .models.weights import build_model, check_weights_path, file_digest, imagenet_file, state_bytes
+from .models.weights import (architecture, build_model, check_weights_path, file_digest, init_weights_cached,
+                             init_weights_file, state_bytes)
 from .pretrain import builtin_backbone, builtin_backbone_path
 from .store import DAMAGED_READ_ERRORS, atomic_write_bytes, atomic_write_json, home, lock, read_json, stable_hash
 from .training import Progress, ProgressFn, train
@@ -61,11 +62,15 @@ def positive_index(cfg: RunConfig, classes: tuple[str, ...]) -> int:
 
 
 def init_fingerprint(cfg: RunConfig) -> str:
-    """What the initial weights are, beyond the init's name: the built-in backbone's key or a weights file's hash."""
+    """What the initial weights are, beyond the init's name: the built-in backbone's key or a weights file's hash.
+
+    ImageNet and xrv weights are downloaded into their caches first when missing (WeightsError when that fails).
+    """
     if cfg.init == "builtin":
         return builtin_backbone_path(cfg.backbone, cfg.image_size, cfg.head_width).stem
-    if cfg.init == "imagenet":
-        return imagenet_file(cfg.backbone).name  # torchvision's file names carry a hash of the weights
+    named = init_weights_file(cfg.backbone, cfg.init)
+    if named is not None:
+        return f"{named.name}:{file_digest(named)}"
     if cfg.init == "scratch":
         return "scratch"
     return file_digest(check_weights_path(Path(cfg.init)))
@@ -204,8 +209,10 @@ class Run:
         return arr[(self.predictions["split"] == split).to_numpy()]
 
     def load_model(self) -> StagedNet:
-        """The trained model in eval mode on the CPU."""
-        model = self.initial_model()
+        """The trained model in eval mode on the CPU (no initial weights file is needed: all weights are the run's)."""
+        cfg = self.config
+        torch.manual_seed(cfg.seed)  # as initial_model, so torch's generator ends in the same state
+        model = architecture(cfg.backbone, len(self.classes), cfg.init, head_width=cfg.head_width)
         model.load_state_dict(self._read("model.safetensors", lambda p: load_file(str(p))))
         return model.eval()
 
@@ -242,6 +249,8 @@ def load_run(run_id_: str) -> Run:
 
 def get_run(cfg: RunConfig, ds: Dataset | None = None) -> Run | None:
     """The cached run for ``cfg``, or None if it has not been trained; DamagedRunError if its files are damaged."""
+    if not init_weights_cached(cfg.backbone, cfg.init):
+        return None  # no run can start from weights this machine lacks, and looking must not download them
     ds = ds or dataset_for(cfg)
     path = runs_root() / run_id(cfg, ds)
     return Run(path).check() if (path / RESULT).exists() else None

@@ -98,10 +98,12 @@ def _optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimi
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _scheduler(cfg: RunConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+def _scheduler(cfg: RunConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
     if cfg.scheduler == "plateau":
         # Lee et al. use Keras' ReduceLROnPlateau (factor 0.1, patience 10 there); epochs here are fewer.
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=max(1, cfg.patience // 2))
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     return None
 
 
@@ -220,8 +222,10 @@ def train(
                 m = classification_metrics(y[idx[s]], proba.argmax(1), n_classes, positive, proba)
                 row.update({f"{s}_{k}": v for k, v in m.items()})
         monitor = row.get("val_loss", row["train_loss"])
-        if sched is not None:
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(monitor)
+        elif sched is not None:
+            sched.step()
         if monitor < best["loss"] - 1e-6:
             best = {"loss": monitor, "epoch": epoch, "state": copy.deepcopy(model.state_dict()), "bad": 0}
         else:

@@ -64,6 +64,12 @@ def _short(label: str) -> str:
     return label.split(" (")[0]
 
 
+def _gray_as_rgb(tiles: np.ndarray) -> np.ndarray:
+    """(n, k, k) gray tiles as (n, k, k, 3) with R = G = B, so that 0.5 (no change) is drawn mid-grey: a 2-D mosaic
+    would be contrast-stretched to its own min and max by plotly."""
+    return np.repeat(tiles[..., None], 3, axis=-1) if tiles.ndim == 3 else tiles
+
+
 def _filters_section(run: engine.Run, depth: int) -> None:
     st.subheader("First-layer filters (Wan et al., fig. 8)")
     view = st.radio("Filters", FILTER_VIEWS, format_func=FILTER_LABELS.get, horizontal=True, key="layers_filter_view")
@@ -79,7 +85,7 @@ def _filters_section(run: engine.Run, depth: int) -> None:
         return
     n, k = filters.shape[:2]
     chart, notes = st.columns([3, 2])
-    chart.plotly_chart(filter_figure(filters), width="stretch", key="layers_filters")
+    chart.plotly_chart(filter_figure(_gray_as_rgb(filters)), width="stretch", key="layers_filters")
     with notes:
         if filters_unchanged(difference):
             trained = ("no conv block trains" if depth == 0
@@ -89,11 +95,14 @@ def _filters_section(run: engine.Run, depth: int) -> None:
         else:
             st.success("conv1 changed during fine-tuning: compare 'before' and 'after', or see the difference.")
         init = {"imagenet": "the ImageNet weights", "builtin": "the built-in backbone pretrained on the phantom corpus",
+                "xrv-densenet121": "TorchXRayVision's weights pretrained on chest X-rays",
                 "scratch": "a seeded random initialisation"}.get(run.config.init, run.config.init)
         st.caption(
-            f"The {n} filters of {run.config.backbone}'s first conv layer, {k} × {k} each, drawn as RGB images and "
+            f"The {n} filters of {run.config.backbone}'s first conv layer, {k} × {k} each, drawn as gray images and "
             "magnified with nearest-neighbour pixels (Wan's AlexNet had 96 such 11 × 11 filters; torchvision's has "
-            f"64). Before / after: each filter min-max scaled on its own. 'Before' is {init}. Difference: after − "
+            "64). The input is one gray image copied into the three colour channels, so a filter acts on it as the "
+            "sum of its three channel kernels (each divided by its channel's normalisation std): that sum is drawn. "
+            f"Before / after: each filter min-max scaled on its own. 'Before' is {init}. Difference: after − "
             "before on one scale for all filters, mid-grey = unchanged, so filters that changed more look stronger."
         )
 

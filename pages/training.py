@@ -47,8 +47,9 @@ def _cards(run: engine.Run) -> None:
                    help=f"Of the model kept; ROC AUC of the positive class ({run.classes[run.positive]}) one-vs-rest.")
     cols[3].metric("Training time", _duration(result["seconds"]))
     cols[4].metric("Initialisation", cfg.init,
-                   help="builtin: pretrained on the phantom source corpus; imagenet: torchvision weights; "
-                        "scratch: random.")
+                   help="builtin: pretrained on the phantom source corpus; imagenet: torchvision's ImageNet "
+                        "weights; xrv-densenet121: TorchXRayVision's DenseNet-121 pretrained on public chest X-ray "
+                        "corpora; scratch: random; otherwise the weights file it names.")
     cols[5].metric("Positive class", run.classes[run.positive],
                    help="Sensitivity, specificity, PPV and NPV are of this class taken one-vs-rest.")
     stop = (f"stopped early after epoch {result['epochs_run']} (patience {cfg.patience})" if result["stopped_early"]

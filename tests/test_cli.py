@@ -63,7 +63,8 @@ def test_bad_input_is_a_one_line_error_not_a_traceback(tmp_path):
 
 def test_imagenet_offline_without_cache_says_how_to_provide_the_file(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    out = _cli(tmp_path, "sweep", "--data", str(tiny_folder), "--init", "imagenet", "--depths", "1", "--epochs", "1",
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # a closed port: the download fails at once, anywhere
+    out = _cli(tmp_path, "sweep", "--data", str(tiny_folder), "--backbone", "alexnet", "--init", "imagenet", "--depths", "1", "--epochs", "1",
                "--image-size", "64")
     assert out.returncode == 2 and "alexnet-owt-7be5be79.pth" in out.stderr and "--init" in out.stderr
 
@@ -91,3 +92,13 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(tiny_folder, tmp_path
     assert [h["epoch"] for h in history] == list(range(1, 9))
     seconds = saved["history"][:, saved["history_keys"].index("seconds")].tolist()
     assert [h["seconds"] for h in history[:done]] == seconds  # epochs before the kill were not trained again
+
+
+def test_a_folder_without_preset_trains_the_folder_recipe(tiny_folder, tmp_path):
+    out = _cli(tmp_path, "sweep", "--data", str(tiny_folder), "--init", "scratch", "--image-size", "64", "--depths", "0",
+               "--epochs", "1", "--no-augment", "--json")
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    config = json.loads((tmp_path / "runs" / row["run"] / "config.json").read_text())
+    assert (row["backbone"], config["scheduler"], config["weight_decay"]) == ("resnet18", "cosine", 1e-4)
+    assert config["augment"] is False and config["epochs"] == 1  # flags override the preset

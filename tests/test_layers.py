@@ -20,6 +20,7 @@ from engine.layers import (
     block_output_layers,
     filter_difference,
     filter_grid,
+    first_layer_weights,
     guided_backprop_across_layers,
     guided_backprop_neurons,
     layer_choices,
@@ -70,6 +71,15 @@ def _captum(model: nn.Module, conv: nn.Module, x: torch.Tensor, channel: int) ->
 
 # ---- filters ---------------------------------------------------------------------------------------------------
 
+#: ImageNet's channel stds, which the model input is normalised by (torchvision's documented values).
+CHANNEL_STD = np.array([0.229, 0.224, 0.225])
+
+
+def _gray_filters(weight: np.ndarray) -> np.ndarray:
+    """(n, 3, k, k) RGB filters as they act on a gray image copied into 3 normalised channels: sum_c w_c / std_c."""
+    return (weight.astype(np.float64) / CHANNEL_STD[None, :, None, None]).sum(axis=1)
+
+
 @pytest.mark.parametrize(("arch", "k", "first_conv"), [
     ("alexnet", 11, lambda tv: tv.features[0]),
     ("vgg16", 3, lambda tv: tv.features[0]),
@@ -80,21 +90,62 @@ def test_filter_grid_per_backbone(arch: str, k: int, first_conv) -> None:
     torch.manual_seed(0)
     tv = torchvision.models.get_model(arch, weights=None)
     weights = first_conv(tv).weight.detach().numpy().copy()
-    grid = filter_grid(stage(tv, arch, 3))
-    assert grid.shape == (64, k, k, 3)
+    staged = stage(tv, arch, 3)
+    grid = filter_grid(staged)
+    assert grid.shape == (64, k, k)  # gray: the input is a gray image in all three channels
+    rgb = filter_grid(staged, gray_input=False)
+    assert rgb.shape == (64, k, k, 3)
+    gray = _gray_filters(weights)
     for f in (0, 17, 63):
-        np.testing.assert_allclose(grid[f], _scale(weights[f].transpose(1, 2, 0)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grid[f], _scale(gray[f]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rgb[f], _scale(weights[f].transpose(1, 2, 0)), rtol=1e-5, atol=1e-6)
+
+
+def test_gray_filter_of_a_hand_made_conv_is_the_std_weighted_channel_sum() -> None:
+    conv = nn.Conv2d(3, 2, kernel_size=2, bias=False)
+    with torch.no_grad():
+        # Filter 0: each channel is std_c times [[1, 2], [3, 4]], so the gray filter is 3 * [[1, 2], [3, 4]].
+        conv.weight[0] = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]]) * torch.tensor(CHANNEL_STD).view(3, 1, 1)
+        # Filter 1: red +std_r, green -std_g, blue 0 everywhere but the corner: gray = [[0, 0], [0, 5]].
+        conv.weight[1, 0] = CHANNEL_STD[0]
+        conv.weight[1, 1] = -CHANNEL_STD[1]
+        conv.weight[1, 2] = torch.tensor([[0.0, 0.0], [0.0, 5.0 * CHANNEL_STD[2]]])
+    net = nn.Sequential(conv)
+    np.testing.assert_allclose(first_layer_weights(net), [[[3, 6], [9, 12]], [[0, 0], [0, 5]]], atol=1e-6)
+    grid = filter_grid(net)
+    np.testing.assert_allclose(grid[0], [[0, 1 / 3], [2 / 3, 1]], atol=1e-6)  # (3x - 3) / 9
+    np.testing.assert_allclose(grid[1], [[0, 0], [0, 1]], atol=1e-6)
+    # The model really computes that filter on a gray image: normalise g per channel, convolve, compare.
+    g = torch.rand(1, 1, 5, 5, dtype=torch.float64)
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    x = (g.repeat(1, 3, 1, 1) - mean) / torch.tensor(CHANNEL_STD).view(1, 3, 1, 1)
+    out = torch.nn.functional.conv2d(x, conv.weight.double())
+    gray_out = torch.nn.functional.conv2d(g, torch.from_numpy(first_layer_weights(net)).double().unsqueeze(1))
+    constant = out - gray_out  # the normalisation's mean only adds a constant per filter
+    torch.testing.assert_close(constant, constant[..., :1, :1].expand_as(constant), atol=1e-5, rtol=0)
+
+
+def test_one_channel_first_layer_is_its_own_gray_filter() -> None:
+    conv = nn.Conv2d(1, 2, kernel_size=2, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[1.0, -1.0], [0.0, 3.0]]], [[[2.0, 2.0], [2.0, 2.0]]]]))
+    grid = filter_grid(nn.Sequential(conv))
+    np.testing.assert_allclose(grid[0], [[0.5, 0], [0.25, 1]], atol=1e-6)  # (w + 1) / 4
+    np.testing.assert_array_equal(grid[1], 0.5)  # a constant filter is mid-grey
+    with pytest.raises(ConfigError, match="2 input channels"):
+        filter_grid(nn.Sequential(nn.Conv2d(2, 1, 1)))
 
 
 def test_filter_difference_is_symmetric_around_mid_grey(model: StagedNet) -> None:
     after = copy.deepcopy(model)
     with torch.no_grad():
-        after.blocks[0][0].weight[5] += 0.2
-        after.blocks[0][0].weight[9, 0, 0, 0] -= 0.4
+        after.blocks[0][0].weight[5] += 0.2 * torch.tensor(CHANNEL_STD, dtype=torch.float32).view(3, 1, 1)
+        after.blocks[0][0].weight[9, 0, 0, 0] -= 0.4 * CHANNEL_STD[0]
     diff = filter_difference(model, after)
-    assert diff.shape == (64, 11, 11, 3)
-    np.testing.assert_allclose(diff[5], 0.75, atol=1e-6)  # +0.2 of a largest change of 0.4
-    assert diff[9, 0, 0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert diff.shape == (64, 11, 11)
+    # Gray changes: +0.2 * 3 = 0.6 on every pixel of filter 5, -0.4 on one pixel of filter 9; largest 0.6.
+    np.testing.assert_allclose(diff[5], 1.0, atol=1e-5)
+    assert diff[9, 0, 0] == pytest.approx(0.5 - 0.5 * 0.4 / 0.6, abs=1e-5)
     untouched = np.delete(diff, [5, 9], axis=0)
     np.testing.assert_allclose(untouched, 0.5)
     np.testing.assert_array_equal(filter_difference(model, model), 0.5)  # a frozen first layer: all grey

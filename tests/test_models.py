@@ -1,4 +1,6 @@
 """Backbones as five blocks, fine-tuning depth, and every initialisation path."""
+import urllib.error
+
 import pytest
 import torch
 import torchvision
@@ -41,8 +43,13 @@ def test_alexnet_deep_features_are_9216_d():
     assert model(torch.zeros(1, 3, 128, 128)).shape == (1, 3)
 
 
+def _offline(*_args, **_kwargs):
+    raise urllib.error.URLError("no network")
+
+
 def test_imagenet_missing_fails_at_once_with_instructions(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)  # offline, wherever the test runs
     with pytest.raises(WeightsError, match="alexnet-owt-7be5be79.pth"):
         build_model("alexnet", 3, "imagenet")
 

@@ -38,17 +38,24 @@ def runs(trained_selection) -> dict[int, engine.Run]:
     return {cfg.depth: engine.get_run(cfg) for cfg in trained_selection.configs()}
 
 
+#: ImageNet's channel stds, which the model input is normalised by (torchvision's documented values).
+CHANNEL_STD = np.array([0.229, 0.224, 0.225])
+
+
 def _conv1(model: torch.nn.Module) -> np.ndarray:
-    """The first conv layer's weights as (n, k, k, 3), read straight from the module."""
+    """The first conv layer as it acts on the gray image copied into 3 normalised channels: sum_c w_c / std_c."""
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    return conv.weight.detach().permute(0, 2, 3, 1).numpy()
+    return (conv.weight.detach().double().numpy() / CHANNEL_STD[None, :, None, None]).sum(axis=1)
 
 
 def _first_tile(at: AppTest, k: int) -> np.ndarray:
-    """Filter 0 of the filter mosaic (2 px border, nearest-upscaled), back at k x k pixels."""
+    """Filter 0 of the filter mosaic (2 px border, nearest-upscaled), back at k x k pixels; it must be gray."""
     mosaic = _png(_chart(at, "layers_filters")["data"][0]["source"])
     scale = ((mosaic.shape[1] - 2) // 8 - 2) // k  # the mosaic is 8 filters wide
-    return mosaic[2: 2 + k * scale: scale, 2: 2 + k * scale: scale]
+    tile = mosaic[2: 2 + k * scale: scale, 2: 2 + k * scale: scale]
+    np.testing.assert_array_equal(tile[..., 0], tile[..., 1])  # drawn as gray: R = G = B
+    np.testing.assert_array_equal(tile[..., 0], tile[..., 2])
+    return tile[..., 0]
 
 
 def _scaled(w: np.ndarray) -> np.ndarray:

@@ -76,3 +76,13 @@ def test_early_stopping_restores_the_best_epoch():
     assert result.best_epoch == int(np.argmin(val)) + 1
     if result.stopped_early:
         assert len(val) - result.best_epoch == cfg.patience
+
+
+def test_cosine_schedule_follows_the_half_cosine_per_epoch():
+    images, y, split = _toy_data()
+    cfg = RunConfig(backbone="alexnet", depth=1, init="scratch", image_size=64, head_width=32, epochs=4, patience=0,
+                    batch_size=16, lr=1e-3, scheduler="cosine")
+    history = train(cfg, _model("alexnet"), images, y, split, 3, 2, torch.device("cpu")).history
+    # Epoch e (1-based) trains at lr * (1 + cos(pi * (e - 1) / epochs)) / 2: 1e-3, 8.54e-4, 5e-4, 1.46e-4.
+    expected = [1e-3, 1e-3 * (1 + np.cos(np.pi / 4)) / 2, 5e-4, 1e-3 * (1 + np.cos(3 * np.pi / 4)) / 2]
+    assert [row["lr"] for row in history] == pytest.approx(expected, rel=1e-6)

@@ -88,3 +88,17 @@ def test_augmentation_keeps_mask_aligned(seed):
     # may differ only next to the mask's edge (distance to the other side of the edge at most one diagonal pixel).
     to_edge = np.where(kept, ndimage.distance_transform_edt(kept), ndimage.distance_transform_edt(~kept))
     assert to_edge[bright != kept].max(initial=0) <= np.sqrt(2) + 1e-9
+
+
+def test_augmentation_really_crops_an_image_already_at_size():
+    # A centred 16x16 square on a 64x64 image: flips and +-10 degree rotations keep its area near 256 pixels and the
+    # affine scaling alone (0.95-1.05) at most 256 * 1.05**2 = 282; only a crop of part of the film, resized back to
+    # 64, enlarges it further (a crop of 70% of the area zooms by 1/0.7 in area).
+    image = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    image[0, 24:40, 24:40] = 255
+    areas = []
+    for seed in range(30):
+        torch.manual_seed(seed)
+        areas.append(int((augmentation(64)(image)[0] > 127).sum()))
+    assert max(areas) > 256 * 1.05**2 * 1.1
+    assert min(areas) > 0.8 * 256

@@ -60,15 +60,15 @@ def to_display(x: torch.Tensor) -> np.ndarray:
 
 
 def augmentation(size: int) -> v2.Compose:
-    """Cheng et al.'s augmentation: short side to ``size``, random ``size`` crop, then flip / rotate / scale.
+    """Cheng et al.'s augmentation: a random crop of the film resized back to ``size``, then flip / rotate / scale.
 
     Call it as ``image, mask = augmentation(size)(image, tv_tensors.Mask(mask))`` on uint8 (N or 1, H, W) tensors;
-    both get the same random draw (masks are resampled by nearest neighbour).
+    both get the same random draw (masks are resampled by nearest neighbour). The crop keeps 70-100% of the area, so
+    it acts on images already preprocessed to ``size`` (a crop to ``size`` of a ``size`` image would do nothing).
     """
     # The paper gives no magnitudes and warns against changing X-rays much, hence small rotations and scalings.
     return v2.Compose([
-        v2.Resize(size, antialias=True),
-        v2.RandomCrop(size),
+        v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
         v2.RandomHorizontalFlip(),
-        v2.RandomAffine(degrees=10, scale=(0.9, 1.1)),
+        v2.RandomAffine(degrees=10, scale=(0.95, 1.05)),
     ])

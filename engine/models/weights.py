@@ -1,8 +1,10 @@
-"""Initial weights of a backbone: ImageNet (torchvision), scratch, a local file, or the built-in pretrained one."""
+"""Initial weights of a backbone: ImageNet (torchvision), TorchXRayVision, scratch, a local file, or the built-in one."""
 from __future__ import annotations
 
 import hashlib
 import pickle
+import sys
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -11,18 +13,79 @@ from torchvision.models import get_model_weights
 
 from ..errors import WeightsError
 from .backbones import StagedNet, stage, torchvision_model
+from .xrv import XRV_ARCH, XRV_INIT, fetch_xrv_file, read_xrv_state, stdout_to_stderr, xrv_densenet, xrv_file
 
-INIT_KINDS = ("builtin", "imagenet", "scratch")
+INIT_KINDS = ("builtin", "imagenet", "scratch", XRV_INIT)
+
+
+def imagenet_url(arch: str) -> str:
+    """Where torchvision publishes ``arch``'s default ImageNet weights."""
+    return get_model_weights(arch).DEFAULT.url
 
 
 def imagenet_file(arch: str) -> Path:
     """Where torchvision's weights API looks for ``arch``'s ImageNet weights (``$TORCH_HOME/hub/checkpoints``)."""
-    url = get_model_weights(arch).DEFAULT.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet_url(arch)).name
+
+
+def _imagenet_state(arch: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict through torchvision's weights API: from the hub cache, else downloaded (hash-checked)."""
+    path, url = imagenet_file(arch), imagenet_url(arch)
+    cached = path.is_file()
+    try:
+        with stdout_to_stderr():  # torch.hub prints "Downloading ..." on stdout; the bar goes to stderr
+            return get_model_weights(arch).DEFAULT.get_state_dict(progress=sys.stderr is not None, check_hash=True,
+                                                                  weights_only=True)
+    except OSError as exc:  # URLError, HTTPError, timeouts, a full disk
+        raise WeightsError(
+            f"ImageNet weights for {arch} ({path.name}) are not at {path} and downloading them from {url} failed "
+            f"({type(exc).__name__}: {exc}). Download that file and put it at {path} (torch.hub.get_dir()/checkpoints; "
+            "set TORCH_HOME to use another folder), or choose another --init (builtin and scratch need no download; "
+            "PATH loads a local weights file)."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a hash mismatch or a file torch cannot read
+        if not cached:
+            raise WeightsError(f"Downloading {url} to {path} failed ({type(exc).__name__}: {exc}); try again, or "
+                               f"download that file by hand and put it at {path}.") from None
+        raise WeightsError(f"Cannot read the ImageNet weights {path} ({type(exc).__name__}): the file is damaged or "
+                           f"another file. Delete it so it is downloaded again, or replace it with {url}.") from None
+
+
+def fetch_imagenet_file(arch: str) -> Path:
+    """The cached ImageNet weights file of ``arch``, downloaded through torchvision first if it is not cached."""
+    path = imagenet_file(arch)
+    if not path.is_file():
+        _imagenet_state(arch)
+    return path
+
+
+def init_weights_file(arch: str, init: str) -> Path | None:
+    """The downloadable weights file of a named init (fetched when missing); None for inits without one."""
+    if init == "imagenet":
+        return fetch_imagenet_file(arch)
+    if init == XRV_INIT:
+        return fetch_xrv_file()
+    return None
+
+
+def init_weights_cached(arch: str, init: str) -> bool:
+    """Whether a named init's weights file is already on this machine (True for inits without one); never fetches."""
+    if init == "imagenet":
+        return imagenet_file(arch).is_file()
+    if init == XRV_INIT:
+        return xrv_file().is_file()
+    return True
 
 
 def file_digest(path: Path) -> str:
-    """First 16 hex digits of the file's SHA-256."""
+    """First 16 hex digits of the file's SHA-256 (remembered while the file's size and mtime stay the same)."""
+    path = Path(path)
+    st = path.stat()
+    return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _digest(path: str, _size: int, _mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -35,7 +98,7 @@ def check_weights_path(path: Path) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise WeightsError(f"{path} is a folder, not a weights file: give --init the .pth or .safetensors file inside "
-                           "it (or builtin, imagenet, scratch).")
+                           f"it (or builtin, imagenet, scratch, {XRV_INIT}).")
     if not path.is_file():
         raise WeightsError(f"Weights file {path} does not exist: check the path given to --init.")
     return path
@@ -74,30 +137,43 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     return sorted(set(own) - set(usable))
 
 
-def _imagenet_tv(arch: str) -> torch.nn.Module:
-    path = imagenet_file(arch)
-    if not path.is_file():
-        raise WeightsError(
-            f"ImageNet weights for {arch} are not cached and cannot be downloaded here. Put {path.name} "
-            f"(from torchvision, {get_model_weights(arch).DEFAULT.url}) into {path.parent} (or set TORCH_HOME), "
-            f"or pass --init PATH to a local weights file; --init builtin works offline."
-        )
-    tv = torchvision_model(arch)
-    # Through torchvision's own weights API: it finds the cached file and loads it with weights_only=True.
-    tv.load_state_dict(get_model_weights(arch).DEFAULT.get_state_dict(progress=False, check_hash=False))
-    return tv
+def check_init(arch: str, init: str) -> None:
+    """Raise WeightsError when a named init does not exist for ``arch`` (the xrv weights are a DenseNet-121)."""
+    if init == XRV_INIT and arch != XRV_ARCH:
+        raise WeightsError(f"init={XRV_INIT} is TorchXRayVision's DenseNet-121: use backbone={XRV_ARCH} with it, "
+                           f"not {arch!r}.")
+
+
+def architecture(arch: str, n_classes: int, init: str, *, head_width: int | None = None) -> StagedNet:
+    """The untrained StagedNet that ``build_model(arch, n_classes, init)`` fills, without reading any weights file.
+
+    It consumes torch's random numbers as ``build_model`` does, so both leave the generator in the same state.
+    """
+    check_init(arch, init)
+    if init == XRV_INIT:
+        return xrv_densenet(n_classes)[0]
+    return stage(torchvision_model(arch), arch, n_classes, head_width)
 
 
 def build_model(arch: str, n_classes: int, init: str, *, head_width: int | None = None,
                 builtin_file: Path | None = None) -> tuple[StagedNet, dict]:
     """A StagedNet with ``n_classes`` outputs initialised as ``init`` says, and a record of what was loaded.
 
-    ``init``: ``imagenet``, ``scratch``, ``builtin`` (then ``builtin_file`` is the pretrained backbone) or a path.
+    ``init``: ``imagenet``, ``xrv-densenet121``, ``scratch``, ``builtin`` (then ``builtin_file`` is the pretrained
+    backbone) or a path. ImageNet and xrv weights are downloaded into their usual caches when missing.
     The caller seeds torch first, so ``scratch`` and the new last layer are reproducible.
     """
+    check_init(arch, init)
     if init == "imagenet":
-        model = stage(_imagenet_tv(arch), arch, n_classes, head_width)
-        return model, {"init": "imagenet", "file": str(imagenet_file(arch)), "sha256": file_digest(imagenet_file(arch))}
+        tv = torchvision_model(arch)
+        tv.load_state_dict(_imagenet_state(arch))
+        path = imagenet_file(arch)
+        return stage(tv, arch, n_classes, head_width), {"init": "imagenet", "file": str(path),
+                                                        "sha256": file_digest(path)}
+    if init == XRV_INIT:
+        path = fetch_xrv_file()
+        model, not_loaded = xrv_densenet(n_classes, read_xrv_state(path))
+        return model, {"init": XRV_INIT, "file": str(path), "sha256": file_digest(path), "not_loaded": not_loaded}
     if init == "scratch":
         return stage(torchvision_model(arch), arch, n_classes, head_width), {"init": "scratch"}
     path = builtin_file if init == "builtin" else Path(init).expanduser()
