@@ -86,7 +86,8 @@ def pretrain(arch: str, image_size: int, head_width: int | None,
     model = stage(torchvision_model(arch), arch, len(SOURCE_TARGETS), head_width).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=SOURCE_LR, weight_decay=1e-4)
     steps = SOURCE_EPOCHS * math.ceil(len(train_idx) / SOURCE_BATCH)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=SOURCE_LR, total_steps=steps, pct_start=0.2)
+    # Warm up over the first 20% of the steps (at least two, or OneCycleLR divides by zero on tiny corpora).
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=SOURCE_LR, total_steps=steps, pct_start=max(0.2, 2 / steps))
     # A real random crop (zoom) and small rotations: the network must find the findings wherever they sit.
     augment = v2.Compose([v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
                           v2.RandomAffine(degrees=7)])
