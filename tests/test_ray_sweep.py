@@ -20,8 +20,8 @@ from engine.sweep import RUN_DONE, executor_from_env
 # The tasks below are defined here, in a module Ray workers cannot import by name: ship them by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-#: A tiny experiment: AlexNet with a 32-unit head at 64 px on 10 built-in images per class, from scratch.
-TINY = dict(data="builtin", builtin_per_class=10, init="scratch", backbone="alexnet", head_width=32, image_size=64,
+#: A tiny experiment: AlexNet with a 32-unit head at 64 px on 16 built-in images per class, from scratch.
+TINY = dict(data="builtin", builtin_per_class=16, init="scratch", backbone="alexnet", head_width=32, image_size=64,
             epochs=1, patience=0, batch_size=8, lr=1e-3)
 CRASH_MARKER = "crash-once"
 
@@ -166,7 +166,7 @@ def test_resources_default_and_infeasible(local_ray):
 
 def test_cli_sweep_on_ray(local_ray, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path))
-    args = ["sweep", "--data", "builtin", "--per-class", "10", "--init", "scratch", "--backbone", "alexnet",
+    args = ["sweep", "--data", "builtin", "--per-class", "16", "--init", "scratch", "--backbone", "alexnet",
             "--head-width", "32", "--image-size", "64", "--epochs", "1", "--patience", "0", "--batch-size", "8",
             "--lr", "1e-3", "--depths", "4", "--json"]
     assert main([*args, "--executor", "ray", "--cpus-per-run", "1", "--gpus-per-run", "0"]) == 0
