@@ -19,7 +19,7 @@ from engine.config import RunConfig
 from engine.errors import ConfigError, WeightsError
 from engine.models.backbones import cam_layers
 from engine.models.weights import architecture, build_model
-from engine.models.xrv import GrayInput, xrv_densenet
+from engine.models.xrv import XrvInput, xrv_densenet
 from engine.runs import run_id
 
 xrv = pytest.importorskip("torchxrayvision")
@@ -184,7 +184,7 @@ def test_gray_input_adapter_undoes_the_normalisation_into_xrv_range():
     gray = torch.tensor([0.0, 0.2, 0.5, 1.0]).view(1, 1, 2, 2)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    out = GrayInput()((gray.repeat(1, 3, 1, 1) - mean) / std)
+    out = XrvInput()((gray.repeat(1, 3, 1, 1) - mean) / std)
     # (2 g - 1) * 1024: 0 -> -1024, 0.2 -> -614.4, 0.5 -> 0, 1 -> 1024
     torch.testing.assert_close(out, torch.tensor([-1024.0, -614.4, 0.0, 1024.0]).view(1, 1, 2, 2), atol=1e-3, rtol=0)
 

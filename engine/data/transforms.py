@@ -51,12 +51,16 @@ def to_model_input(batch_uint8: torch.Tensor | np.ndarray) -> torch.Tensor:
     return v2.functional.normalize(rgb, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
-def to_display(x: torch.Tensor) -> np.ndarray:
-    """Inverse of ``to_model_input``: (N, 3, H, W) model input -> (N, H, W) float32 gray in [0, 1]."""
+def gray_of(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) model input -> (N, 1, H, W) gray intensities in [0, 1] (the inverse of ``to_model_input``)."""
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    gray = (x.detach() * std + mean).mean(dim=1).clamp(0.0, 1.0)
-    return gray.to(torch.float32).cpu().numpy()
+    return (x * std + mean).mean(dim=1, keepdim=True)
+
+
+def to_display(x: torch.Tensor) -> np.ndarray:
+    """Inverse of ``to_model_input``: (N, 3, H, W) model input -> (N, H, W) float32 gray in [0, 1]."""
+    return gray_of(x.detach())[:, 0].clamp(0.0, 1.0).to(torch.float32).cpu().numpy()
 
 
 def augmentation(size: int) -> v2.Compose:

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from captum.attr import GradientShap, GuidedBackprop, GuidedGradCam, IntegratedGradients, NoiseTunnel, Saliency
 
+from ..data.transforms import gray_of
 from ..models.backbones import StagedNet
-from .inference import GrayInput, Target, gray_of, model_device, resolve_targets
+from .inference import GrayInput, Target, model_device, resolve_targets
 from .layers import cam_layer
 from .scaling import normalise_maps
 

@@ -98,9 +98,3 @@ class GrayInput(nn.Module):
         rgb = gray.expand(-1, 3, -1, -1)
         return self.model((rgb - self.mean.to(gray.device)) / self.std.to(gray.device))
 
-
-def gray_of(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) model input -> (N, 1, H, W) gray intensities in [0, 1] (the inverse of ``to_model_input``)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * std + mean).mean(dim=1, keepdim=True)

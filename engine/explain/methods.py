@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from pytorch_grad_cam import (AblationCAM, EigenCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
 
-from ..data.transforms import to_model_input
+from ..data.transforms import gray_of, to_model_input
 from ..errors import ConfigError
 from ..models.backbones import StagedNet
 from .attributions import guided_backprop, guided_gradcam, gradient_shap, integrated_gradients, saliency, smoothgrad
 from .cam_library import library_cam
 from .gradcam import gradcam
-from .inference import Target, gray_of, model_lock, target_tensor
+from .inference import Target, model_lock, target_tensor
 from .lime_maps import lime_map
 from .occlusion import occlusion_map
 

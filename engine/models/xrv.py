@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import gray_of
 from ..errors import WeightsError
 from .backbones import StagedNet, _no_inplace
 
@@ -170,21 +170,15 @@ def read_xrv_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-class GrayInput(nn.Module):
+class XrvInput(nn.Module):
     """LungLens's input, (N, 3, H, W) ImageNet-normalised replicas of a gray image in [0, 1], as xrv's input.
 
     Undoes the normalisation, averages the (equal) channels and rescales [0, 1] to [-1024, 1024]
     (``xrv.utils.normalize``): (N, 1, H, W). Averaging spreads gradients evenly over the three channels.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gray = (x * self.std + self.mean).mean(1, keepdim=True)
-        return (2 * gray - 1) * XRV_RANGE
+        return (2 * gray_of(x) - 1) * XRV_RANGE
 
 
 def xrv_densenet(n_classes: int, state: dict[str, torch.Tensor] | None = None) -> tuple[StagedNet, list[str]]:
@@ -208,7 +202,7 @@ def xrv_densenet(n_classes: int, state: dict[str, torch.Tensor] | None = None) -
         not_loaded = sorted(k for k in set(own) - set(usable) if k.startswith("features."))
     f = net.features
     blocks = [
-        nn.Sequential(nn.Sequential(GrayInput(), f.conv0), f.norm0, f.relu0, f.pool0),
+        nn.Sequential(nn.Sequential(XrvInput(), f.conv0), f.norm0, f.relu0, f.pool0),
         nn.Sequential(f.denseblock1, f.transition1),
         nn.Sequential(f.denseblock2, f.transition2),
         nn.Sequential(f.denseblock3, f.transition3),
