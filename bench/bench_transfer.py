@@ -18,7 +18,8 @@ from engine.pretrain import builtin_backbone, builtin_backbone_info
 def main() -> None:
     """Print a builtin-vs-scratch table for the given data folder and depths."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", required=True, help="a folder of real X-rays, e.g. ../shared/data/covidqu_cxr_infection")
+    parser.add_argument("--data", required=True,
+                        help="a folder of real X-rays, e.g. ../shared/data/covidqu_cxr_infection")
     parser.add_argument("--depths", default="0,1,2", help="fine-tuning depths (comma-separated)")
     args = parser.parse_args()
     base = preset("folder").config.replace(data=args.data)

@@ -43,7 +43,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     scratch, _ = build_model(args.arch, 3, "scratch")
-    builtin, _ = build_model(args.arch, 3, "builtin", builtin_file=args.weights or builtin_backbone(args.arch, args.size, None))
+    weights = args.weights or builtin_backbone(args.arch, args.size, None)
+    builtin, _ = build_model(args.arch, 3, "builtin", builtin_file=weights)
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.6))
     for ax, model, title in ((axes[0], scratch, "random init (scratch)"),
                              (axes[1], builtin, "after the built-in pretraining")):

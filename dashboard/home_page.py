@@ -75,7 +75,8 @@ def _experiment_picker(sel: Selection) -> tuple[dict, tuple[int, ...]]:
                             list(range(engine.N_BLOCKS + 1)), default=list(sel.depths))
     c4, c5 = st.columns(2)
     size = c4.select_slider("Image size (px)", [64, 96, 128, 160, 192, 224], value=c.image_size,
-                            help="224 is the papers' size; 128 keeps the CPU demo to about 12 minutes from a cold cache (2 cores).")
+                            help="224 is the papers' size; 128 keeps the CPU demo to about 12 minutes from a cold "
+                                 "cache (2 cores).")
     clahe = c5.toggle("CLAHE contrast equalisation (Lee et al.)", value=c.clahe)
     # fc6/fc7 narrowing (the CPU demo's) only exists for AlexNet/VGG, and ImageNet weights come with the full head.
     head_width = c.head_width if backbone in ("alexnet", "vgg16", "vgg19") and init != "imagenet" else None

@@ -35,11 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sweep", help="train (or load from the cache) one run per fine-tuning depth and print their scores")
-    s.add_argument("--preset", choices=sorted(PRESETS), help="start from a named experiment (demo: the dashboard's default; folder: the default for --data PATH)")
+    s.add_argument("--preset", choices=sorted(PRESETS),
+                   help="start from a named experiment (demo: the dashboard's default; folder: the default for --data PATH)")
     s.add_argument("--data", help="'builtin' or a folder ROOT/images/<class>/* (default builtin)")
     s.add_argument("--backbone", choices=BACKBONES)
-    s.add_argument("--depths", type=_depths, help="fine-tuning depths, e.g. 0,2,5 (default: the preset's, else all of 0-5)")
-    s.add_argument("--init", help="builtin | imagenet (torchvision, downloaded into $TORCH_HOME/hub when missing) | xrv-densenet121 (TorchXRayVision's chest X-ray DenseNet-121, with --backbone densenet121) | scratch | PATH to a weights file")
+    s.add_argument("--depths", type=_depths,
+                   help="fine-tuning depths, e.g. 0,2,5 (default: the preset's, else all of 0-5)")
+    s.add_argument("--init", help="builtin | imagenet (torchvision, downloaded into $TORCH_HOME/hub when missing) | "
+                                  "xrv-densenet121 (TorchXRayVision's chest X-ray DenseNet-121, with --backbone "
+                                  "densenet121) | scratch | PATH to a weights file")
     s.add_argument("--epochs", type=int)
     s.add_argument("--image-size", type=int, dest="image_size")
     s.add_argument("--folds", type=int, help="k-fold cross-validation inside the non-test data (default: hold-out)")

@@ -64,8 +64,8 @@ def test_bad_input_is_a_one_line_error_not_a_traceback(tmp_path):
 def test_imagenet_offline_without_cache_says_how_to_provide_the_file(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # a closed port: the download fails at once, anywhere
-    out = _cli(tmp_path, "sweep", "--data", str(tiny_folder), "--backbone", "alexnet", "--init", "imagenet", "--depths", "1", "--epochs", "1",
-               "--image-size", "64")
+    out = _cli(tmp_path, "sweep", "--data", str(tiny_folder), "--backbone", "alexnet", "--init", "imagenet",
+               "--depths", "1", "--epochs", "1", "--image-size", "64")
     assert out.returncode == 2 and "alexnet-owt-7be5be79.pth" in out.stderr and "--init" in out.stderr
 
 
