@@ -8,10 +8,12 @@ import streamlit as st
 
 import engine
 from dashboard.state import Selection, selection, set_selection, shared_datasets
-from dashboard.widgets import cached_runs, runs_table
+from dashboard.widgets import cached_fold_runs, runs_table
 from engine.data.access import DATA_ROOT_ENV, allowed_folder, data_root, is_exposed
 
 INITS = ("builtin", "imagenet", "xrv-densenet121", "scratch")
+#: Hold-out (1) or k-fold cross-validation with k = 2..10.
+FOLD_CHOICES = tuple(range(1, 11))
 
 
 def _data_picker(sel: Selection) -> dict:
@@ -78,10 +80,34 @@ def _experiment_picker(sel: Selection) -> tuple[dict, tuple[int, ...]]:
                             help="224 is the papers' size; 128 keeps the CPU demo to about 12 minutes from a cold "
                                  "cache (2 cores).")
     clahe = c5.toggle("CLAHE contrast equalisation (Lee et al.)", value=c.clahe)
+    fold_choices = sorted({*FOLD_CHOICES, c.folds})
+    folds = st.selectbox(
+        "Cross-validation folds", fold_choices, index=fold_choices.index(c.folds), key="home_folds",
+        format_func=lambda k: "1 (hold-out)" if k == 1 else f"{k} folds",
+        help="1: one train/validation/test split. k > 1: the test split stays the same and the rest is cut into k "
+             "patient-disjoint folds; each fold is the validation split of one run trained on the other k − 1, so "
+             "every depth trains k runs. 5 is the usual choice: Lee et al. 2020 (J Pers Med) and Wan et al. 2021 "
+             "(Entropy) use five folds. Performance then shows per-fold ROC curves with mean ± sd AUC (Ouyang et al. "
+             "2020, fig. 4) and Training one curve per fold.")
     # fc6/fc7 narrowing (the CPU demo's) only exists for AlexNet/VGG, and ImageNet weights come with the full head.
     head_width = c.head_width if backbone in ("alexnet", "vgg16", "vgg19") and init != "imagenet" else None
     return ({"backbone": backbone, "init": init, "epochs": int(epochs), "image_size": int(size), "clahe": clahe,
-             "head_width": head_width}, tuple(sorted(depths)))
+             "head_width": head_width, "folds": int(folds), "fold": 0}, tuple(sorted(depths)))
+
+
+def _run_name(cfg: engine.RunConfig) -> str:
+    """``depth 2``, or ``depth 2, fold 3`` in a cross-validated experiment."""
+    return f"depth {cfg.depth}" + (f", fold {cfg.fold}" if cfg.folds > 1 else "")
+
+
+def _missing_label(missing: list[engine.RunConfig]) -> str:
+    """The runs to train: ``depths 0, 5``, or per depth the folds (numbered from 0) ``depth 0: folds 0, 2; ...``."""
+    if all(cfg.folds == 1 for cfg in missing):
+        return f"depths {', '.join(str(c.depth) for c in missing)}"
+    folds: dict[int, list[int]] = {}
+    for cfg in missing:
+        folds.setdefault(cfg.depth, []).append(cfg.fold)
+    return "; ".join(f"depth {d}: fold{'s' if len(f) > 1 else ''} {', '.join(map(str, f))}" for d, f in folds.items())
 
 
 def _train(sel: Selection, missing: list[engine.RunConfig], retrain_damaged: bool = False) -> None:
@@ -100,10 +126,11 @@ def _train(sel: Selection, missing: list[engine.RunConfig], retrain_damaged: boo
             done = sum(shares) / len(missing)
             elapsed = time.perf_counter() - t0
             eta = f" · about {elapsed / done - elapsed:.0f} s left" if done > 0.02 else ""
-            what = "pretraining the built-in backbone" if p.phase.startswith("pretrain") else f"depth {cfg.depth}"
+            name = _run_name(cfg)
+            what = "pretraining the built-in backbone" if p.phase.startswith("pretrain") else name
             overall.progress(min(done, 1.0), text=f"Run {i + 1} of {len(missing)}: {what}{eta}")
             if p.phase == engine.RUN_DONE:
-                current.progress(1.0, text=f"Depth {cfg.depth} trained")
+                current.progress(1.0, text=f"{name[0].upper()}{name[1:]} trained")
                 return
             current.progress(p.fraction, text=f"Epoch {p.epoch} of {p.epochs} · batch {p.batch}/{p.batches}")
             if p.metrics:
@@ -131,9 +158,10 @@ def home() -> None:
     )
     with st.expander("How to read the pages"):
         st.markdown(
-            "- **Training**: loss and the five criteria per epoch, train vs test; a depth slider switches runs.\n"
+            "- **Training**: loss and the five criteria per epoch, train vs test; a depth slider switches runs; with "
+            "k folds, one curve per fold.\n"
             "- **Performance**: the fine-tuned CNN against LBP + SVM and deep features + SVM, with 95% CIs; ROC, PR, "
-            "confusion matrices; metric vs fine-tuning depth.\n"
+            "confusion matrices; metric vs fine-tuning depth; with k folds, per-fold ROC curves and mean ± sd AUC.\n"
             "- **Features**: deep and LBP features projected to 2-D/3-D (PCA, kernel PCA, t-SNE) with separability scores.\n"
             "- **Layers**: first-layer filters before/after fine-tuning, hidden neurons by guided backpropagation.\n"
             "- **Support Regions**: Grad-CAM, LIME and occlusion maps, their overlap with lesion masks (consistency "
@@ -153,7 +181,7 @@ def home() -> None:
 
     st.subheader("3 · Train")
     try:
-        runs = cached_runs(sel)
+        runs = cached_fold_runs(sel)
     except engine.DamagedRunError as exc:
         st.error(str(exc))
         if st.button("Train the damaged run(s) again", type="primary", icon=":material/build:"):
@@ -167,11 +195,13 @@ def home() -> None:
     except engine.LungLensError as exc:
         st.error(f"The selected data cannot be used: {exc}")
         return
-    missing = [cfg for cfg in sel.configs() if runs.get(cfg.depth) is None]
-    trained = len(runs) - len(missing)
-    st.markdown(f"**{trained} of {len(runs)}** runs of this experiment are trained and cached.")
+    configs = sel.configs()
+    missing = [cfg for cfg in configs if runs[cfg.depth][cfg.fold] is None]
+    trained = len(configs) - len(missing)
+    per = f": {len(sel.depths)} depth(s) × {sel.folds} folds" if sel.folds > 1 else ""
+    st.markdown(f"**{trained} of {len(configs)}** runs of this experiment are trained and cached{per}.")
     if missing:
-        label = f"Train {len(missing)} run(s) (depths {', '.join(str(c.depth) for c in missing)})"
+        label = f"Train {len(missing)} run(s) ({_missing_label(missing)})"
         if st.button(label, type="primary", icon=":material/play_arrow:"):
             try:
                 _train(sel, missing)

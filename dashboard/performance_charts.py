@@ -115,17 +115,28 @@ def per_class_figure(per_class: Sequence[Mapping[str, Any]]) -> go.Figure:
 
 
 def depth_figure(curve: pd.DataFrame, metric: str) -> go.Figure:
-    """``depth_curve``'s table as metric vs fine-tuned blocks, a line per backbone, CI error bars, the best starred."""
+    """``depth_curve``'s table as metric vs fine-tuned blocks, a line per backbone, CI error bars, the best starred.
+
+    Given ``crossval.fold_depth_curve``'s table (it has an ``sd`` column), the points are fold means, the error bars
+    ± 1 sd over folds, and the hover adds min, max and the number of folds.
+    """
     fig = go.Figure()
     palette = qualitative.D3
+    folds = "sd" in curve.columns
     for i, (backbone, df) in enumerate(curve.groupby("backbone", sort=True)):
+        if folds:
+            customdata = np.stack([df["sd"], df["min"], df["max"], df["n"]], axis=1).astype(float)
+            hover = (f"{backbone} depth %{{x}}: mean %{{y:.3f}} ± %{{customdata[0]:.3f}} sd, "
+                     "min %{customdata[1]:.3f}, max %{customdata[2]:.3f} over %{customdata[3]:.0f} folds<extra></extra>")
+        else:
+            customdata = np.stack([df["low"], df["high"]], axis=1)
+            hover = (f"{backbone} depth %{{x}}: %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]"
+                     "<extra></extra>")
         fig.add_trace(go.Scatter(
             x=df["depth"], y=df["value"], mode="lines+markers", name=backbone,
             line=dict(color=palette[i % len(palette)]), marker=dict(size=8),
             error_y=dict(type="data", array=df["high"] - df["value"], arrayminus=df["value"] - df["low"], visible=True),
-            customdata=np.stack([df["low"], df["high"]], axis=1),
-            hovertemplate=f"{backbone} depth %{{x}}: %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]"
-                          "<extra></extra>",
+            customdata=customdata, hovertemplate=hover,
         ))
     best = curve[curve["best"]]
     if len(best):
@@ -134,10 +145,40 @@ def depth_figure(curve: pd.DataFrame, metric: str) -> go.Figure:
                                  marker=dict(symbol="star", size=20, color="#facc15",
                                              line=dict(width=1, color="#854d0e")),
                                  hoverinfo="skip"))
+        mean = "mean " if folds else ""
         fig.add_annotation(x=b["depth"], y=b["value"],
-                           text=f"best: {b['backbone']} depth {b['depth']} ({b['value']:.3f})",
+                           text=f"best: {b['backbone']} depth {b['depth']} ({mean}{b['value']:.3f})",
                            showarrow=True, arrowhead=0, ay=-36, bgcolor="rgba(255,255,255,0.8)")
     fig.update_layout(height=400, margin=dict(t=30, b=40, l=60, r=20))
     fig.update_xaxes(title_text="Fine-tuned convolutional blocks (depth)", dtick=1)
-    fig.update_yaxes(title_text=f"Test {metric}")
+    fig.update_yaxes(title_text=f"Test {metric}" + (" (mean over folds)" if folds else ""))
     return fig
+
+
+def fold_roc_figure(roc: Mapping[str, Any]) -> go.Figure:
+    """``crossval.fold_roc``: the positive class's ROC curve of every fold, its AUC in the legend, mean ± sd AUC over
+    folds in the title (Ouyang et al. fig. 4), and the chance line."""
+    fig = go.Figure()
+    palette = qualitative.D3
+    for i, f in enumerate(roc["folds"]):
+        fig.add_trace(go.Scatter(x=f["fpr"], y=f["tpr"], mode="lines", name=f"fold {f['fold']} (AUC {f['auc']:.3f})",
+                                 line=dict(color=palette[i % len(palette)], width=2)))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="#94a3b8", dash="dash")))
+    spread = roc["auc"]
+    sd = f" ± {spread['sd']:.3f}" if np.isfinite(spread["sd"]) else ""
+    fig.update_layout(
+        title=dict(text=f"{roc['positive']} vs rest, {roc['n_folds']} folds: AUC {spread['mean']:.3f}{sd} (mean ± sd)",
+                   x=0, font=dict(size=14)),
+        height=420, margin=dict(t=50, b=40, l=60, r=20),
+        legend=dict(x=1, xanchor="right", y=0.02, bgcolor="rgba(255,255,255,0.8)"))
+    fig.update_xaxes(range=[-0.01, 1.01], title_text="False positive rate (1 − specificity)")
+    fig.update_yaxes(range=[-0.01, 1.01], title_text="True positive rate (sensitivity)")
+    return fig
+
+
+def fold_table(per_fold: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """``crossval.fold_metrics``' rows (fold as text) followed by the mean and sd rows of ``fold_metric_summary``."""
+    metrics = list(summary.columns)
+    rows = per_fold.assign(fold=per_fold["fold"].astype(str))[["fold", *metrics, "best_epoch", "run"]]
+    extra = summary.loc[["mean", "sd"], metrics].rename_axis("fold").reset_index()
+    return pd.concat([rows, extra], ignore_index=True)

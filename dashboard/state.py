@@ -17,14 +17,19 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @dataclass(frozen=True)
 class Selection:
-    """Data source, base run config and the fine-tuning depths to compare."""
+    """Data source, base run config (its ``folds``: 1 = hold-out, k > 1 = k-fold) and the fine-tuning depths."""
 
     config: engine.RunConfig = field(default_factory=lambda: engine.preset("demo").config)
     depths: tuple[int, ...] = field(default_factory=lambda: engine.preset("demo").depths)
 
+    @property
+    def folds(self) -> int:
+        """Cross-validation folds of the experiment (1 = hold-out)."""
+        return self.config.folds
+
     def configs(self) -> list[engine.RunConfig]:
-        """One run config per selected depth."""
-        return engine.sweep_configs(self.config, self.depths, folds=1)
+        """One run config per selected depth and fold, depth by depth (fold 0 first)."""
+        return engine.sweep_configs(self.config, self.depths, folds=self.config.folds)
 
     def with_config(self, **changes) -> Selection:
         """A copy with some config fields changed."""

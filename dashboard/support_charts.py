@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -13,9 +13,13 @@ from plotly.subplots import make_subplots
 
 from engine.data.imageio import decode_image_bytes, image_header
 from engine.data.transforms import preprocess
-from engine.errors import DataError
+from engine.errors import DataError, LungLensError
 from engine.explain import explain_image, lime_overlay
 from engine.models.backbones import StagedNet
+from engine.ood import METHOD_LABELS, check_unlike
+
+if TYPE_CHECKING:
+    from engine.runs import Run
 
 #: Which test images the image picker lists.
 OUTCOMES = ("All", "Correct", "Wrong")
@@ -257,16 +261,39 @@ def read_upload(data: bytes, name: str, size: int, clahe: bool = False) -> np.nd
 
 
 def diagnose_upload(data: bytes, name: str, model: StagedNet, classes: Sequence[str], size: int,
-                    clahe: bool = False, lime_samples: int = 1000) -> dict[str, Any] | str:
+                    clahe: bool = False, lime_samples: int = 1000, run: Run | None = None) -> dict[str, Any] | str:
     """Class probabilities, Grad-CAM and LIME of an uploaded image for the model's predicted class, or a message.
 
     Returns ``image`` (the preprocessed uint8 input), ``probabilities``, ``predicted``, ``gradcam`` (heatmap) and
-    ``lime`` (``lime_map``'s result); a string says why the upload cannot be diagnosed. Nothing is written to disk.
+    ``lime`` (``lime_map``'s result); a string says why the upload cannot be diagnosed. With the model's ``run``,
+    also ``unlike``: ``engine.ood.check_unlike`` of the image (one value per key), or a message saying why it could
+    not be checked. Nothing is written to disk but the run's cached reference of its training features.
     """
     image = read_upload(data, name, size, clahe)
     if isinstance(image, str):
         return image
     cam = explain_image(model, image, tuple(classes), "gradcam")
     lime = explain_image(model, image, tuple(classes), "lime", cam["predicted"], n_samples=lime_samples)
-    return {"image": image, "probabilities": cam["probabilities"], "predicted": cam["predicted"],
-            "gradcam": cam["heatmap"], "lime": lime["details"]}
+    result = {"image": image, "probabilities": cam["probabilities"], "predicted": cam["predicted"],
+              "gradcam": cam["heatmap"], "lime": lime["details"]}
+    if run is not None:
+        try:
+            check = check_unlike(run, image, model=model)
+            result["unlike"] = {k: v[0].item() if isinstance(v, np.ndarray) else v for k, v in check.items()}
+        except LungLensError as exc:
+            result["unlike"] = f"Whether this image is like the training data cannot be checked: {exc}"
+    return result
+
+
+def unlike_message(check: Mapping[str, Any]) -> tuple[str, str]:
+    """("warning", text) when ``check_unlike``'s one-image result says the image is unlike the training data, else
+    ("caption", text): its distance against the validation split's threshold."""
+    distance, threshold, pct = check["distance"], check["threshold"], check["percentile"]
+    where = f"the {pct:g}th percentile of the distances of the {check['n_val']} validation images"
+    if check["unlike"]:
+        return "warning", (
+            f"This image is unlike the training data: the distance of its deep features to the training images is "
+            f"{distance:.1f}, above {threshold:.1f} ({where}). The model has not seen images like it, so this "
+            "prediction should not be trusted.")
+    return "caption", (f"Like the training data: deep-feature distance {distance:.1f} to the training images, within "
+                       f"{threshold:.1f} ({where}; {METHOD_LABELS.get(check['method'], check['method'])}).")

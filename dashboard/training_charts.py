@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -142,3 +143,36 @@ def related_runs(base: Run, candidates: Iterable[Run]) -> dict[tuple[str, int], 
         if same:
             out.setdefault((other.backbone, other.depth), run)
     return out
+
+
+#: The line of the mean over folds, drawn over the per-fold lines.
+MEAN_COLOR = "#111827"
+
+
+def fold_curves_figure(curve: pd.DataFrame, label: str, best_epochs: Mapping[int, int],
+                       bounded: bool = False) -> go.Figure:
+    """``crossval.fold_epoch_curve``'s table: a thin line per fold, the mean over folds thick, a star at each fold's
+    best epoch (``best_epochs``: fold -> epoch); ``bounded``: a y axis from 0 to 1 (a criterion, not the loss)."""
+    fig = go.Figure()
+    palette = qualitative.D3
+    folds = [c for c in curve.columns if c.startswith("fold_")]
+    for i, column in enumerate(folds):
+        fold = int(column.removeprefix("fold_"))
+        color = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(x=curve["epoch"], y=curve[column], mode="lines", name=f"fold {fold}",
+                                 legendgroup=column, line=dict(color=color, width=1.5)))
+        best = curve[curve["epoch"] == best_epochs.get(fold)]
+        if len(best):
+            star = dict(symbol="star", size=12, color=color, line=dict(width=1, color="white"))
+            fig.add_trace(go.Scatter(x=best["epoch"], y=best[column], mode="markers", legendgroup=column,
+                                     showlegend=False, name=f"fold {fold} · best epoch", marker=star,
+                                     hovertemplate=f"fold {fold}: best epoch %{{x}}, {label} %{{y:.3f}}"
+                                                   "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=curve["epoch"], y=curve["mean"], mode="lines", name=f"mean of {len(folds)} folds",
+                             line=dict(color=MEAN_COLOR, width=4), customdata=np.stack([curve["sd"], curve["n"]], 1),
+                             hovertemplate="epoch %{x}: mean %{y:.3f} ± %{customdata[0]:.3f} (sd over "
+                                           "%{customdata[1]} folds)<extra></extra>"))
+    fig.update_layout(height=400, margin=dict(t=30, b=40, l=60, r=20), legend=dict(font=dict(size=11)))
+    fig.update_xaxes(title_text="Epoch", dtick=1 if len(curve) <= 20 else None)
+    fig.update_yaxes(title_text=label, range=[-0.02, 1.02] if bounded else None)
+    return fig

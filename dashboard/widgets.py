@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import engine
+from engine.crossval import fold_configs
 
 from .state import Selection, selection
 
@@ -50,14 +51,30 @@ def run_images(run: engine.Run) -> np.ndarray:
     return _images(run.meta["data_fingerprint"], run.config.image_size, run.config.clahe, run)
 
 
+def _cached(cfg: engine.RunConfig, ds: engine.Dataset) -> engine.Run | None:
+    run = engine.get_run(cfg, ds)
+    return _run(run.id, run.result["finished"]) if run else None
+
+
 def cached_runs(sel: Selection) -> dict[int, engine.Run | None]:
-    """The selection's run per depth, or None where it is not trained yet."""
+    """The selection's run per depth (with k folds: fold 0's, the depth's representative), None where not trained."""
     ds = dataset(sel.config)
-    out: dict[int, engine.Run | None] = {}
+    return {cfg.depth: _cached(cfg, ds) for cfg in sel.configs() if cfg.fold == 0}
+
+
+def cached_fold_runs(sel: Selection) -> dict[int, list[engine.Run | None]]:
+    """The selection's runs per depth, one per fold in fold order (one with hold-out), None where not trained."""
+    ds = dataset(sel.config)
+    out: dict[int, list[engine.Run | None]] = {}
     for cfg in sel.configs():
-        run = engine.get_run(cfg, ds)
-        out[cfg.depth] = _run(run.id, run.result["finished"]) if run else None
+        out.setdefault(cfg.depth, []).append(_cached(cfg, ds))
     return out
+
+
+def fold_runs_of(run: engine.Run) -> list[engine.Run | None]:
+    """Every fold's run of ``run``'s experiment, in fold order; None where a fold is not trained."""
+    ds = dataset(run.config)
+    return [_cached(cfg, ds) for cfg in fold_configs(run.config)]
 
 
 def sidebar() -> Selection:
@@ -69,6 +86,7 @@ def sidebar() -> Selection:
         st.caption(
             f"Data: {sel.data_label}  \nBackbone: {c.backbone} · init: {c.init}  \n"
             f"Depths: {', '.join(map(str, sel.depths))} · {c.epochs} epochs · {c.image_size} px"
+            + (f"  \n{c.folds}-fold cross-validation" if c.folds > 1 else "")
         )
         st.page_link(str(HOME), label="Change on Home", icon=":material/tune:")
     return sel
@@ -112,8 +130,10 @@ def runs_table(df: pd.DataFrame) -> None:
     if df.empty:
         st.caption("No finished runs in the cache yet.")
         return
-    cols = ["backbone", "depth", "init", "data", "best_epoch", "acc", "sensitivity", "specificity", "ppv", "npv", "auc",
-            "seconds", "run"]
+    # the fold column only when some cached run is a later fold of a cross-validated experiment
+    fold = ["fold"] if "fold" in df and (df["fold"] > 0).any() else []
+    cols = ["backbone", "depth", *fold, "init", "data", "best_epoch", "acc", "sensitivity", "specificity", "ppv", "npv",
+            "auc", "seconds", "run"]
     st.dataframe(df[[c for c in cols if c in df.columns]], hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.3f")
                                 for k in ("acc", "sensitivity", "specificity", "ppv", "npv", "auc")}

@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine sweep | runs | data make-demo | score | explain | explain-report``."""
+"""Command line: ``python -m engine sweep | runs | data make-demo | evaluate | score | explain | explain-report``."""
 from __future__ import annotations
 
 import argparse
@@ -99,6 +99,22 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--skip-bad", action="store_true", dest="skip_bad", help="skip unreadable images (reported)")
     sc.add_argument("--out", type=Path, help="also write one row per image (file, class, prediction, probabilities)")
     sc.add_argument("--json", action="store_true", help="print the criteria as JSON")
+
+    ev = sub.add_parser("evaluate", help="external validation: score a trained run on another site's folder (metrics "
+                                         "with 95%% CIs, calibration, images unlike the training data, explanation "
+                                         "scores where it has lesion masks); cached")
+    ev.add_argument("--run", required=True, help="run id (see `python -m engine runs`)")
+    ev.add_argument("--data", required=True, help="folder ROOT/images/<class>/* (or ROOT/<class>/*, or with a "
+                                                  "manifest.csv); PNG, JPEG, BMP, TIFF or DICOM; all of it is test data")
+    ev.add_argument("--map", action="append", default=[], metavar="SRC=DST",
+                    help="score the folder's class SRC as the run's class DST (repeatable), e.g. --map "
+                         "non_covid=pneumonia; classes the run does not know are counted and left out")
+    ev.add_argument("--skip-bad", action="store_true", dest="skip_bad", help="skip unreadable images (reported)")
+    ev.add_argument("--no-explanations", action="store_false", dest="explanations",
+                    help="skip the explanation scores on images with lesion masks")
+    ev.add_argument("--out", type=Path, help="also write one row per image (file, class, prediction, probabilities, "
+                                             "unlike-training flag) as CSV")
+    ev.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     e = sub.add_parser("explain", help="write an explanation overlay for one image")
     e.add_argument("--run", required=True, help="run id (see `python -m engine runs`)")
@@ -229,6 +245,55 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .external import evaluate_view, external_rows, external_view, parse_mapping
+    from .runs import load_run
+    from .store import atomic_write_bytes
+
+    mapping = parse_mapping(args.map)
+    view = external_view(load_run(args.run), args.data, mapping, skip_bad=args.skip_bad)
+    result = evaluate_view(view, explanations=args.explanations, status=lambda msg: print(msg, file=sys.stderr))
+    if args.out:
+        atomic_write_bytes(args.out, external_rows(view, result).to_csv(index=False).encode())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(external_text(result))
+    return 0
+
+
+def _interval(value: float | None, ci: list) -> str:
+    if value is None:
+        return "undefined"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "")
+
+
+def external_text(result: dict) -> str:
+    """The human-readable summary of ``evaluate``'s result."""
+    left = ", ".join(f"{c} {k}" for c, k in result["left_out"].items())
+    lines = [f"run {result['run']} on {result['data']}: {result['n']} images scored"
+             + (f", {result['n_left_out']} left out (classes the run does not know: {left})" if left else ""),
+             f"positive class: {result['positive']}; 95% percentile-bootstrap intervals ({result['n_boot']} resamples)"]
+    lines += [f"  {k:<13}{_interval(v, result['ci'][k])}" for k, v in result["metrics"].items() if k != "per_class"]
+    cal = result["calibration"]
+    scaled = (f"; after temperature scaling (T = {cal['temperature']:.2f}, fitted on the run's validation split): "
+              f"ECE {cal['ece_scaled']:.3f}, Brier {cal['brier_scaled']:.3f}") if cal.get("temperature") else ""
+    lines.append(f"calibration (positive class): ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f}{scaled}")
+    unlike = result["unlike"]
+    lines.append(f"unlike the training data: {result['unlike_share']:.1%} of the images (deep-feature distance above "
+                 f"the {unlike['percentile']:g}th percentile of the validation split, {unlike['method']})")
+    if result["unlike_share"] > 0.5:
+        lines.append("  warning: most images are unlike the training data; these scores say little about how the "
+                     "model would do on data like its own")
+    if result.get("explanation"):
+        ex = result["explanation"]
+        lines.append(f"explanations ({ex['method']}) on {ex['n']} images with lesion masks: consistency "
+                     f"{ex['consistency']:.3f}, lung-area-matched baseline {ex['lung_area_matched_baseline']:.3f}, "
+                     f"random baseline {ex['random_baseline']:.3f}, pointing game {ex['pointing_game']:.3f}; beats "
+                     f"chance: {'yes' if ex['beats_chance'] else 'no'}")
+    return "\n".join(lines)
+
+
 def _explain(args: argparse.Namespace) -> int:
     from .explain_cli import explain_to_file
 
@@ -258,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             return _make_demo(args)
         if args.command == "score":
             return _score(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "explain-report":
             return _explain_report(args)
         return _explain(args)

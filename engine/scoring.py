@@ -1,13 +1,11 @@
-"""Scoring a trained run on another folder of images (an external test set, e.g. one handed over by another site)."""
+"""Scoring a trained run on another folder of images: the criteria only (``evaluate`` gives the full read-out)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .data.arrays import image_array
-from .data.sources import load_dataset
 from .errors import DataError
-from .explain.inference import predict_proba
+from .external import external_view
 from .metrics import classification_metrics
 from .runs import Run
 
@@ -17,17 +15,14 @@ def score_run(run: Run, data: str, *, skip_bad: bool = False) -> tuple[dict[str,
 
     The folder's class names must be classes of the run; images are preprocessed exactly as the run's were.
     """
-    ds = load_dataset(data, skip_bad=skip_bad)
-    unknown = sorted(set(ds.classes) - set(run.classes))
-    if unknown:
-        raise DataError(f"{ds.root} has class(es) {', '.join(unknown)} that run {run.id} does not know (its classes: "
-                        f"{', '.join(run.classes)}); rename those class folders or 'class' values to match")
-    y = ds.items["label"].map({c: i for i, c in enumerate(run.classes)}).to_numpy()
-    images = image_array(ds, run.config.image_size, clahe=run.config.clahe)
-    proba = predict_proba(run.load_model(), images)
-    pred = proba.argmax(1)
-    metrics = classification_metrics(y, pred, len(run.classes), run.positive, proba)
-    rows = ds.items[["file", "label"]].assign(y=y, pred=pred, predicted=np.asarray(run.classes)[pred])
+    view = external_view(run, data, skip_bad=skip_bad)
+    if view.left_out:
+        raise DataError(f"{view.source.root} has class(es) {', '.join(view.left_out)} that run {run.id} does not know "
+                        f"(its classes: {', '.join(run.classes)}); rename those class folders or 'class' values to "
+                        "match, or use `python -m engine evaluate ... --map SRC=DST`")
+    p = view.predictions
+    metrics = classification_metrics(p["y"].to_numpy(), p["pred"].to_numpy(), len(run.classes), run.positive, view.proba)
+    rows = p[["file", "label", "y", "pred"]].assign(predicted=np.asarray(run.classes)[p["pred"].to_numpy()])
     for i, c in enumerate(run.classes):
-        rows[f"prob_{c}"] = proba[:, i]
-    return {**metrics, "n": int(len(y))}, rows
+        rows[f"prob_{c}"] = view.proba[:, i]
+    return {**metrics, "n": len(rows)}, rows

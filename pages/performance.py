@@ -9,13 +9,18 @@ from dashboard.performance_charts import (
     comparison_styler,
     confusion_figure,
     depth_figure,
+    fold_roc_figure,
+    fold_table,
     per_class_figure,
     pr_figure,
     roc_figure,
 )
+from dashboard.calibration_section import calibration_section
+from dashboard.external_section import external_section
 from dashboard.training_charts import related_runs
-from dashboard.widgets import all_runs, depth_slider, require_runs
+from dashboard.widgets import HOME, all_runs, depth_slider, fold_runs_of, require_runs
 from engine.baselines import compare_methods
+from engine.crossval import SD_DDOF, fold_depth_curve, fold_metric_summary, fold_metrics, fold_roc, require_folds
 from engine.evaluation import METRICS, depth_curve, evaluate_run
 
 
@@ -33,6 +38,19 @@ def _evaluation(run_id: str, finished: float) -> dict:
 @st.cache_data(show_spinner=False, max_entries=64)
 def _depth_curve(run_ids: tuple[str, ...], finished: tuple[float, ...], metric: str) -> pd.DataFrame:
     return depth_curve([engine.load_run(r) for r in run_ids], metric)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _fold_views(run_ids: tuple[str, ...], finished: tuple[float, ...]) -> tuple[dict, pd.DataFrame]:
+    runs = [engine.load_run(r) for r in run_ids]
+    table = fold_metrics(runs)
+    return fold_roc(runs), fold_table(table, fold_metric_summary(table))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _fold_depth_curve(run_ids: tuple[tuple[str, ...], ...], finished: tuple[tuple[float, ...], ...],
+                      metric: str) -> pd.DataFrame:
+    return fold_depth_curve([[engine.load_run(r) for r in group] for group in run_ids], metric)
 
 
 def _comparison(run: engine.Run, n_test: int) -> None:
@@ -88,22 +106,65 @@ def _detail(ev: dict) -> None:
                    "predicted).")
 
 
+def _crossval(run: engine.Run) -> None:
+    k = run.config.folds
+    st.subheader(f"Cross-validation: {k} folds on the same test split (Ouyang et al., fig. 4)")
+    runs = fold_runs_of(run)
+    try:
+        require_folds(runs)
+        with st.spinner(f"Scoring the {k} folds on the test split…"):
+            roc, table = _fold_views(tuple(r.id for r in runs), tuple(r.result["finished"] for r in runs))
+    except engine.LungLensError as exc:
+        st.warning(str(exc))
+        st.page_link(str(HOME), label="Go to Home and train the missing folds", icon=":material/play_arrow:")
+        return
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(fold_roc_figure(roc), width="stretch", key="performance_folds_roc")
+    with right:
+        st.dataframe(table, hide_index=True, width="stretch", key="performance_folds_table",
+                     column_config={m: st.column_config.NumberColumn(format="%.3f") for m in METRICS})
+    st.caption(
+        f"Fold f's model was trained on the other {k - 1} folds of the non-test images and early-stopped on fold f; "
+        f"every fold's model is scored on the same {roc['n_test']} test images. Curves: ROC of the positive class "
+        f"({roc['positive']}) one-vs-rest, one per fold (numbered from 0, as in the runs table). Title and the table's "
+        f"last rows: mean and standard deviation over the {k} folds, the sample sd (ddof = {SD_DDOF}, numpy.std(..., "
+        "ddof=1)), as Ouyang et al. report mean ± std of their five fold models. A metric undefined in a fold (e.g. "
+        "PPV when nothing is predicted positive) is left out of its mean and sd. The views above this section are "
+        "fold 0's."
+    )
+
+
 def _depth(run: engine.Run, runs: dict[int, engine.Run]) -> None:
     st.subheader("Test metric vs fine-tuning depth (Lee et al., fig. 5)")
     metric = st.selectbox("Metric", METRICS, key="performance_metric")
     related = related_runs(run, [*runs.values(), *all_runs()])
     ordered = [related[k] for k in sorted(related)]
-    with st.spinner(f"Evaluating {len(ordered)} runs…"):
-        curve = _depth_curve(tuple(r.id for r in ordered), tuple(r.result["finished"] for r in ordered), metric)
+    k = run.config.folds
+    with st.spinner(f"Evaluating {len(ordered) * k} runs…"):
+        if k > 1:
+            groups = [(r, fold_runs_of(r)) for r in ordered]
+            complete = [g for _, g in groups if all(g)]
+            left_out = [f"{r.config.backbone} depth {r.config.depth}" for r, g in groups if not all(g)]
+            if left_out:
+                st.info(f"Left out, as not all {k} folds are trained: {', '.join(left_out)}. Train them on Home.")
+            if not complete:
+                return
+            curve = _fold_depth_curve(tuple(tuple(r.id for r in g) for g in complete),
+                                      tuple(tuple(r.result["finished"] for r in g) for g in complete), metric)
+        else:
+            curve = _depth_curve(tuple(r.id for r in ordered), tuple(r.result["finished"] for r in ordered), metric)
     if curve["depth"].nunique() < 2:
         st.info("Only one fine-tuning depth is trained for this experiment: add depths on Home to see the curve.")
     st.plotly_chart(depth_figure(curve, metric), width="stretch", key="performance_depth_curve")
     backbones = ", ".join(sorted(curve["backbone"].unique()))
+    bars = (f"Points: the mean over the {k} folds of each depth's test {metric}; error bars: ± 1 standard deviation "
+            f"over the folds (sample sd, ddof = {SD_DDOF}); the hover adds the folds' min and max; star: the best mean."
+            if k > 1 else "Error bars: 95% bootstrap CI on the test split; star: the best run.")
     st.caption(
         f"Lines: {backbones} (every cached backbone trained on the same data, init, epochs, image size and split). "
-        "Error bars: 95% bootstrap CI on the test split; star: the best run. Lee et al. found 2 of 5 fine-tuned "
-        "VGG16 blocks best (AUC 0.950) and accuracy dropping beyond 3: deeper fine-tuning is not always better on "
-        "small medical data."
+        f"{bars} Lee et al. found 2 of 5 fine-tuned VGG16 blocks best (AUC 0.950) and accuracy dropping beyond 3: "
+        "deeper fine-tuning is not always better on small medical data."
     )
 
 
@@ -121,4 +182,8 @@ st.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, init {run.con
            f"{evaluation['n_test']} test images.")
 _comparison(run, evaluation["n_test"])
 _detail(evaluation)
+if run.config.folds > 1:
+    _crossval(run)
 _depth(run, runs)
+calibration_section(run)
+external_section(run, runs)

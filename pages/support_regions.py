@@ -1,7 +1,8 @@
 """Support regions (Wan et al. §3.5, Cheng et al. fig. 7, Lee et al. figs. 8-10, Ouyang et al. figs. 5-6): where
 the model looks by every registered explanation method, how much of the lesion that covers against baselines that
 mean something, whether the maps are faithful and pass the sanity check, which decisions rest on the wrong region,
-and a new image. Methods, labels, knobs and citations all come from ``engine.explain.METHODS``."""
+and a new image (with a warning when it is unlike the training data). The image sections work on the run's test split
+or on an external folder. Methods, labels, knobs and citations all come from ``engine.explain.METHODS``."""
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,9 @@ from dashboard.support_charts import (
     markdown_literal,
     probability_figure,
     support_figure,
+    unlike_message,
 )
+from dashboard.external_picker import external_picker
 from dashboard.widgets import depth_slider, require_runs
 from engine.data.imageio import IMAGE_SUFFIXES
 from engine.explain import (
@@ -62,6 +65,7 @@ from engine.explain import (
     wrong_reason_gallery,
 )
 from engine.explain.localisation import localisation_scores
+from engine.external import ExternalRun
 from engine.explain.report import (
     REPORT_COLUMNS,
     ReportSettings,
@@ -79,6 +83,9 @@ from engine.store import stable_hash
 
 SECTIONS = ("Explain an image", "Explanation report", "Consistency degree", "Wrong-reason gallery",
             "Same image across depths", "Diagnose a new image")
+#: Where the image sections' images come from; EXTERNAL_SECTIONS work on an external folder as on the test split.
+IMAGE_SOURCES = ("This run's test split", "An external folder")
+EXTERNAL_SECTIONS = ("Explain an image", "Consistency degree", "Wrong-reason gallery", "Same image across depths")
 #: Methods scored over a whole test split on this page, where they run while the page waits: only the fast ones.
 #: Medium and slow ones (occlusion: minutes per split on a CPU) are scored by the explanation report, in the
 #: background with a cancel button.
@@ -107,46 +114,48 @@ def _note(name: str) -> str:
     return f"**{m.label}** ({m.citation}): {m.description}"
 
 
-# Runs are keyed by id and ``finished`` so that a run trained again under the same id is not served stale.
-# Arrays go through cache_resource (shared, not copied on every rerun); the engine caches them on disk as well.
+# Runs are keyed by id (an external view by its ``cache_key``) and ``finished`` so that a run trained again under the
+# same id is not served stale; the run object itself is passed unhashed (``_run``). Arrays go through cache_resource
+# (shared, not copied on every rerun); the engine caches them on disk as well.
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _model(run_id: str, finished: float) -> StagedNet:
     return engine.load_run(run_id).load_model()
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _test_images(run_id: str, finished: float) -> np.ndarray:
-    return engine.load_run(run_id).images("test")
+def _test_images(key: str, finished: float, _run: engine.Run) -> np.ndarray:
+    return _run.images("test")
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _masks(run_id: str, finished: float) -> dict[str, np.ndarray]:
-    return run_masks(engine.load_run(run_id), "test")
+def _masks(key: str, finished: float, _run: engine.Run) -> dict[str, np.ndarray]:
+    return run_masks(_run, "test")
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _split_maps(run_id: str, finished: float, method: str, target: str, layer: str | None = None) -> np.ndarray:
-    return run_heatmaps(engine.load_run(run_id), method, "test", target, layer)
+def _split_maps(key: str, finished: float, _run: engine.Run, method: str, target: str,
+                layer: str | None = None) -> np.ndarray:
+    return run_heatmaps(_run, method, "test", target, layer)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def _image_map(run_id: str, finished: float, row: int, method: str, target: str | int,
+def _image_map(key: str, finished: float, _run: engine.Run, row: int, method: str, target: str | int,
                params: tuple[tuple[str, Any], ...]) -> dict[str, np.ndarray]:
-    return run_image_explanation(engine.load_run(run_id), row, "test", method, target, **dict(params))
+    return run_image_explanation(_run, row, "test", method, target, **dict(params))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _localisation(run_id: str, finished: float, threshold: float, method: str,
+def _localisation(key: str, finished: float, _run: engine.Run, threshold: float, method: str,
                   target: str) -> tuple[pd.DataFrame, dict[str, Any]]:
-    table = run_localisation(engine.load_run(run_id), threshold, method, target)
+    table = run_localisation(_run, threshold, method, target)
     return table, localisation_summary(table)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _gallery(run_id: str, finished: float, threshold: float, mostly: float, method: str,
+def _gallery(key: str, finished: float, _run: engine.Run, threshold: float, mostly: float, method: str,
              layer: str | None) -> pd.DataFrame:
     params = {"layer": layer} if layer is not None else {}
-    return wrong_reason_gallery(engine.load_run(run_id), threshold, method, mostly=mostly, **params)
+    return wrong_reason_gallery(_run, threshold, method, mostly=mostly, **params)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -154,11 +163,23 @@ def _diagnose(run_id: str, finished: float, digest: str, _data: bytes, name: str
     # ``digest`` stands for the bytes in the cache key; the cache lives in memory only, nothing goes to disk.
     run = engine.load_run(run_id)
     return diagnose_upload(_data, name, _model(run_id, finished), run.classes, run.config.image_size,
-                           run.config.clahe, lime_samples)
+                           run.config.clahe, lime_samples, run=run)
 
 
-def _key(run: engine.Run) -> tuple[str, float]:
-    return run.id, run.result["finished"]
+def _base(run: engine.Run) -> engine.Run:
+    """The trained run behind an external view (the run itself otherwise)."""
+    return getattr(run, "base", run)
+
+
+def _key(run: engine.Run) -> tuple[str, float, engine.Run]:
+    """The cache key of a run or external view, its finish time, and the object (passed to caches unhashed)."""
+    return getattr(run, "cache_key", run.id), run.result["finished"], run
+
+
+def _run_model(run: engine.Run) -> StagedNet:
+    """The trained model of a run or of the run behind an external view (one cached copy for both)."""
+    base = _base(run)
+    return _model(base.id, base.result["finished"])
 
 
 def _masks_of(masks: dict[str, np.ndarray], row: int) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -195,7 +216,7 @@ def _target_picker(classes: tuple[str, ...], key: str, column: Any) -> str | int
 
 def _layers(run: engine.Run) -> dict[str, str]:
     """Module name -> human label of every CAM layer of the run's model, input to output."""
-    return dict(layer_choices(_model(*_key(run))))
+    return dict(layer_choices(_run_model(run)))
 
 
 def _layer_picker(run: engine.Run, key: str, column: Any) -> str | None:
@@ -230,7 +251,8 @@ def _target_index(row: pd.Series, target: str | int) -> int:
 
 def _sanity_note(run: engine.Run, name: str) -> None:
     """The method's sanity verdict from its newest cached report row: a warning when it fails, a note otherwise."""
-    level, text = sanity_message(_label(name), latest_method_report(run, name))
+    # A property of the model and the method, not of the images: read from the run behind an external view.
+    level, text = sanity_message(_label(name), latest_method_report(_base(run), name))
     if level == "warning":
         st.warning(text, icon=":material/warning:")
     else:
@@ -745,6 +767,20 @@ def _depths_section(run: engine.Run, runs: dict[int, engine.Run], threshold: flo
                + OUTLINES_CAPTION)
 
 
+def _unlike_note(check: dict[str, Any] | str | None) -> None:
+    """Under the prediction: a warning when the upload is unlike the training data, else its distance in a caption."""
+    if check is None:
+        return
+    if isinstance(check, str):
+        st.caption(check)
+        return
+    level, text = unlike_message(check)
+    if level == "warning":
+        st.warning(text, icon=":material/warning:")
+    else:
+        st.caption(text)
+
+
 def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None:
     cfg = run.config
     st.markdown(f"Upload a chest X-ray or CT slice: this run's model (depth {cfg.depth}) gives its class probabilities "
@@ -761,8 +797,10 @@ def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None
     if upload is None:
         return
     data = upload.getvalue()
-    with st.spinner("Diagnosing and explaining the image…"):
-        result = _diagnose(*_key(run), hashlib.sha256(data).hexdigest(), data, upload.name, n_samples)
+    with st.spinner("Diagnosing and explaining the image, and comparing it with the training images (these are "
+                    "summarised once per run)…"):
+        result = _diagnose(run.id, run.result["finished"], hashlib.sha256(data).hexdigest(), data, upload.name,
+                           n_samples)
     if isinstance(result, str):
         st.error(markdown_literal(result))  # the message holds the uploaded file's name: shown as written
         return
@@ -774,6 +812,7 @@ def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None
     with c1:
         st.plotly_chart(probability_figure(result["probabilities"]), width="stretch", key="support_upload_probs",
                         config=NO_TOOLBAR)
+        _unlike_note(result.get("unlike"))
         st.plotly_chart(support_figure(image, title="Model input", height=320, legend=False), width="stretch",
                         key="support_upload_image", config=NO_TOOLBAR)
     for column, name in zip((c2, c3), maps):
@@ -790,6 +829,25 @@ st.title("Support Regions")
 sel, runs = require_runs("Support Regions")
 depth = depth_slider(runs, key="support_depth")
 run = runs[depth]
+source = st.radio("Images", IMAGE_SOURCES, horizontal=True, key="support_images",
+                  help="The sections that explain images (an image, consistency, gallery, across depths) work on the "
+                       "run's own test split or on every image of another folder of the run's classes, read and "
+                       "preprocessed as the training images were. The explanation report and Diagnose use the run.")
+shown, shown_runs = run, runs  # what the image sections explain: the run's test split, or an external folder
+if source == IMAGE_SOURCES[1]:
+    view = external_picker(run, key="support_external")
+    try:
+        if view is not None:
+            shown_runs = {d: ExternalRun(r, view.source, view.mapping) for d, r in runs.items()}
+            shown = shown_runs[depth]
+            n_left = sum(shown.left_out.values())
+            st.caption(f"{len(split_rows(shown, 'test'))} images of {view.source.root} stand in for the test split"
+                       + (f" ({n_left} of classes the run does not know left out)" if n_left else "") + ".")
+    except engine.LungLensError as exc:
+        st.error(f"This folder cannot be explained with run {run.id}: {exc}")
+        view = None
+    if view is None:
+        shown = None
 c1, c2 = st.columns(2)
 threshold = c1.slider("Support threshold", 0.05, 0.95, SUPPORT_THRESHOLD, 0.05, key="support_threshold",
                       help="Pixels whose heatmap value exceeds this form the support region.")
@@ -799,13 +857,24 @@ opacity = c2.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="support_opacity
 c2.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, {run.config.image_size} px, "
            f"{len(split_rows(run, 'test'))} test images.")
 
+
+def _images(draw_section: Callable[[engine.Run], None]) -> Callable[[], None]:
+    """A section drawn on the chosen images, or a note while no external folder is chosen."""
+    def inner() -> None:
+        if shown is None:
+            st.info("Choose an external folder above (or switch back to this run's test split).")
+        else:
+            draw_section(shown)
+    return inner
+
+
 tabs = st.tabs(SECTIONS, key="support_section", on_change="rerun")  # only the open tab runs
 draw = {
-    "Explain an image": lambda: _explain_section(run, threshold, opacity),
+    "Explain an image": _images(lambda r: _explain_section(r, threshold, opacity)),
     "Explanation report": lambda: _report_section(run, runs, threshold),
-    "Consistency degree": lambda: _consistency_section(run, runs, threshold, opacity),
-    "Wrong-reason gallery": lambda: _gallery_section(run, threshold, opacity),
-    "Same image across depths": lambda: _depths_section(run, runs, threshold, opacity),
+    "Consistency degree": _images(lambda r: _consistency_section(r, shown_runs, threshold, opacity)),
+    "Wrong-reason gallery": _images(lambda r: _gallery_section(r, threshold, opacity)),
+    "Same image across depths": _images(lambda r: _depths_section(r, shown_runs, threshold, opacity)),
     "Diagnose a new image": lambda: _diagnose_section(run, threshold, opacity),
 }
 for tab, name in zip(tabs, SECTIONS):
@@ -814,4 +883,5 @@ for tab, name in zip(tabs, SECTIONS):
             try:
                 draw[name]()
             except engine.LungLensError as exc:
-                st.error(f"{name} cannot be shown for this run: {exc}")
+                where = "this folder" if shown is not run and name in EXTERNAL_SECTIONS else "this run"
+                st.error(f"{name} cannot be shown for {where}: {exc}")

@@ -11,10 +11,12 @@ from dashboard.training_charts import (
     SPLIT_NAMES,
     compare_figure,
     criteria_figure,
+    fold_curves_figure,
     loss_figure,
     related_runs,
 )
-from dashboard.widgets import all_runs, depth_slider, require_runs
+from dashboard.widgets import HOME, all_runs, depth_slider, fold_runs_of, require_runs
+from engine.crossval import SD_DDOF, fold_epoch_curve, require_folds
 
 MARKS_CAPTION = (
     "Green line: best epoch (lowest validation loss; its weights are the model kept and evaluated). Red dashed: early "
@@ -54,7 +56,8 @@ def _cards(run: engine.Run) -> None:
                    help="Sensitivity, specificity, PPV and NPV are of this class taken one-vs-rest.")
     stop = (f"stopped early after epoch {result['epochs_run']} (patience {cfg.patience})" if result["stopped_early"]
             else f"ran all {result['epochs_run']} epochs")
-    st.caption(f"Run `{run.id}`: {cfg.backbone}, last {cfg.depth} of {engine.N_BLOCKS} conv blocks and the head "
+    fold = f"fold {cfg.fold} of a {cfg.folds}-fold cross-validation, " if cfg.folds > 1 else ""
+    st.caption(f"Run `{run.id}`: {fold}{cfg.backbone}, last {cfg.depth} of {engine.N_BLOCKS} conv blocks and the head "
                f"trained, {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.image_size} px; {stop}.")
 
 
@@ -105,6 +108,39 @@ def _compare(run: engine.Run, runs: dict[int, engine.Run]) -> None:
                f"can fit the training split faster and over-fit sooner. {DROPOUT_CAPTION}")
 
 
+def _folds(run: engine.Run) -> None:
+    k = run.config.folds
+    st.subheader(f"Cross-validation: one curve per fold ({k} folds)")
+    runs = fold_runs_of(run)
+    try:
+        require_folds(runs)
+    except engine.LungLensError as exc:
+        st.warning(str(exc))
+        st.page_link(str(HOME), label="Go to Home and train the missing folds", icon=":material/play_arrow:")
+        return
+    c1, c2 = st.columns(2)
+    quantity = c1.selectbox("Curve", list(QUANTITIES), format_func=QUANTITIES.get, key="training_folds_quantity")
+    split = c2.selectbox("Split", list(SPLIT_NAMES), index=list(SPLIT_NAMES).index("val"),
+                         format_func=SPLIT_NAMES.get, key="training_folds_split")
+    try:
+        curve = fold_epoch_curve(runs, f"{split}_{quantity}")
+    except engine.LungLensError as exc:
+        st.warning(str(exc))
+        return
+    name = "loss" if quantity == "loss" else QUANTITIES[quantity]  # ACC, PPV, NPV keep their capitals
+    fig = fold_curves_figure(curve, f"{SPLIT_NAMES[split].capitalize()} {name}",
+                             {r.config.fold: r.result["best_epoch"] for r in runs}, bounded=quantity != "loss")
+    st.plotly_chart(fig, width="stretch", key="training_folds")
+    st.caption(
+        f"A thin line per fold (numbered from 0, as in the runs table): fold f's model trained on the other {k - 1} "
+        "folds and was early-stopped on fold f, its validation split; the test split is the same for every fold. "
+        "Thick black line: the mean over the folds at each epoch, over the folds still training then (early stopping "
+        f"can end a fold sooner); its hover gives the standard deviation over folds (sample sd, ddof = {SD_DDOF}). "
+        "Star: each fold's best epoch (lowest validation loss; its weights are the fold's model). The cards and "
+        "curves above are fold 0's."
+    )
+
+
 st.title("Training")
 sel, runs = require_runs("Training")
 depth = depth_slider(runs, key="training_depth")
@@ -115,3 +151,5 @@ if st.toggle("Compare runs", key="training_compare",
     _compare(run, runs)
 else:
     _single(run)
+if run.config.folds > 1:
+    _folds(run)

@@ -29,6 +29,7 @@ from dashboard.support_charts import (
     probability_figure,
     read_upload,
     support_figure,
+    unlike_message,
 )
 from engine.models.backbones import stage
 
@@ -244,6 +245,52 @@ def test_diagnose_upload_refuses_an_image_wider_than_the_limit(model):
 def test_diagnose_upload_refuses_a_file_over_the_size_limit(model):
     message = diagnose_upload(b"\x89PNG" + bytes(MAX_UPLOAD_BYTES), "huge.png", model, CLASSES, 64)
     assert message == "huge.png is 20.0 MB: uploads must be at most 20 MB and 4096 px on each side."
+
+
+def _check(distance: float, threshold: float = 27.32) -> dict:
+    return {"distance": distance, "threshold": threshold, "unlike": distance > threshold, "percentile": 99.0,
+            "method": "mahalanobis-ledoitwolf", "n_val": 144, "val_share_below": 1.0}
+
+
+def test_unlike_message_warns_above_the_threshold_and_notes_below():
+    level, text = unlike_message(_check(74.84))
+    assert level == "warning"
+    assert text.startswith("This image is unlike the training data")
+    assert "is 74.8, above 27.3 (the 99th percentile of the distances of the 144 validation images)" in text
+    assert text.endswith("so this prediction should not be trusted.")
+    level, text = unlike_message(_check(12.04))
+    assert level == "caption"
+    assert text == ("Like the training data: deep-feature distance 12.0 to the training images, within 27.3 (the "
+                    "99th percentile of the distances of the 144 validation images; Mahalanobis distance, "
+                    "Ledoit-Wolf covariance).")
+
+
+def test_diagnose_upload_adds_the_check_against_the_run(model, monkeypatch):
+    import dashboard.support_charts as charts
+    from engine.errors import DataError
+
+    image = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)
+    seen = {}
+
+    def check_unlike(run, images, *, model):
+        seen.update(run=run, images=images, model=model)
+        return {**_check(30.5), "distance": np.array([30.5]), "unlike": np.array([True]),
+                "val_share_below": np.array([1.0])}
+
+    monkeypatch.setattr(charts, "check_unlike", check_unlike)
+    result = diagnose_upload(_png(image), "xray.png", model, CLASSES, 64, lime_samples=20, run="the run")
+    assert seen["run"] == "the run" and seen["model"] is model
+    np.testing.assert_array_equal(seen["images"], image)  # the preprocessed image the model saw
+    assert result["unlike"] == {**_check(30.5), "unlike": True}  # one image: plain values
+
+    def refuse(run, images, *, model):
+        raise DataError("Run r has no validation images")
+
+    monkeypatch.setattr(charts, "check_unlike", refuse)
+    result = diagnose_upload(_png(image), "xray.png", model, CLASSES, 64, lime_samples=20, run="the run")
+    assert result["unlike"] == ("Whether this image is like the training data cannot be checked: Run r has no "
+                                "validation images")
+    assert "unlike" not in diagnose_upload(_png(image), "xray.png", model, CLASSES, 64, lime_samples=20)
 
 
 # --- the explanation report ----------------------------------------------------------------------------------------

@@ -213,3 +213,64 @@ def test_depth_figure_has_a_line_per_backbone_with_ci_bars_and_the_best_starred(
     assert list(lines["vgg16"].x) == [0, 2]
     assert (list(lines["best"].x), list(lines["best"].y)) == ([2], [0.9])
     assert "alexnet depth 2" in fig.layout.annotations[0].text
+
+
+# --- k-fold cross-validation views -------------------------------------------------------------------------------
+
+def test_fold_curves_figure_draws_each_fold_thin_the_mean_thick_and_stars_best_epochs():
+    curve = pd.DataFrame({"epoch": [1, 2, 3], "fold_0": [1.0, 0.8, 0.6], "fold_1": [0.9, 0.7, np.nan],
+                          "fold_2": [1.1, 0.9, 0.5], "mean": [1.0, 0.8, 0.55], "sd": [0.1, 0.1, 0.0707],
+                          "n": [3, 3, 2]})
+    fig = tc.fold_curves_figure(curve, "Validation loss", {0: 3, 1: 2, 2: 3})
+    lines = {t.name: t for t in fig.data if t.mode == "lines"}
+    stars = {t.name: t for t in fig.data if t.mode == "markers"}
+    assert list(lines) == ["fold 0", "fold 1", "fold 2", "mean of 3 folds"]
+    np.testing.assert_allclose(lines["fold 1"].y, [0.9, 0.7, np.nan])
+    np.testing.assert_allclose(lines["mean of 3 folds"].y, [1.0, 0.8, 0.55])
+    assert lines["mean of 3 folds"].line.width > max(lines[f"fold {f}"].line.width for f in range(3))
+    assert [(list(s.x), list(s.y)) for s in stars.values()] == [([3], [0.6]), ([2], [0.7]), ([3], [0.5])]
+    assert stars["fold 1 · best epoch"].marker.color == lines["fold 1"].line.color
+    assert fig.layout.yaxis.title.text == "Validation loss" and fig.layout.yaxis.range is None
+    assert tuple(tc.fold_curves_figure(curve, "Test ACC", {}, bounded=True).layout.yaxis.range) == (-0.02, 1.02)
+
+
+def test_fold_roc_figure_has_a_curve_per_fold_and_mean_sd_auc_in_the_title():
+    roc = {"positive": "covid", "n_folds": 2, "n_test": 4, "ddof": 1,
+           "folds": [{"fold": 0, "run": "a", "fpr": [0, 0, 1], "tpr": [0, 1, 1], "auc": 1.0},
+                     {"fold": 1, "run": "b", "fpr": [0, 0.5, 1], "tpr": [0, 0.5, 1], "auc": 0.5}],
+           "auc": {"mean": 0.75, "sd": 0.3536, "min": 0.5, "max": 1.0, "n": 2}}
+    fig = pc.fold_roc_figure(roc)
+    assert [t.name for t in fig.data] == ["fold 0 (AUC 1.000)", "fold 1 (AUC 0.500)", "chance"]
+    assert list(fig.data[1].x) == [0, 0.5, 1]
+    assert fig.layout.title.text == "covid vs rest, 2 folds: AUC 0.750 ± 0.354 (mean ± sd)"
+    roc["auc"]["sd"] = float("nan")  # a single fold with a defined AUC: no sd to show
+    assert pc.fold_roc_figure(roc).layout.title.text == "covid vs rest, 2 folds: AUC 0.750 (mean ± sd)"
+
+
+def test_fold_table_appends_the_mean_and_sd_rows():
+    per_fold = pd.DataFrame({"fold": [0, 1], "AUC": [1.0, 0.5], "ACC": [0.75, 0.5], "best_epoch": [2, 1],
+                             "n_test": [4, 4], "run": ["a", "b"]})
+    summary = pd.DataFrame({"AUC": [0.75, 0.3536, 0.5, 1.0, 2], "ACC": [0.625, 0.1768, 0.5, 0.75, 2]},
+                           index=["mean", "sd", "min", "max", "n"])
+    table = pc.fold_table(per_fold, summary)
+    assert list(table.columns) == ["fold", "AUC", "ACC", "best_epoch", "run"]
+    assert list(table["fold"]) == ["0", "1", "mean", "sd"]
+    np.testing.assert_allclose(table["AUC"], [1.0, 0.5, 0.75, 0.3536])
+    assert table["run"].tolist()[:2] == ["a", "b"] and table["run"].isna().tolist()[2:] == [True, True]
+
+
+def test_depth_figure_of_fold_means_has_sd_error_bars_and_min_max_in_the_hover():
+    curve = pd.DataFrame({
+        "backbone": ["alexnet"] * 2, "depth": [0, 2], "folds": [3, 3], "n": [3, 3], "value": [0.7, 0.8],
+        "sd": [0.05, 0.1], "min": [0.65, 0.7], "max": [0.75, 0.9], "low": [0.65, 0.7], "high": [0.75, 0.9],
+        "values": [[0.65, 0.7, 0.75], [0.7, 0.8, 0.9]], "runs": [["a", "b", "c"], ["d", "e", "f"]],
+        "best": [False, True],
+    })
+    fig = pc.depth_figure(curve, "AUC")
+    line = next(t for t in fig.data if t.name == "alexnet")
+    np.testing.assert_allclose(line.error_y.array, [0.05, 0.1])
+    np.testing.assert_allclose(line.error_y.arrayminus, [0.05, 0.1])
+    np.testing.assert_allclose(np.asarray(line.customdata), [[0.05, 0.65, 0.75, 3], [0.1, 0.7, 0.9, 3]])
+    assert "mean" in line.hovertemplate and "min" in line.hovertemplate and "folds" in line.hovertemplate
+    assert fig.layout.yaxis.title.text == "Test AUC (mean over folds)"
+    assert fig.layout.annotations[0].text == "best: alexnet depth 2 (mean 0.800)"

@@ -389,7 +389,7 @@ def test_degenerate_manifests_say_what_to_do(tmp_path, home, capsys, splits, wor
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err
     if splits == {"covid": "test", "normal": "test"}:
-        assert "python -m engine score" in err
+        assert "python -m engine evaluate" in err
 
 
 def test_an_external_test_set_is_scored_by_a_trained_run(trained, tiny_folder, home, tmp_path):

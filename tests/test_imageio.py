@@ -146,3 +146,33 @@ def test_tiff_bytes_from_memory():
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, GRAY16, compression="lzma")
     np.testing.assert_allclose(decode_image_bytes(buffer.getvalue(), "x.tif"), GRAY16 / 65535.0, atol=1e-7)
+
+
+def _pillow_gray(image: Image.Image) -> np.ndarray:
+    """A Pillow image as float gray in [0, 1] by the documented luminance weights (RGB) or as is (L)."""
+    pixels = np.asarray(image)
+    return pixels / 255.0 if pixels.ndim == 2 else luminance(pixels, 255.0)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_equals_pillow_exif_transpose(mode, orientation):
+    from PIL import ImageOps
+
+    # Non-square and without symmetry, so each of the eight orientations gives a different image.
+    stored = np.zeros((24, 40, 3), np.uint8)
+    stored[..., 0] = np.linspace(0, 250, 40, dtype=np.uint8)[None, :]
+    stored[..., 1] = np.linspace(0, 250, 24, dtype=np.uint8)[:, None]
+    stored[2:8, 3:12] = (255, 255, 255)
+    image = Image.fromarray(stored if mode == "RGB" else stored[..., 0] // 2 + stored[..., 1] // 2)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    with Image.open(io.BytesIO(buffer.getvalue())) as opened:
+        assert opened.getexif()[0x0112] == orientation
+        expected = _pillow_gray(ImageOps.exif_transpose(opened))
+    ours = decode_image_bytes(buffer.getvalue(), f"o{orientation}.jpg")
+    assert ours.shape == expected.shape == ((24, 40) if orientation <= 4 else (40, 24))
+    # Same JPEG, two decoders (OpenCV, Pillow): equal up to rounding; a wrong orientation differs by far more.
+    np.testing.assert_allclose(ours, expected, atol=2 / 255)

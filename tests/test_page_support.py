@@ -13,9 +13,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import engine
+import engine.external
 from dashboard.state import Selection
 from tests.apptest_helpers import chart_spec, open_page, plotly_array
 from engine.explain import run_heatmaps
+from engine.ood import feature_vectors
+from tests.test_ood import _ledoit_wolf, _scipy_distances
 
 PAGE = "../pages/support_regions.py"
 HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
@@ -241,12 +244,87 @@ def test_diagnose_an_uploaded_image(app, trained_selection, runs):
     # Read and preprocessed as at training time, the upload gets the probabilities recorded for that test image.
     probs = _array(_chart(at, "support_upload_probs")["data"][0]["x"])
     np.testing.assert_allclose(probs, [float(row[f"prob_{c}"]) for c in run.classes], atol=1e-4)
+    # A phantom of the run's own test split is like its training data: no warning, its distance in a caption.
+    distance, threshold = _hand_distance(run, run.images("test")[:1])
+    assert distance[0] <= threshold
+    assert not [w for w in at.warning if "unlike the training data" in w.value]
+    assert any(c.value.startswith(f"Like the training data: deep-feature distance {distance[0]:.1f}")
+               and f"within {threshold:.1f} (the 99th percentile" in c.value for c in at.caption)
 
     at.file_uploader(key="support_upload").set_value(("notes.png", b"not an image at all", "image/png")).run()
     assert not at.exception
     shown = re.sub(r"\\(.)", r"\1", at.error[0].value)  # the message is Markdown-escaped to show as written
     assert "notes.png is not a readable PNG" in shown
     assert not {"support_upload_gradcam", "support_upload_lime"} & _keys(at)
+
+
+def _hand_distance(run: engine.Run, images: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mahalanobis distances of ``images`` to the run's training features (Ledoit-Wolf by hand, scipy) and the 99th
+    percentile of the validation images' distances."""
+    model = run.load_model()
+    mean, cov, _ = _ledoit_wolf(feature_vectors(model, run.images("train")))
+    val = _scipy_distances(feature_vectors(model, run.images("val")), mean, cov)
+    return _scipy_distances(feature_vectors(model, images), mean, cov), float(np.percentile(val, 99))
+
+
+def test_diagnose_warns_that_a_real_xray_is_unlike_the_training_data(app, trained_selection, runs, shared_data):
+    at = _open(app, trained_selection, "Diagnose a new image")
+    run = runs[max(runs)]
+    path = sorted((shared_data / "covidqu_cxr_infection" / "images" / "covid").glob("*.png"))[0]
+    at.select_slider(key="support_upload_lime_samples").set_value(50).run()
+    at.file_uploader(key="support_upload").set_value((path.name, path.read_bytes(), "image/png")).run()
+    assert not at.exception and not at.error
+    size = run.config.image_size
+    image = cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (size, size), interpolation=cv2.INTER_AREA)
+    distance, threshold = _hand_distance(run, image[None])
+    assert distance[0] > threshold
+    warnings = [w.value for w in at.warning if "unlike the training data" in w.value]
+    assert len(warnings) == 1
+    assert f"is {distance[0]:.1f}, above {threshold:.1f} (the 99th percentile" in warnings[0]
+    assert "should not be trusted" in warnings[0]
+    assert "support_upload_probs" in _keys(at)  # the prediction is still shown, with the warning beside it
+
+
+def test_image_sections_on_an_external_folder(app, trained_selection, runs, tiny_folder, monkeypatch):
+    # AppTest's server binds every interface, so typed folders must lie under the data root.
+    monkeypatch.setenv("LUNGLENS_DATA_ROOT", str(tiny_folder.parent))
+    at = _open(app, trained_selection, "Consistency degree")
+    at.radio(key="support_images").set_value("An external folder").run()
+    assert not at.exception and "Choose an external folder" in at.info[0].value
+    at.selectbox(key="support_external_folder_choice").set_value("A folder on this machine").run()
+    at.text_input(key="support_external_folder_path").input(str(tiny_folder)).run()
+    assert not at.exception and not at.error
+    n = len(list((tiny_folder / "images").glob("*/*.png")))
+    assert any(c.value.startswith(f"{n} images of {tiny_folder}") for c in at.caption)
+
+    run = runs[max(runs)]
+    view = engine.external.external_view(run, tiny_folder)
+    maps = run_heatmaps(view, "gradcam", "test", "pred")
+    rows = view.predictions
+    assert len(rows) == n and sorted(rows["path"]) == sorted(str(p) for p in (tiny_folder / "images").glob("*/*.png"))
+    degree = []
+    for i, r in rows.iterrows():
+        lesion = _mask(r["mask"], run.config.image_size)
+        if lesion.any():
+            degree.append(((maps[i] > 0.7) & lesion).sum() / lesion.sum())
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Mean consistency degree"] == f"{np.mean(degree):.1%}"
+    depth_curve = next(t for t in _chart(at, "support_consistency_depth")["data"]
+                       if t["name"] == "mean consistency degree")
+    assert list(_array(depth_curve["x"])) == sorted(runs)  # every depth scored on the external folder
+
+    at.session_state["support_section"] = "Explain an image"
+    at.run()
+    assert not at.exception
+    assert len(at.selectbox(key="support_image").options) == n
+    first = rows.loc[0]
+    assert at.selectbox(key="support_image").options[0].startswith(f"{first['file']} · true {first['label']}")
+    for section in ("Wrong-reason gallery", "Same image across depths"):
+        at.session_state["support_section"] = section
+        at.run()
+        assert not at.exception and not at.error, section
+    titles = [a["text"] for a in _chart(at, "support_depth_strip")["layout"]["annotations"]]
+    assert [t.split(":")[0] for t in titles] == [f"depth {d}" for d in sorted(runs)]
 
 
 def test_data_without_lesion_masks(tiny_folder, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from streamlit.testing.v1 import AppTest
 
 import engine
 from dashboard.state import Selection
-from tests.apptest_helpers import open_page, plotly_array
+from tests.apptest_helpers import chart_spec, open_page, plotly_array
+from tests.test_crossval import FOLD_DEPTHS, three_fold_selection  # noqa: F401 (a session fixture)
 
 PAGE = "../pages/training.py"
 
@@ -98,3 +100,51 @@ def test_compare_mode_overlays_depths_and_switches_quantity(app, trained_selecti
     assert not at.exception
     assert not at.get("plotly_chart")
     assert "Pick at least one depth" in at.info[0].value
+
+
+# --- k-fold cross-validation: one curve per fold -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fold_runs(three_fold_selection) -> list[engine.Run]:  # noqa: F811
+    """The 3 folds of the deepest depth, the one the page opens on."""
+    cfgs = [c for c in three_fold_selection.configs() if c.depth == max(FOLD_DEPTHS)]
+    return [engine.get_run(c) for c in cfgs]
+
+
+def test_folds_get_a_curve_each_and_the_mean(app, three_fold_selection, fold_runs):  # noqa: F811
+    at = _open(app, three_fold_selection)
+    assert {c.key for c in at.get("plotly_chart")} == {"training_loss", "training_criteria", "training_folds"}
+    assert any(fold_runs[0].id in c.value and "fold 0 of a 3-fold" in c.value for c in at.caption)
+    traces = _traces(at, "training_folds")
+    lines = [n for n, t in traces.items() if t["mode"] == "lines"]
+    assert lines == ["fold 0", "fold 1", "fold 2", "mean of 3 folds"]
+    loss = np.array([r.history["val_loss"].to_numpy() for r in fold_runs])  # patience 0: every fold ran all epochs
+    for f in range(3):
+        np.testing.assert_allclose(_array(traces[f"fold {f}"]["y"]), loss[f])
+    np.testing.assert_allclose(_array(traces["mean of 3 folds"]["y"]), loss.mean(axis=0))
+    assert traces["mean of 3 folds"]["line"]["width"] > traces["fold 0"]["line"]["width"]
+    star = traces["fold 1 · best epoch"]
+    assert list(_array(star["x"])) == [fold_runs[1].result["best_epoch"]]
+    assert any("A thin line per fold" in c.value and "ddof = 1" in c.value for c in at.caption)
+    assert chart_spec(at, "training_folds")["layout"]["yaxis"]["title"]["text"] == "Validation loss"
+
+    at.selectbox(key="training_folds_quantity").set_value("acc").run()
+    at.selectbox(key="training_folds_split").set_value("test").run()
+    assert not at.exception
+    traces = _traces(at, "training_folds")
+    acc = np.array([r.history["test_acc"].to_numpy() for r in fold_runs])
+    np.testing.assert_allclose(_array(traces["fold 2"]["y"]), acc[2])
+    np.testing.assert_allclose(_array(traces["mean of 3 folds"]["y"]), acc.mean(axis=0))
+    assert chart_spec(at, "training_folds")["layout"]["yaxis"]["title"]["text"] == "Test ACC"
+
+
+def test_missing_folds_are_named_with_what_to_do(app, three_fold_selection, fold_runs,  # noqa: F811
+                                                 tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    for run in fold_runs[:1]:  # only fold 0 of the deepest depth
+        shutil.copytree(run.dir, home / "runs" / run.dir.name)
+    monkeypatch.setenv("LUNGLENS_HOME", str(home))
+    at = _open(app, three_fold_selection)
+    assert "training_folds" not in {c.key for c in at.get("plotly_chart")}
+    assert any("folds 1, 2 (numbered from 0) are not trained yet" in w.value and "Home" in w.value
+               for w in at.warning)

@@ -8,6 +8,10 @@ Layouts, in order of precedence:
 * ``ROOT/images/<class>/...`` with optional lesion masks ``ROOT/masks/<class>/...`` and lung masks
   ``ROOT/lung_masks/<class>/...``, matched to their image by relative folder and file stem.
 * ``ROOT/<class>/...`` (no masks).
+
+Images are the files with a suffix in ``IMAGE_SUFFIXES`` and DICOM files of any name (the ``DICM`` marker; a
+``DICOMDIR`` index is not an image). A DICOM image's PatientID is its ``patient_id`` (the group that keeps one
+patient's images in one split) unless the manifest gives the row a ``patient_id`` or ``group_id`` of its own.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from engine.data.dataset import ITEM_COLUMNS, Dataset
+from engine.data.dicom import dicom_patient_id, has_dicom_marker, is_dicom
 from engine.data.imageio import IMAGE_SUFFIXES, decode_image_bytes, read_bytes
 from engine.errors import DataError
 from engine.store import stable_hash
@@ -40,8 +45,23 @@ _SKIP_HINT = "; to skip bad images and go on, pass --skip-bad (skip_bad=True)"
 
 
 def _is_image_file(path: Path) -> bool:
-    """Whether ``path`` is a visible file with an image suffix."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+    """Whether ``path`` is a visible file with an image suffix, or a DICOM file (DICM marker) of any other name."""
+    if not path.is_file() or path.name.startswith("."):
+        return False
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        with path.open("rb") as file:
+            return has_dicom_marker(file.read(132))
+    except OSError:
+        return False
+
+
+def _stem_key(path: Path) -> str:
+    """``path`` (POSIX) without its image suffix: what matches an image to its masks."""
+    return (path.with_suffix("") if path.suffix.lower() in IMAGE_SUFFIXES else path).as_posix()
 
 
 def _mask_index(folder: Path, root: Path) -> dict[str, str]:
@@ -50,7 +70,7 @@ def _mask_index(folder: Path, root: Path) -> dict[str, str]:
     if not folder.is_dir():
         return index
     for path in sorted(p for p in folder.rglob("*") if _is_image_file(p)):
-        key = path.relative_to(folder).with_suffix("").as_posix()
+        key = _stem_key(path.relative_to(folder))
         if key in index:
             raise DataError(f"{root / index[key]} and {path} are two masks for the same image stem; keep one")
         index[key] = path.relative_to(root).as_posix()
@@ -72,7 +92,7 @@ def _layout_entries(root: Path) -> tuple[pd.DataFrame, list[str]]:
     records = []
     for class_dir in class_dirs:
         for path in sorted(p for p in class_dir.rglob("*") if _is_image_file(p)):
-            key = path.relative_to(base).with_suffix("").as_posix()
+            key = _stem_key(path.relative_to(base))
             records.append({"file": path.relative_to(root).as_posix(), "label": class_dir.name,
                             **{column: index.pop(key, "") for column, index in masks.items()}})
     for column, index in masks.items():
@@ -151,12 +171,13 @@ def _manifest_entries(root: Path) -> tuple[pd.DataFrame, list[str]]:
     return entries[list(_ENTRY_COLUMNS)], sorted(entries["label"].unique())
 
 
-def _inspect(root: Path, entry: dict[str, str]) -> list[str] | str:
-    """Content hashes of an entry's image and masks, or the reason the entry cannot be used."""
+def _inspect(root: Path, entry: dict[str, str]) -> tuple[list[str], str] | str:
+    """Content hashes of an entry's image and masks and its DICOM PatientID ('' if none), or why it is unusable."""
     try:
         image_path = root / entry["file"]
         data = read_bytes(image_path)
         shape = decode_image_bytes(data, str(image_path)).shape
+        patient = dicom_patient_id(data, str(image_path)) if is_dicom(data, str(image_path)) else ""
         hashes = [hashlib.sha256(data).hexdigest()]
         for column in MASK_COLUMNS:
             if not entry[column]:
@@ -171,7 +192,7 @@ def _inspect(root: Path, entry: dict[str, str]) -> list[str] | str:
             hashes.append(hashlib.sha256(mask_data).hexdigest())
     except DataError as exc:
         return f"{entry['where']}{exc}"
-    return hashes
+    return hashes, patient
 
 
 def _groups(entries: pd.DataFrame, columns: tuple[str, ...] = GROUP_COLUMNS) -> list[str]:
@@ -210,8 +231,11 @@ def _require_min_per_class(root: Path, entries: pd.DataFrame, classes: list[str]
                         "images to split into train/val/test: add images to it, or remove that class's folder (rows)")
 
 
-def load_folder(root: str | Path, *, skip_bad: bool = False, min_per_class: int = 5) -> Dataset:
-    """Load and check an image folder: every image is decoded once, masks are size-checked, groups are derived."""
+def load_folder(root: str | Path, *, skip_bad: bool = False, min_per_class: int = 5, min_classes: int = 2) -> Dataset:
+    """Load and check an image folder: every image is decoded once, masks are size-checked, groups are derived.
+
+    A training folder needs two classes of ``min_per_class`` images; an external test set may have fewer.
+    """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"{root} does not exist or is not a folder; give the dataset's root folder")
@@ -219,7 +243,8 @@ def load_folder(root: str | Path, *, skip_bad: bool = False, min_per_class: int 
     if entries.empty:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}; expected "
                         f"{root}/images/<class>/<image>, {root}/<class>/<image> or a {MANIFEST}")
-    _require_two_classes(root, classes)
+    if min_classes > 1:
+        _require_two_classes(root, classes)
     entries = entries.sort_values("file", ignore_index=True)
     records = entries.to_dict("records")
     # OpenCV's decoder releases the GIL, so threads use every core.
@@ -234,7 +259,10 @@ def load_folder(root: str | Path, *, skip_bad: bool = False, min_per_class: int 
             skipped.append((entry["file"], result))
     good = [not isinstance(result, str) for result in results]
     entries = entries[good].reset_index(drop=True)
-    hashes = [result for result in results if not isinstance(result, str)]
+    hashes = [result[0] for result in results if not isinstance(result, str)]
+    patients = pd.Series([result[1] for result in results if not isinstance(result, str)], dtype=object)
+    own_id = (entries["patient_id"] != "") | (entries["group_id"] != "")
+    entries["patient_id"] = entries["patient_id"].where(own_id, patients)
     _require_min_per_class(root, entries, classes, min_per_class, len(skipped))
     _refuse_cross_label_duplicates(entries, hashes, root)
     # Identical images (same content, same class) are one group, so a copy never lands on the other side of a split.

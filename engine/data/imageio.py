@@ -2,15 +2,19 @@
 
 The single conversion every image goes through (``decode_image_bytes``), for training, evaluation and uploads:
 
-0. Read the header first (Pillow; tifffile for TIFFs Pillow cannot parse), before any pixel is decoded: the format
-   must be PNG, JPEG, BMP or TIFF, and width x height must not exceed the pixel limit (``max_pixels``: 50 megapixels,
-   or ``$LUNGLENS_MAX_MEGAPIXELS``), so no file can make the decoder allocate more than that.
+0. Read the header first (Pillow; tifffile for TIFFs Pillow cannot parse; pydicom for DICOM), before any pixel is
+   decoded: the format must be PNG, JPEG, BMP, TIFF or DICOM, and width x height must not exceed the pixel limit
+   (``max_pixels``: 50 megapixels, or ``$LUNGLENS_MAX_MEGAPIXELS``), so no file can make the decoder allocate more.
 1. Decode with OpenCV (``cv2.imdecode``, ``IMREAD_UNCHANGED``); TIFFs OpenCV cannot decode (e.g. LZMA-compressed)
-   are read with tifffile (first page). The EXIF orientation tag is applied (the image as every viewer shows it).
-   OpenCV ignores the alpha channel of gray+alpha TIFFs (gray+alpha PNGs are composited like RGBA).
+   are read with tifffile (first page). The EXIF orientation tag is applied (the image as every viewer shows it,
+   equal to Pillow's ``ImageOps.exif_transpose``). OpenCV ignores the alpha channel of gray+alpha TIFFs (gray+alpha
+   PNGs are composited like RGBA).
 2. Scale to [0, 1]: 8-bit by 255, 16-bit by 65535. Other pixel types are rejected.
 3. Composite alpha onto black: ``colour * alpha``.
 4. Colour to gray with OpenCV's luminance weights (``COLOR_BGR2GRAY``: 0.299 R + 0.587 G + 0.114 B).
+
+DICOM files (the ``DICM`` marker whatever their name, or a ``.dcm`` name) take steps 1-2 in ``engine.data.dicom``
+instead (modality LUT, VOI LUT or window, MONOCHROME1 inverted, scaled to [0, 1]; see there), then step 4.
 
 The result is a float32 (H, W) array in [0, 1]. A mask is that array ``> 0.5``, i.e. ``> 127`` for 8-bit and
 ``> 32767`` for 16-bit files.
@@ -27,10 +31,11 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from engine.data import dicom
 from engine.errors import DataError
 
 #: File suffixes (lower case) read as images.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", dicom.DICOM_SUFFIX)
 
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _UNREADABLE = "is not a readable PNG, JPEG, BMP or TIFF image (corrupt or another format); re-export or remove it"
@@ -105,10 +110,15 @@ def _orientation(im: Image.Image) -> int:
 def image_header(data: bytes, name: str) -> tuple[str, int, int, int]:
     """Format, width, height and EXIF orientation (1 = as stored) of image bytes, read without decoding the pixels.
 
-    Raises DataError when the bytes are not a PNG, JPEG, BMP or TIFF, or when the image exceeds ``max_pixels``.
+    Raises DataError when the bytes are not a PNG, JPEG, BMP, TIFF or readable DICOM image, or when the image exceeds
+    ``max_pixels``.
     """
     if len(data) == 0:
         raise DataError(f"{name} is empty (0 bytes); replace it with the real image or remove it")
+    if dicom.is_dicom(data, name):
+        width, height = dicom.dicom_header(data, name)
+        _require_within_limit(width, height, name)
+        return "DICOM", width, height, 1
     fmt, size, orientation = "", None, 1
     try:
         with _open_header(data) as im:
@@ -123,12 +133,17 @@ def image_header(data: bytes, name: str) -> tuple[str, int, int, int]:
         what = f"is a {fmt} image, not a PNG, JPEG, BMP or TIFF; convert it" if fmt else _UNREADABLE
         raise DataError(f"{name} {what}")
     width, height = size
+    _require_within_limit(width, height, name)
+    return fmt, width, height, orientation if orientation in _ORIENT else 1
+
+
+def _require_within_limit(width: int, height: int, name: str) -> None:
+    """Raise when width x height exceeds the pixel limit."""
     limit = max_pixels()
     if width * height > limit:
         raise DataError(f"{name} is too large: {width} x {height} px ({width * height / 1e6:,.1f} megapixels), above "
                         f"the limit of {limit / 1e6:g} megapixels; downscale it, or raise the limit with "
                         f"{MAX_MEGAPIXELS_ENV}")
-    return fmt, width, height, orientation if orientation in _ORIENT else 1
 
 
 def _decode_tiff(data: bytes) -> np.ndarray | None:
@@ -189,6 +204,10 @@ def _to_gray_float(arr: np.ndarray, name: str) -> np.ndarray:
 
 def decode_image_bytes(data: bytes, name: str) -> np.ndarray:
     """Decode image file bytes (e.g. an upload called ``name``) to float32 grayscale in [0, 1]."""
+    if len(data) and dicom.is_dicom(data, name):
+        image_header(data, name)  # the pixel limit, before any pixel is read
+        pixels = dicom.decode_dicom(data, name)
+        return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     return _to_gray_float(_decode_raw(data, name), name)
 
 

@@ -52,8 +52,8 @@ def _carve(pool: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: f
 
 
 #: What to do with a folder that is all test data: score a trained run on it.
-SCORE_HINT = ("to score an already trained run on it instead, use `python -m engine score --run ID --data FOLDER` "
-              "(list runs with `python -m engine runs`)")
+SCORE_HINT = ("to score an already trained run on it instead, use `python -m engine evaluate --run ID --data "
+              "FOLDER` (list runs with `python -m engine runs`)")
 
 
 def _require_training_rows(labels: np.ndarray, rest: np.ndarray, what: str) -> None:

@@ -1,0 +1,166 @@
+"""The Performance page's "Calibration" and "Operating point" sections for one run (numbers from engine.calibration)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import streamlit as st
+
+import engine
+from engine.calibration import (
+    THRESHOLD_PRESETS,
+    run_calibration,
+    run_operating_point,
+    run_temperature_fit,
+    run_threshold,
+)
+
+from .calibration_charts import calibration_table, operating_table, prevalence_figure, reliability_figure
+
+CUSTOM = "custom"
+#: The threshold radio's options: the engine's presets, then a threshold set by hand.
+THRESHOLD_CHOICES = {**THRESHOLD_PRESETS, CUSTOM: "Custom"}
+TEMPERATURE_KEY, PRESET_KEY, THRESHOLD_KEY = "calibration_temperature", "calibration_preset", "calibration_threshold"
+DEFAULT_THRESHOLD = 0.5
+_FORMAT = {k: st.column_config.NumberColumn(format="%.3f")
+           for k in ("share positive", "ECE", "Brier", "ECE after T", "Brier after T", "sensitivity", "specificity",
+                     "PPV", "NPV")}
+
+
+# Keyed by run id and ``finished`` (a run trained again under the same id is not served stale); ``_run`` is not hashed.
+@st.cache_data(show_spinner=False, max_entries=128)
+def _calibration(run_id: str, finished: float, temperature: bool, _run: engine.Run) -> dict:
+    return run_calibration(_run, temperature=temperature)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _temperature(run_id: str, finished: float, _run: engine.Run) -> dict:
+    return run_temperature_fit(_run)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _threshold(run_id: str, finished: float, preset: str, temperature: bool, _run: engine.Run) -> float:
+    return run_threshold(_run, preset, temperature=temperature)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _operating(run_id: str, finished: float, threshold: float | str, temperature: bool, _run: engine.Run) -> dict:
+    return run_operating_point(_run, threshold, temperature=temperature)
+
+
+def _value(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def _to_custom() -> None:
+    st.session_state[PRESET_KEY] = CUSTOM  # dragging the slider leaves the preset
+
+
+def _calibration_part(run: engine.Run) -> bool:
+    """The reliability diagram and ECE / Brier table; returns whether temperature scaling is on (and available)."""
+    st.subheader("Calibration")
+    key = (run.id, run.result["finished"])
+    scaled_on = st.toggle("Temperature scaling (fitted on the validation split)", key=TEMPERATURE_KEY)
+    try:
+        raw = _calibration(*key, False, run)
+    except engine.LungLensError as exc:
+        st.error(f"The calibration of this run cannot be computed: {exc}")
+        return False
+    scaled, fit = None, None
+    if scaled_on:
+        try:
+            fit = _temperature(*key, run)
+            scaled = _calibration(*key, True, run)
+        except engine.LungLensError as exc:
+            st.warning(f"Temperature scaling is not available for this run: {exc}")
+    positive = raw["class"]
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(reliability_figure(raw, scaled), width="stretch", key="calibration_reliability")
+        st.caption(f"Reliability diagram of the probability of {positive} (the positive class, one-vs-rest): the "
+                   f"images of each split in {raw['n_bins']} equal-width probability bins; each point is a bin's mean "
+                   f"predicted probability against the share of {positive} images in it (point size: images in the "
+                   "bin). On the dashed diagonal the probabilities are calibrated: of the images given 0.8, 80% are "
+                   f"{positive}.")
+    with right:
+        st.dataframe(calibration_table(raw, scaled), hide_index=True, width="stretch", column_config=_FORMAT,
+                     key="calibration_table")
+        st.caption("ECE (expected calibration error): the gap between the two axes averaged over the bins, weighted "
+                   "by the images in each. Brier score: the mean squared difference between the probability and the "
+                   "outcome (1 for a positive image, else 0). For both, 0 is perfect and lower is better.")
+        if fit is not None and scaled is not None:
+            st.metric("Temperature T", f"{fit['temperature']:.3f}",
+                      help=f"Negative log-likelihood on the validation split: {fit['nll_before']:.4f} before, "
+                           f"{fit['nll_after']:.4f} after.")
+            bound = " (at the edge of the searched interval)" if fit["at_bound"] else ""
+            st.caption(f"Temperature scaling (Guo et al. 2017): every logit is divided by one number T{bound}, chosen "
+                       f"to minimise the negative log-likelihood on the {fit['n']} validation images only (never the "
+                       "test split) and stored with the run. T > 1 softens an over-confident model, T < 1 sharpens an "
+                       "under-confident one; the predicted class never changes, only the probabilities.")
+    return scaled is not None
+
+
+def _threshold_choice(run: engine.Run, scaled: bool) -> float | str:
+    """The preset radio and threshold slider; returns the preset's name, or the threshold set by hand."""
+    key = (run.id, run.result["finished"])
+    st.session_state.setdefault(PRESET_KEY, CUSTOM)
+    st.session_state.setdefault(THRESHOLD_KEY, DEFAULT_THRESHOLD)
+    choice = st.radio("Threshold", list(THRESHOLD_CHOICES), format_func=THRESHOLD_CHOICES.get, horizontal=True,
+                      key=PRESET_KEY)
+    if choice != CUSTOM:
+        try:
+            # Set before the slider is drawn, so it shows the preset's threshold (for this run and probabilities).
+            st.session_state[THRESHOLD_KEY] = _threshold(*key, choice, scaled, run)
+        except engine.LungLensError as exc:
+            st.warning(f"{THRESHOLD_CHOICES[choice]} is not available for this run: {exc}")
+            choice = CUSTOM
+    positive = run.classes[run.positive]
+    threshold = st.slider(f"Threshold on the probability of {positive}", 0.0, 1.0, step=0.001, format="%.3f",
+                          key=THRESHOLD_KEY, on_change=_to_custom,
+                          help=f"An image is called {positive} when its probability is at least the threshold. "
+                               "Moving it switches to Custom.")
+    return choice if choice != CUSTOM else float(threshold)
+
+
+def _operating_part(run: engine.Run, scaled: bool) -> None:
+    """The threshold choice, the test split's sensitivity / specificity / PPV / NPV, and PPV / NPV vs prevalence."""
+    st.subheader("Operating point")
+    choice = _threshold_choice(run, scaled)
+    try:
+        point: dict[str, Any] = _operating(run.id, run.result["finished"], choice, scaled, run)
+    except engine.LungLensError as exc:
+        st.error(f"The operating point cannot be computed: {exc}")
+        return
+    positive = point["class"]
+    cols = st.columns(4)
+    for col, (name, label, num, den) in zip(cols, (
+            ("sensitivity", "Sensitivity", "tp", ("tp", "fn")), ("specificity", "Specificity", "tn", ("tn", "fp")),
+            ("ppv", "PPV", "tp", ("tp", "fp")), ("npv", "NPV", "tn", ("tn", "fn")))):
+        col.metric(f"Test {label}", _value(point[name]),
+                   help=f"{num.upper()} / ({' + '.join(d.upper() for d in den)}) = {point[num]} / "
+                        f"{sum(point[d] for d in den)}")
+    st.dataframe(operating_table(point), hide_index=True, width="stretch", column_config=_FORMAT,
+                 key="calibration_operating_table")
+    where = "on the validation split, then applied unchanged to the test split" if point["preset"] else "by hand"
+    scaled_note = " after temperature scaling" if scaled else ""
+    st.caption(f"Threshold {point['threshold']:.4f} on the probability of {positive}{scaled_note}, chosen {where}. "
+               f"Presets, both chosen on the validation split so that the test figures stay an honest estimate: "
+               f"{THRESHOLD_PRESETS['sensitivity95']} is the highest threshold that still calls at least 95% of the "
+               f"validation split's {positive} images {positive} (screening: few missed cases); "
+               f"{THRESHOLD_PRESETS['youden']} maximises sensitivity + specificity - 1. TP / FP / TN / FN count the "
+               f"{positive} calls one-vs-rest; n/a marks an undefined ratio.")
+    if not (math.isfinite(point["sensitivity"]) and math.isfinite(point["specificity"])):
+        st.info(f"PPV and NPV against prevalence need both {positive} and other images in the test split.")
+        return
+    st.plotly_chart(prevalence_figure(point["sensitivity"], point["specificity"], point["prevalence"]),
+                    width="stretch", key="calibration_prevalence")
+    st.caption(f"PPV and NPV at this threshold's test sensitivity ({_value(point['sensitivity'])}) and specificity "
+               f"({_value(point['specificity'])}) for any prevalence of {positive}, by Bayes' rule: the same test "
+               f"means little when a positive result is rare. The marker is the test split's own prevalence "
+               f"({point['prevalence']:.3f}), where the curves give the PPV and NPV above.")
+
+
+def calibration_section(run: engine.Run) -> None:
+    """The "Calibration" (reliability, ECE, Brier, temperature scaling) and "Operating point" sections of a run."""
+    scaled = _calibration_part(run)
+    _operating_part(run, scaled)

@@ -1,0 +1,155 @@
+"""The Performance page's "External test" section: a run scored on another site's folder, next to its own test split."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import engine
+from dashboard.external_picker import external_picker
+from dashboard.performance_charts import format_ci
+from engine.external import METRIC_KEYS, ExternalRun, evaluate_view, gap_by_depth, generalisation_gap, internal_scores
+
+LABELS = {"acc": "ACC", "balanced_acc": "Balanced ACC", "sensitivity": "Sensitivity", "specificity": "Specificity",
+          "ppv": "PPV", "npv": "NPV", "f1": "F1", "auc": "AUC"}
+SIDE_COLOURS = {"internal": "#2563eb", "external": "#dc2626"}
+#: Above this share of images unlike the training data, the section warns that the scores transfer poorly.
+UNLIKE_WARNING = 0.2
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _internal(run_id: str, finished: float) -> dict:
+    return internal_scores(engine.load_run(run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _external(cache_key: str, finished: float, explanations: bool, _view: ExternalRun) -> dict:
+    return evaluate_view(_view, explanations=explanations)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _gap_by_depth(keys: tuple[str, ...], metric: str, _runs: Sequence[engine.Run], _view: ExternalRun) -> pd.DataFrame:
+    return gap_by_depth(_runs, _view.source, _view.mapping, metric)
+
+
+def gap_table(gap: pd.DataFrame) -> pd.DataFrame:
+    """The generalisation-gap table as text: metric, internal [CI], external [CI], gap."""
+    return pd.DataFrame({
+        "metric": [LABELS[m] for m in gap["metric"]],
+        "internal test": [format_ci(r.internal, r.internal_low, r.internal_high) for r in gap.itertuples()],
+        "external test": [format_ci(r.external, r.external_low, r.external_high) for r in gap.itertuples()],
+        "gap (external − internal)": ["n/a" if pd.isna(g) else f"{g:+.3f}" for g in gap["gap"]],
+    })
+
+
+def gap_depth_figure(curve: pd.DataFrame, metric: str) -> go.Figure:
+    """Metric against fine-tuning depth: the internal test split and the external folder, with 95% intervals."""
+    fig = go.Figure()
+    for side, rows in curve.groupby("side", sort=False):
+        fig.add_trace(go.Scatter(
+            x=rows["depth"], y=rows["value"], mode="lines+markers", name=f"{side} test",
+            line={"color": SIDE_COLOURS[side], "dash": "solid" if side == "internal" else "dash"},
+            error_y={"type": "data", "symmetric": False, "array": rows["high"] - rows["value"],
+                     "arrayminus": rows["value"] - rows["low"]},
+            hovertemplate="depth %{x}: %{y:.3f}<extra>" + side + "</extra>"))
+    fig.update_layout(xaxis_title="fine-tuning depth (trainable conv blocks)", yaxis_title=LABELS[metric],
+                      yaxis_range=[0, 1.02], height=360, margin={"t": 30, "b": 40}, legend={"orientation": "h"})
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def _counts(result: Mapping[str, Any]) -> None:
+    c1, c2, c3 = st.columns(3)
+    c1.metric("External images scored", result["n"])
+    c2.metric("Left out (class unknown to the run)", result["n_left_out"],
+              help=", ".join(f"{c}: {k}" for c, k in result["left_out"].items()) or None)
+    c3.metric("Unlike the training data", f"{result['unlike_share']:.0%}",
+              help=f"Deep-feature distance to the run's training images above the {result['unlike']['percentile']:g}th "
+                   f"percentile of its validation split ({result['unlike']['method']}).")
+    if result["unlike_share"] > UNLIKE_WARNING:
+        st.warning(f"{result['unlike_share']:.0%} of these images are unlike anything the model was trained on: the "
+                   "external scores tell how it fails on new data, not how it would do on data like its own.")
+    if result["skipped"]:
+        st.caption(f"{len(result['skipped'])} unreadable image(s) skipped, e.g. {result['skipped'][0][1]}")
+
+
+def _calibration(result: Mapping[str, Any]) -> None:
+    cal = result["calibration"]
+    text = f"Calibration on the external images (positive class): ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f}"
+    if cal.get("temperature"):
+        text += (f"; with the run's temperature (T = {cal['temperature']:.2f}, fitted on its validation split): "
+                 f"ECE {cal['ece_scaled']:.3f}, Brier {cal['brier_scaled']:.3f}")
+    st.caption(text + ".")
+    points = result.get("operating_points") or {}
+    rows = [{"threshold preset (chosen on the run's validation split)": name, "threshold": p["threshold"],
+             "sensitivity": p["sensitivity"], "specificity": p["specificity"], "PPV": p["ppv"], "NPV": p["npv"]}
+            for name, p in points.items() if "error" not in p]
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                     column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                    for k in ("threshold", "sensitivity", "specificity", "PPV", "NPV")})
+
+
+def _explanations(view: ExternalRun, finished: float) -> None:
+    if not (view.predictions["mask"] != "").any():
+        st.caption("This folder has no lesion masks, so the explanations cannot be scored on it.")
+        return
+    if not st.toggle("Score Grad-CAM against the external lesion masks (consistency, baselines, pointing game)",
+                     key="external_explanations"):
+        return
+    with st.spinner("Grad-CAM on every external image (once, then cached)…"):
+        ex = _external(view.cache_key, finished, True, view)["explanation"]
+    if ex is None:
+        st.info("No external image of the run's classes has a non-empty lesion mask.")
+        return
+    st.dataframe(pd.DataFrame([{
+        "images with lesions": ex["n"], "consistency": format_ci(ex["consistency"], *ex["consistency_ci"]),
+        "lung-area-matched baseline": format_ci(ex["lung_area_matched_baseline"], *ex["lung_area_matched_baseline_ci"]),
+        "random baseline": format_ci(ex["random_baseline"], *ex["random_baseline_ci"]),
+        "pointing game": f"{ex['pointing_game']:.3f}", "beats chance": "yes" if ex["beats_chance"] else "no",
+    }]), hide_index=True, width="stretch")
+    st.caption("The explanation report's localisation scores (Support Regions) on the external images with a lesion "
+               "mask: consistency degree (Wan et al.) against two baselines scored the same way; a map beats chance "
+               "when its interval lies above both. Support Regions shows the maps themselves for an external folder.")
+
+
+def external_section(run: engine.Run, runs: Mapping[int, engine.Run]) -> None:
+    """Draw the section: pick a folder, see internal vs external test with CIs, and both against depth."""
+    st.subheader("External test: another site's images")
+    st.caption("A model that scores well on its own split can fail at the next hospital; reporting guidelines "
+               "(CLAIM) ask for an external test. Pick a folder: the run scores it as it is, with the same "
+               "preprocessing, and nothing is trained on it.")
+    view = external_picker(run, key="performance_external")
+    if view is None:
+        return
+    finished = run.result["finished"]
+    try:
+        with st.spinner(f"Scoring {len(view.source.items)} external images (once, then cached)…"):
+            internal = _internal(run.id, finished)
+            result = _external(view.cache_key, finished, False, view)
+    except engine.LungLensError as exc:
+        st.error(str(exc))
+        return
+    _counts(result)
+    st.table(gap_table(generalisation_gap(internal, result)))
+    st.caption(f"Run `{run.id}` (depth {run.config.depth}) on its own test split ({internal['n']} images) and on "
+               f"{result['n']} external images; 95% percentile-bootstrap intervals ({result['n_boot']} resamples). "
+               f"Sensitivity, specificity, PPV, NPV, F1 and AUC are of the positive class ({result['positive']}).")
+    _calibration(result)
+    metric = st.selectbox("Metric against depth", list(METRIC_KEYS), format_func=LABELS.get,
+                          index=list(METRIC_KEYS).index("auc"), key="external_metric")
+    ordered = [runs[d] for d in sorted(runs)]
+    try:
+        with st.spinner(f"Scoring the external folder with {len(ordered)} runs…"):
+            curve = _gap_by_depth(tuple(f"{r.id}:{r.result['finished']}" for r in ordered) + (view.cache_key,),
+                                  metric, ordered, view)
+    except engine.LungLensError as exc:
+        st.error(str(exc))
+        return
+    st.plotly_chart(gap_depth_figure(curve, metric), width="stretch", key="external_depth_curve")
+    st.caption("Solid: the run's own test split; dashed: the external folder; bars: 95% bootstrap intervals. The "
+               "distance between the lines is the generalisation gap at each fine-tuning depth.")
+    _explanations(view, finished)
