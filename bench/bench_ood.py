@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -20,6 +21,9 @@ from engine.data.imageio import read_image
 from engine.data.transforms import preprocess
 from engine.ood import OOD_PERCENTILE, feature_vectors, fit_reference
 
+#: The real chest X-rays beside the repository (../shared/data), when present.
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "covidqu_cxr_infection" / "images"
+
 
 def _l2(f: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
@@ -28,7 +32,7 @@ def _l2(f: np.ndarray) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+")
-    ap.add_argument("--real", default="../shared/data/covidqu_cxr_infection/images")
+    ap.add_argument("--real", default=str(REAL), help="a folder of real X-rays, <class>/*.png (default: %(default)s)")
     ap.add_argument("--n", type=int, default=300, help="real images, a seeded sample")
     args = ap.parse_args()
     paths = sorted(glob.glob(f"{args.real}/*/*.png"))

@@ -785,7 +785,7 @@ def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None
     cfg = run.config
     st.markdown(f"Upload a chest X-ray or CT slice: this run's model (depth {cfg.depth}) gives its class probabilities "
                 f"and shows where it looked, by {_label('gradcam')} and {_label('lime')}.")
-    upload = st.file_uploader("Image (PNG, JPEG, BMP or TIFF)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES],
+    upload = st.file_uploader("Image (PNG, JPEG, BMP, TIFF or DICOM)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES],
                               key="support_upload", max_upload_size=MAX_UPLOAD_BYTES // 2**20)
     knob, (knob_label, choices, default) = next(iter(METHODS["lime"].knobs.items()))
     n_samples = st.select_slider(knob_label, choices, value=default, key="support_upload_lime_samples",

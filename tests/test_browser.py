@@ -22,6 +22,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from test_crossval import three_fold_selection  # noqa: E402, F401 (a session fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium")
@@ -41,11 +42,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_selection, tmp_path_factory):
-    """The dashboard on a local port, opened on the tiny trained experiment."""
-    spec = tmp_path_factory.mktemp("browser") / "selection.json"
-    spec.write_text(json.dumps({"config": trained_selection.config.to_dict(), "depths": list(trained_selection.depths)}))
+def _serve(sel, folder: Path):
+    """Serve the dashboard on a free local port, opened on ``sel``; yield its URL, then stop it."""
+    spec = folder / "selection.json"
+    spec.write_text(json.dumps({"config": sel.config.to_dict(), "depths": list(sel.depths)}))
     port = _free_port()
     env = {**os.environ, "LUNGLENS_SELECTION": str(spec)}
     proc = subprocess.Popen(
@@ -66,6 +66,18 @@ def server(trained_selection, tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(trained_selection, tmp_path_factory):
+    """The dashboard on a local port, opened on the tiny trained experiment."""
+    yield from _serve(trained_selection, tmp_path_factory.mktemp("browser"))
+
+
+@pytest.fixture(scope="module")
+def fold_server(three_fold_selection, tmp_path_factory):
+    """The dashboard opened on a tiny 3-fold experiment."""
+    yield from _serve(three_fold_selection, tmp_path_factory.mktemp("browser-folds"))
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +163,7 @@ def test_support_regions_with_an_upload(server, browser, tmp_path):
     cv2.imwrite(str(image), rng.integers(0, 255, (80, 80), dtype=np.uint8))
     tab = next(t for t in browser.find_elements(By.CSS_SELECTOR, '[role="tab"]') if "Diagnose" in t.text)
     tab.click()
-    _settled(browser, "PNG, JPEG, BMP or TIFF")
+    _settled(browser, "PNG, JPEG, BMP, TIFF or DICOM")
     browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(image))
     text = _settled(browser, "upload.png")
     _assert_no_error(browser)
@@ -166,3 +178,38 @@ def test_support_regions_explanation_report(server, browser, tmp_path):
     _assert_no_error(browser)
     assert "Compute (" in text and "Report settings" in text and "scored on a sample" in text
     browser.save_screenshot(str(tmp_path / "explanation-report.png"))
+
+
+def _click_text(driver, selector: str, text: str) -> None:
+    """Click the first element matching ``selector`` whose text is ``text``."""
+    next(e for e in driver.find_elements(By.CSS_SELECTOR, selector) if e.text.strip() == text).click()
+
+
+def test_performance_calibration_threshold_and_external_test(server, browser, tmp_path):
+    from conftest import write_tiny_folder
+
+    text = _open(browser, f"{server}/performance", "Operating point")
+    assert "Calibration" in text and "ECE" in text and "Brier" in text
+    _click_text(browser, '[data-testid="stRadio"] label', "Youden")
+    text = _settled(browser, "Youden")
+    _assert_no_error(browser)
+    assert "chosen on the validation split" in text
+    site = write_tiny_folder(tmp_path / "site", per_class=4, seed=5)
+    box = next(b for b in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]')
+               if "External test folder" in b.text)
+    box.find_element(By.TAG_NAME, "input").send_keys("A folder on this machine", Keys.ENTER)
+    field = WebDriverWait(browser, 60).until(lambda d: next(
+        (f for f in d.find_elements(By.CSS_SELECTOR, '[data-testid="stTextInput"]') if "Folder" in f.text), False))
+    field.find_element(By.TAG_NAME, "input").send_keys(str(site), Keys.ENTER)
+    text = _settled(browser, "External images scored")
+    _assert_no_error(browser)
+    assert "gap (external − internal)" in text and "Unlike the training data" in text
+    browser.save_screenshot(str(tmp_path / "external.png"))
+
+
+def test_cross_validation_views(fold_server, browser):
+    text = _open(browser, f"{fold_server}/training", "one curve per fold")
+    assert "Cross-validation: one curve per fold (3 folds)" in text
+    text = _open(browser, f"{fold_server}/performance", "folds on the same test split")
+    assert "mean ± sd" in text or "± " in text
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 5
