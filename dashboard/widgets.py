@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import engine
-from engine.crossval import fold_configs
+from engine.crossval import fold_configs, require_folds
 
 from .state import Selection, selection
 
@@ -75,6 +75,16 @@ def fold_runs_of(run: engine.Run) -> list[engine.Run | None]:
     """Every fold's run of ``run``'s experiment, in fold order; None where a fold is not trained."""
     ds = dataset(run.config)
     return [_cached(cfg, ds) for cfg in fold_configs(run.config)]
+
+
+def trained_folds(run: engine.Run) -> list[engine.Run] | None:
+    """Every fold's run of ``run``'s experiment, or None after a warning naming the missing folds and a link to Home."""
+    try:
+        return require_folds(fold_runs_of(run))
+    except engine.LungLensError as exc:
+        st.warning(str(exc))
+        st.page_link(str(HOME), label="Go to Home and train the missing folds", icon=":material/play_arrow:")
+        return None
 
 
 def sidebar() -> Selection:

@@ -1,4 +1,4 @@
-"""'This image is unlike the training data' (issue 10 sec. 6): a distance of an image's deep features to the run's
+"""'This image is unlike the training data': a distance of an image's deep features to the run's
 training features, compared with the 99th percentile of the same distance over the validation split.
 
 Features: the global average of each channel of the last convolutional stage (``model.forward_blocks``), one value

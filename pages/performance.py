@@ -18,9 +18,9 @@ from dashboard.performance_charts import (
 from dashboard.calibration_section import calibration_section
 from dashboard.external_section import external_section
 from dashboard.training_charts import related_runs
-from dashboard.widgets import HOME, all_runs, depth_slider, fold_runs_of, require_runs
+from dashboard.widgets import all_runs, depth_slider, fold_runs_of, require_runs, trained_folds
 from engine.baselines import compare_methods
-from engine.crossval import SD_DDOF, fold_depth_curve, fold_metric_summary, fold_metrics, fold_roc, require_folds
+from engine.crossval import SD_DDOF, fold_depth_curve, fold_metric_summary, fold_metrics, fold_roc
 from engine.evaluation import METRICS, depth_curve, evaluate_run
 
 
@@ -109,14 +109,14 @@ def _detail(ev: dict) -> None:
 def _crossval(run: engine.Run) -> None:
     k = run.config.folds
     st.subheader(f"Cross-validation: {k} folds on the same test split (Ouyang et al., fig. 4)")
-    runs = fold_runs_of(run)
+    runs = trained_folds(run)
+    if runs is None:
+        return
     try:
-        require_folds(runs)
         with st.spinner(f"Scoring the {k} folds on the test split…"):
             roc, table = _fold_views(tuple(r.id for r in runs), tuple(r.result["finished"] for r in runs))
     except engine.LungLensError as exc:
         st.warning(str(exc))
-        st.page_link(str(HOME), label="Go to Home and train the missing folds", icon=":material/play_arrow:")
         return
     left, right = st.columns(2)
     with left:

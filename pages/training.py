@@ -15,8 +15,8 @@ from dashboard.training_charts import (
     loss_figure,
     related_runs,
 )
-from dashboard.widgets import HOME, all_runs, depth_slider, fold_runs_of, require_runs
-from engine.crossval import SD_DDOF, fold_epoch_curve, require_folds
+from dashboard.widgets import all_runs, depth_slider, require_runs, trained_folds
+from engine.crossval import SD_DDOF, fold_epoch_curve
 
 MARKS_CAPTION = (
     "Green line: best epoch (lowest validation loss; its weights are the model kept and evaluated). Red dashed: early "
@@ -111,12 +111,8 @@ def _compare(run: engine.Run, runs: dict[int, engine.Run]) -> None:
 def _folds(run: engine.Run) -> None:
     k = run.config.folds
     st.subheader(f"Cross-validation: one curve per fold ({k} folds)")
-    runs = fold_runs_of(run)
-    try:
-        require_folds(runs)
-    except engine.LungLensError as exc:
-        st.warning(str(exc))
-        st.page_link(str(HOME), label="Go to Home and train the missing folds", icon=":material/play_arrow:")
+    runs = trained_folds(run)
+    if runs is None:
         return
     c1, c2 = st.columns(2)
     quantity = c1.selectbox("Curve", list(QUANTITIES), format_func=QUANTITIES.get, key="training_folds_quantity")
