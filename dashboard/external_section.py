@@ -11,6 +11,7 @@ import streamlit as st
 import engine
 from dashboard.external_picker import external_picker
 from dashboard.performance_charts import format_ci
+from engine.calibration import THRESHOLD_PRESETS
 from engine.external import METRIC_KEYS, ExternalRun, evaluate_view, gap_by_depth, generalisation_gap, internal_scores
 
 LABELS = {"acc": "ACC", "balanced_acc": "Balanced ACC", "sensitivity": "Sensitivity", "specificity": "Specificity",
@@ -84,7 +85,8 @@ def _calibration(result: Mapping[str, Any]) -> None:
                  f"ECE {cal['ece_scaled']:.3f}, Brier {cal['brier_scaled']:.3f}")
     st.caption(text + ".")
     points = result.get("operating_points") or {}
-    rows = [{"threshold preset (chosen on the run's validation split)": name, "threshold": p["threshold"],
+    rows = [{"threshold preset (chosen on the run's validation split)": THRESHOLD_PRESETS.get(name, name),
+             "threshold": p["threshold"],
              "sensitivity": p["sensitivity"], "specificity": p["specificity"], "PPV": p["ppv"], "NPV": p["npv"]}
             for name, p in points.items() if "error" not in p]
     if rows:
