@@ -111,7 +111,7 @@ def _explanations(view: ExternalRun, finished: float) -> None:
         "images with lesions": ex["n"], "consistency": format_ci(ex["consistency"], *ex["consistency_ci"]),
         "lung-area-matched baseline": format_ci(ex["lung_area_matched_baseline"], *ex["lung_area_matched_baseline_ci"]),
         "random baseline": format_ci(ex["random_baseline"], *ex["random_baseline_ci"]),
-        "pointing game": f"{ex['pointing_game']:.3f}", "beats chance": "yes" if ex["beats_chance"] else "no",
+        "pointing game": format_ci(ex["pointing_game"], None, None), "beats chance": "yes" if ex["beats_chance"] else "no",
     }]), hide_index=True, width="stretch")
     st.caption("The explanation report's localisation scores (Support Regions) on the external images with a lesion "
                "mask: consistency degree (Wan et al.) against two baselines scored the same way; a map beats chance "

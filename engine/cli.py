@@ -256,16 +256,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.out:
         atomic_write_bytes(args.out, external_rows(view, result).to_csv(index=False).encode())
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2, allow_nan=False))
     else:
         print(external_text(result))
     return 0
 
 
-def _interval(value: float | None, ci: list) -> str:
+def _interval(value: float | None, ci: list | None = None) -> str:
     if value is None:
         return "undefined"
-    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "")
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else "")
 
 
 def external_text(result: dict) -> str:
@@ -288,8 +288,9 @@ def external_text(result: dict) -> str:
     if result.get("explanation"):
         ex = result["explanation"]
         lines.append(f"explanations ({ex['method']}) on {ex['n']} images with lesion masks: consistency "
-                     f"{ex['consistency']:.3f}, lung-area-matched baseline {ex['lung_area_matched_baseline']:.3f}, "
-                     f"random baseline {ex['random_baseline']:.3f}, pointing game {ex['pointing_game']:.3f}; beats "
+                     f"{_interval(ex['consistency'])}, lung-area-matched baseline "
+                     f"{_interval(ex['lung_area_matched_baseline'])}, random baseline {_interval(ex['random_baseline'])}"
+                     f", pointing game {_interval(ex['pointing_game'])}; beats "
                      f"chance: {'yes' if ex['beats_chance'] else 'no'}")
     return "\n".join(lines)
 

@@ -79,6 +79,11 @@ class ExternalRun(Run):
         return f"{self.id}@{self.data_key}"
 
     @property
+    def trained_run(self) -> Run:
+        """The run whose model scores the external images."""
+        return self.base
+
+    @property
     def data_key(self) -> str:
         """The external data's fingerprint and mapping, hashed."""
         return stable_hash({"data": self.source.fingerprint, "map": sorted(self.mapping.items())}, 12)
@@ -163,6 +168,19 @@ def suggest_mapping(source_classes: Sequence[str], run_classes: Sequence[str]) -
 
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
+
+
+def _strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity (an undefined score) as None, so the CLI prints standard JSON."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return _finite(value)
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    return value
 
 
 def _balanced_resampled(y: np.ndarray, pred: np.ndarray, n_classes: int, indices: np.ndarray) -> np.ndarray:
@@ -308,7 +326,7 @@ def evaluate_view(view: ExternalRun, *, explanations: bool = True, method: str =
         if explanations:
             say(f"Explanation scores ({method}) on the images with lesion masks")
         out["explanation"] = _explanation(view, method) if explanations else None
-        return out
+        return _strict_json(out)
 
     return cached_json(view.artifact(f"evaluation-{key}.json"), compute)
 

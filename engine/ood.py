@@ -160,18 +160,13 @@ def _problem(arrays: dict[str, np.ndarray], n_val: int) -> str | None:
     return None
 
 
-def _training_run(run: Run) -> Run:
-    """The run whose train and validation splits define 'the training data' (for an external view, its ``base``)."""
-    return getattr(run, "base", None) or run
-
-
 def ood_reference(run: Run, percentile: float = OOD_PERCENTILE) -> OodReference:
     """The run's fitted distance and threshold: fitted on the train split, threshold from the validation split.
 
     Cached as a run artifact (computed once); a cached file that cannot be read or fails its digest is removed and
     computed again, never served. DataError for a run without validation or with fewer than 2 training images.
     """
-    run = _training_run(run)
+    run = run.trained_run
     split = run.predictions["split"].to_numpy()
     n_train, n_val = int((split == "train").sum()), int((split == "val").sum())
     if n_val == 0:

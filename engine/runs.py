@@ -108,6 +108,16 @@ class Run:
         """The run's cache key."""
         return self.dir.name
 
+    @property
+    def cache_key(self) -> str:
+        """A string unique to the results this object gives, for in-memory caches (an external view adds its data)."""
+        return self.id
+
+    @property
+    def trained_run(self) -> Run:
+        """The run whose model this is: the run itself (an external view's run for ``ExternalRun``)."""
+        return self
+
     def _damaged(self, name: str, problem: str) -> DamagedRunError:
         if problem == UNREADABLE:
             return DamagedRunError(f"Run {self.id} cannot be used: {self.dir / name} {problem}.")

@@ -166,19 +166,14 @@ def _diagnose(run_id: str, finished: float, digest: str, _data: bytes, name: str
                            run.config.clahe, lime_samples, run=run)
 
 
-def _base(run: engine.Run) -> engine.Run:
-    """The trained run behind an external view (the run itself otherwise)."""
-    return getattr(run, "base", run)
-
-
 def _key(run: engine.Run) -> tuple[str, float, engine.Run]:
     """The cache key of a run or external view, its finish time, and the object (passed to caches unhashed)."""
-    return getattr(run, "cache_key", run.id), run.result["finished"], run
+    return run.cache_key, run.result["finished"], run
 
 
 def _run_model(run: engine.Run) -> StagedNet:
     """The trained model of a run or of the run behind an external view (one cached copy for both)."""
-    base = _base(run)
+    base = run.trained_run
     return _model(base.id, base.result["finished"])
 
 
@@ -252,7 +247,7 @@ def _target_index(row: pd.Series, target: str | int) -> int:
 def _sanity_note(run: engine.Run, name: str) -> None:
     """The method's sanity verdict from its newest cached report row: a warning when it fails, a note otherwise."""
     # A property of the model and the method, not of the images: read from the run behind an external view.
-    level, text = sanity_message(_label(name), latest_method_report(_base(run), name))
+    level, text = sanity_message(_label(name), latest_method_report(run.trained_run, name))
     if level == "warning":
         st.warning(text, icon=":material/warning:")
     else:

@@ -140,9 +140,11 @@ def test_check_unlike_refuses_images_of_another_size(run):
 
 def test_a_run_without_validation_images_is_refused():
     no_val = SimpleNamespace(id="r-1", predictions=pd.DataFrame({"split": ["train"] * 5 + ["test"] * 2}))
+    no_val.trained_run = no_val
     with pytest.raises(DataError, match="Run r-1 has no validation images.*val_fraction"):
         ood.ood_reference(no_val)
     one_train = SimpleNamespace(id="r-2", predictions=pd.DataFrame({"split": ["train", "val", "test"]}))
+    one_train.trained_run = one_train
     with pytest.raises(DataError, match="at least 2 are needed"):
         ood.ood_reference(one_train)
 
