@@ -161,11 +161,13 @@ def home() -> None:
             "- **Training**: loss and the five criteria per epoch, train vs test; a depth slider switches runs; with "
             "k folds, one curve per fold.\n"
             "- **Performance**: the fine-tuned CNN against LBP + SVM and deep features + SVM, with 95% CIs; ROC, PR, "
-            "confusion matrices; metric vs fine-tuning depth; with k folds, per-fold ROC curves and mean ± sd AUC.\n"
+            "confusion matrices; metric vs fine-tuning depth; with k folds, per-fold ROC curves and mean ± sd AUC; "
+            "calibration and operating points; an external test on another site's folder.\n"
             "- **Features**: deep and LBP features projected to 2-D/3-D (PCA, kernel PCA, t-SNE) with separability scores.\n"
             "- **Layers**: first-layer filters before/after fine-tuning, hidden neurons by guided backpropagation.\n"
             "- **Support Regions**: Grad-CAM, LIME and occlusion maps, their overlap with lesion masks (consistency "
-            "degree), and cases right for the wrong reason."
+            "degree), and cases right for the wrong reason, on the test split or an external folder; a new image is "
+            "diagnosed with a warning when it is unlike the training data."
         )
     sel = selection()
     changes = _data_picker(sel)
