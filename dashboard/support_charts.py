@@ -1,31 +1,21 @@
 """Support Regions page helpers: heatmap figures with the support contour and mask outlines (Wan §3.5, figs. 11-12),
-consistency-degree charts, class probabilities, and the checks of an uploaded image before it is diagnosed."""
+consistency-degree charts, class probabilities, and the message on whether an upload is like the training data."""
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.data.imageio import decode_image_bytes, image_header
-from engine.data.transforms import preprocess
-from engine.errors import DataError, LungLensError
-from engine.explain import explain_image, lime_overlay
-from engine.models.backbones import StagedNet
-from engine.ood import METHOD_LABELS, check_unlike
-
-if TYPE_CHECKING:
-    from engine.runs import Run
+from engine.explain import lime_overlay
+from engine.ood import METHOD_LABELS
 
 #: Which test images the image picker lists.
 OUTCOMES = ("All", "Correct", "Wrong")
-#: Upload limits: larger files or images are refused before they are decoded.
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_UPLOAD_SIDE = 4096
 
 #: Support contour magenta: it stays visible on jet red, on gray X-rays and in the legend.
 SUPPORT_COLOR, LESION_COLOR, LUNG_COLOR = "#ff00ff", "#22c55e", "#22d3ee"
@@ -235,54 +225,6 @@ def consistency_depth_figure(table: pd.DataFrame) -> go.Figure:
 def markdown_literal(text: str) -> str:
     """``text`` with every ASCII punctuation mark backslash-escaped, so Markdown shows it as written."""
     return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
-
-
-def read_upload(data: bytes, name: str, size: int, clahe: bool = False) -> np.ndarray | str:
-    """The uploaded file as a model-ready uint8 (size, size) image, or a message saying why it cannot be used.
-
-    Everything happens in memory: nothing is written to disk.
-    """
-    limit = f"at most {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_UPLOAD_SIDE} px on each side"
-    if len(data) == 0:
-        return f"{name} is empty (0 bytes): upload the image file itself."
-    if len(data) > MAX_UPLOAD_BYTES:
-        return f"{name} is {len(data) / 2**20:.1f} MB: uploads must be {limit}."
-    try:
-        # The header alone (engine's one image reader): an oversized or unknown file is refused before decoding.
-        _, width, height, _ = image_header(data, name)
-        if max(width, height) > MAX_UPLOAD_SIDE:
-            return f"{name} is {width} x {height} px: uploads must be {limit}. Downscale it first."
-        pixels = decode_image_bytes(data, name)
-    except DataError as exc:
-        return f"This file cannot be used: {exc}."
-    if max(pixels.shape) > MAX_UPLOAD_SIDE:
-        return f"{name} is {pixels.shape[1]} x {pixels.shape[0]} px: uploads must be {limit}. Downscale it first."
-    return preprocess(pixels, size, clahe=clahe)
-
-
-def diagnose_upload(data: bytes, name: str, model: StagedNet, classes: Sequence[str], size: int,
-                    clahe: bool = False, lime_samples: int = 1000, run: Run | None = None) -> dict[str, Any] | str:
-    """Class probabilities, Grad-CAM and LIME of an uploaded image for the model's predicted class, or a message.
-
-    Returns ``image`` (the preprocessed uint8 input), ``probabilities``, ``predicted``, ``gradcam`` (heatmap) and
-    ``lime`` (``lime_map``'s result); a string says why the upload cannot be diagnosed. With the model's ``run``,
-    also ``unlike``: ``engine.ood.check_unlike`` of the image (one value per key), or a message saying why it could
-    not be checked. Nothing is written to disk but the run's cached reference of its training features.
-    """
-    image = read_upload(data, name, size, clahe)
-    if isinstance(image, str):
-        return image
-    cam = explain_image(model, image, tuple(classes), "gradcam")
-    lime = explain_image(model, image, tuple(classes), "lime", cam["predicted"], n_samples=lime_samples)
-    result = {"image": image, "probabilities": cam["probabilities"], "predicted": cam["predicted"],
-              "gradcam": cam["heatmap"], "lime": lime["details"]}
-    if run is not None:
-        try:
-            check = check_unlike(run, image, model=model)
-            result["unlike"] = {k: v[0].item() if isinstance(v, np.ndarray) else v for k, v in check.items()}
-        except LungLensError as exc:
-            result["unlike"] = f"Whether this image is like the training data cannot be checked: {exc}"
-    return result
 
 
 def unlike_message(check: Mapping[str, Any]) -> tuple[str, str]:

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 import engine
+from dashboard.external_picker import external_picker
 from dashboard.report_charts import (
     DEPTH_SCORES,
     consistency_curve_figure,
@@ -29,15 +30,12 @@ from dashboard.report_charts import (
     styled_report,
 )
 from dashboard.support_charts import (
-    MAX_UPLOAD_BYTES,
-    MAX_UPLOAD_SIDE,
     OUTCOMES,
     colour_scale_figure,
     consistency_depth_figure,
     consistency_depth_table,
     consistency_histogram,
     depth_strip_figure,
-    diagnose_upload,
     filter_test_rows,
     image_label,
     lime_figure,
@@ -46,7 +44,6 @@ from dashboard.support_charts import (
     support_figure,
     unlike_message,
 )
-from dashboard.external_picker import external_picker
 from dashboard.widgets import depth_slider, require_runs
 from engine.data.imageio import IMAGE_SUFFIXES
 from engine.explain import (
@@ -65,7 +62,6 @@ from engine.explain import (
     wrong_reason_gallery,
 )
 from engine.explain.localisation import localisation_scores
-from engine.external import ExternalRun
 from engine.explain.report import (
     REPORT_COLUMNS,
     ReportSettings,
@@ -77,6 +73,8 @@ from engine.explain.report import (
     report_across_depths,
     run_localisation,
 )
+from engine.explain.upload import MAX_UPLOAD_BYTES, MAX_UPLOAD_SIDE, diagnose_upload
+from engine.external import ExternalRun
 from engine.jobs import Job, get_job, start_job
 from engine.models.backbones import StagedNet
 from engine.store import stable_hash

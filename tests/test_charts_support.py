@@ -15,22 +15,20 @@ import torchvision
 from dashboard.support_charts import (
     LESION_COLOR,
     LUNG_COLOR,
-    MAX_UPLOAD_BYTES,
     SUPPORT_COLOR,
-    consistency_depth_figure,
     colour_scale_figure,
+    consistency_depth_figure,
     consistency_depth_table,
     consistency_histogram,
     depth_strip_figure,
-    diagnose_upload,
     filter_test_rows,
     image_label,
     lime_figure,
     probability_figure,
-    read_upload,
     support_figure,
     unlike_message,
 )
+from engine.explain.upload import MAX_UPLOAD_BYTES, diagnose_upload, read_upload
 from engine.models.backbones import stage
 
 CLASSES = ("covid", "normal", "pneumonia")
@@ -266,7 +264,7 @@ def test_unlike_message_warns_above_the_threshold_and_notes_below():
 
 
 def test_diagnose_upload_adds_the_check_against_the_run(model, monkeypatch):
-    import dashboard.support_charts as charts
+    import engine.explain.upload as charts
     from engine.errors import DataError
 
     image = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)

@@ -289,3 +289,14 @@ def test_a_bad_dicom_in_a_folder_is_named_and_skippable(tmp_path):
         load_folder(root)
     ds = load_folder(root, skip_bad=True)
     assert [file for file, _ in ds.skipped] == ["normal/volume.dcm"]
+
+
+def test_a_dicom_upload_is_read_like_a_training_image():
+    from engine.explain.upload import read_upload
+
+    pixels = np.tile(np.arange(16, dtype=np.uint16) * 256, (16, 1))  # a horizontal ramp over 0..3840
+    image = read_upload(dicom_bytes(pixels, photometric="MONOCHROME1"), "scan.dcm", 8)
+    assert image.shape == (8, 8) and image.dtype == np.uint8
+    assert image[:, 0].min() > image[:, -1].max()  # MONOCHROME1: the high values are dark
+    volume = dicom_bytes(np.zeros((2, 4, 4), np.uint16), NumberOfFrames=2)
+    assert "volume" in read_upload(volume, "ct.dcm", 8)

@@ -330,7 +330,7 @@ def test_the_pixel_limit_is_configurable_and_skip_bad_catches_bombs(tmp_path, mo
 
 
 def test_a_format_pillow_cannot_read_never_reaches_opencv(monkeypatch):
-    from dashboard.support_charts import read_upload
+    from engine.explain.upload import read_upload
 
     monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("an unknown format went to OpenCV"))
     hdr = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 17000 +X 17000\n" + b"\0" * 4096
@@ -343,7 +343,7 @@ def test_a_format_pillow_cannot_read_never_reaches_opencv(monkeypatch):
 
 
 def test_an_upload_bomb_reports_its_real_size():
-    from dashboard.support_charts import read_upload
+    from engine.explain.upload import read_upload
 
     message = read_upload(_png_header(60000, 60000), "big.png", 64)
     assert "60000 x 60000 px" in message and "4097" not in message
