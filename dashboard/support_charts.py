@@ -165,11 +165,11 @@ def colour_scale_figure(threshold: float = 0.7) -> go.Figure:
     return fig
 
 
-def consistency_histogram(df: pd.DataFrame, method_label: str = "Grad-CAM") -> go.Figure:
+def consistency_histogram(df: pd.DataFrame, summary: Mapping[str, Any], method_label: str = "Grad-CAM") -> go.Figure:
     """Distributions of the per-image consistency degree of the map and of both baselines, with their means.
 
     ``df`` is ``run_localisation``'s table (columns ``consistency``, ``lung_area_matched_baseline``,
-    ``random_baseline``).
+    ``random_baseline``) and ``summary`` the engine's ``localisation_summary`` of it (the means drawn).
     """
     series = [(f"{method_label} (model)", "consistency", MODEL_COLOR),
               ("lungs, same area", "lung_area_matched_baseline", LUNG_BASELINE_COLOR),
@@ -183,7 +183,7 @@ def consistency_histogram(df: pd.DataFrame, method_label: str = "Grad-CAM") -> g
         fig.add_trace(go.Histogram(x=values, name=name, marker_color=color, opacity=0.6,
                                    xbins=dict(start=-0.025, end=1.025, size=0.05),
                                    hovertemplate="%{x}: %{y} images<extra>" + name + "</extra>"))
-        fig.add_vline(x=float(values.mean()), line=dict(color=color, dash="dash", width=2))
+        fig.add_vline(x=float(summary[column]), line=dict(color=color, dash="dash", width=2))
     fig.update_layout(barmode="overlay", height=360, margin=dict(t=30, b=40, l=60, r=20),
                       legend=dict(orientation="h", y=1.12, x=0))
     fig.update_xaxes(title_text="Consistency degree (share of the lesion covered by support)", range=[-0.03, 1.03],

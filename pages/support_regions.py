@@ -602,7 +602,7 @@ def _consistency_section(run: engine.Run, runs: dict[int, engine.Run], threshold
         f"{format_ci(s['lung_area_matched_baseline'], s['lung_area_matched_baseline_ci'])} (lungs, same area) and "
         f"{format_ci(s['random_baseline'], s['random_baseline_ci'])} (random map); it beats chance only where its "
         "mean is above both and the 95% bootstrap intervals do not overlap.")
-    st.plotly_chart(consistency_histogram(df, label), width="stretch", key="support_consistency_histogram")
+    st.plotly_chart(consistency_histogram(df, s, label), width="stretch", key="support_consistency_histogram")
     st.caption(
         f"Consistency degree (Wan §3.5): the share of the annotated lesion covered by support pixels (heatmap > "
         f"{threshold:g}). Wan et al. report a mean of 60.02% on 500 CT images for a modified AlexNet's Grad-CAM at "

@@ -148,7 +148,8 @@ def _consistency_frame() -> pd.DataFrame:
 
 
 def test_consistency_histogram_shows_model_and_baselines_with_means():
-    fig = consistency_histogram(_consistency_frame(), "Grad-CAM")
+    means = {"consistency": 0.6, "lung_area_matched_baseline": 0.375, "random_baseline": 0.2}  # by hand
+    fig = consistency_histogram(_consistency_frame(), means, "Grad-CAM")
     assert [t.name for t in fig.data] == ["Grad-CAM (model)", "lungs, same area", "random smooth map"]
     assert list(fig.data[1].x) == [0.5, 0.25]  # NaN (no lung mask) left out
     assert sorted(s.x0 for s in fig.layout.shapes) == pytest.approx([0.2, 0.375, 0.6])
