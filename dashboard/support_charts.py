@@ -119,7 +119,7 @@ def support_figure(image: np.ndarray, heatmap: np.ndarray | None = None, *, thre
         fig.add_trace(trace)
     _image_axes(fig)
     fig.update_layout(height=height, margin=dict(t=40 if title else 10, b=10, l=10, r=10), showlegend=legend,
-                      title=dict(text=title, font=dict(size=14)), plot_bgcolor="black",
+                      title=dict(text=title, font=dict(size=14)), plot_bgcolor="rgba(0,0,0,0)",
                       legend=dict(orientation="h", y=-0.02, x=0, yanchor="top", font=dict(size=11)))
     return fig
 
@@ -147,7 +147,7 @@ def depth_strip_figure(image: np.ndarray, maps: Mapping[int, np.ndarray | None],
             fig.add_trace(trace, row=1, col=i)
     _image_axes(fig, len(depths))
     fig.update_annotations(yshift=10, font=dict(size=13))  # panel titles above the images, not over them
-    fig.update_layout(height=height, margin=dict(t=60, b=10, l=10, r=10), plot_bgcolor="black",
+    fig.update_layout(height=height, margin=dict(t=60, b=10, l=10, r=10), plot_bgcolor="rgba(0,0,0,0)",
                       legend=dict(orientation="h", y=-0.02, x=0, yanchor="top", font=dict(size=11)))
     return fig
 

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 import engine
+from dashboard.exports import png_config
 from dashboard.external_picker import external_picker
 from dashboard.report_charts import (
     DEPTH_SCORES,
@@ -312,7 +313,7 @@ def _map_panel(run: engine.Run, image: np.ndarray, name: str, result: dict[str, 
     else:
         fig = support_figure(image, None if empty else heatmap, threshold=threshold, opacity=opacity, lesion=lesion,
                              lung=lung, title=title, height=height, colorbar=colorbar, legend=False)
-    st.plotly_chart(fig, width="stretch", key=key, config=NO_TOOLBAR)
+    st.plotly_chart(fig, width="stretch", key=key, config=png_config(key))
     if empty:
         st.warning(empty_map_message(_label(name), class_name, _layer_label(run, name, layer), heatmap),
                    icon=":material/visibility_off:")
@@ -327,16 +328,18 @@ def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
     image, (lesion, lung) = _test_images(*_key(run))[row], _masks_of(_masks(*_key(run)), row)
     r = rows.loc[row]
     class_name = classes[_target_index(r, target)]
-    cells = _grid(len(names) + 1, 4 if len(names) > 2 else len(names) + 1)
+    n_columns = 4 if len(names) > 2 else len(names) + 1
+    height = 340 if n_columns <= 2 else 300 if n_columns == 3 else 250  # about square panels: no letterbox bars
+    cells = _grid(len(names) + 1, n_columns)
     with next(cells):
-        st.plotly_chart(support_figure(image, lesion=lesion, lung=lung, title="Image", height=340),
-                        width="stretch", key="support_image_figure", config=NO_TOOLBAR)
+        st.plotly_chart(support_figure(image, lesion=lesion, lung=lung, title="Image", height=height),
+                        width="stretch", key="support_image_figure", config=png_config("support_image"))
     scores, empties = {}, 0
     for cell, name in zip(cells, names):
         with cell, st.spinner(f"Computing {_label(name)}…"):
             result = _image_map(*_key(run), row, name, target, tuple(sorted(params[name].items())))
             _map_panel(run, image, name, result, title=f"{_label(name)} · {class_name}", class_name=class_name,
-                       layer=layer, threshold=threshold, opacity=opacity, lesion=lesion, lung=lung, height=340,
+                       layer=layer, threshold=threshold, opacity=opacity, lesion=lesion, lung=lung, height=height,
                        key=f"support_overlay_{name}", colorbar=len(names) == 1)
             _sanity_note(run, name)
         empties += bool(is_empty(result["heatmap"][None])[0])
@@ -353,7 +356,7 @@ def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
     with left:
         probabilities = {c: float(r[f"prob_{c}"]) for c in classes}
         st.plotly_chart(probability_figure(probabilities, classes[int(r["y"])]), width="stretch",
-                        key="support_probabilities", config=NO_TOOLBAR)
+                        key="support_probabilities", config=png_config("class_probabilities"))
     with right:
         if scores:
             table = pd.DataFrame(scores)  # one column per method
@@ -754,7 +757,7 @@ def _depths_section(run: engine.Run, runs: dict[int, engine.Run], threshold: flo
     strip = {d: None if d in empty else m for d, m in maps.items()}  # an empty map is said above, not drawn
     st.plotly_chart(depth_strip_figure(_test_images(*_key(run))[row], strip, titles, threshold=threshold,
                                        opacity=opacity, lesion=lesion, lung=lung),
-                    width="stretch", key="support_depth_strip", config=NO_TOOLBAR)
+                    width="stretch", key="support_depth_strip", config=png_config("same_image_across_depths"))
     st.caption(f"{_label(name)} of each depth's run (CAM methods on the last conv layer); panel titles give that "
                "run's prediction, its probability and, with a lesion mask, the consistency degree. "
                + OUTLINES_CAPTION)
@@ -804,10 +807,10 @@ def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None
     c1, c2, c3 = st.columns(3)
     with c1:
         st.plotly_chart(probability_figure(result["probabilities"]), width="stretch", key="support_upload_probs",
-                        config=NO_TOOLBAR)
+                        config=png_config("upload_probabilities"))
         _unlike_note(result.get("unlike"))
         st.plotly_chart(support_figure(image, title="Model input", height=320, legend=False), width="stretch",
-                        key="support_upload_image", config=NO_TOOLBAR)
+                        key="support_upload_image", config=png_config("uploaded_image"))
     for column, name in zip((c2, c3), maps):
         with column:
             _map_panel(run, image, name, maps[name], title=f"{_label(name)} · {result['predicted']}",
