@@ -60,8 +60,15 @@ def test_lime_weights_the_superpixels_the_model_sees(model, image):
     np.testing.assert_array_equal(r["negative"], r["map"] < 0)
     positive = np.clip(r["map"], 0, None)
     np.testing.assert_allclose(r["heatmap"], positive / positive.max())
-    rgb = lime_overlay(image, r)
+    rgb = lime_overlay(image, r, alpha=0.5)
     assert rgb.shape == (SIZE, SIZE, 3) and rgb.dtype == np.uint8
+    # Worked by hand for the strongest superpixel away from borders: half image, half the diverging map's end.
+    from skimage.segmentation import find_boundaries
+    top = int(np.abs(w).argmax())
+    inside = (seg == top) & ~find_boundaries(seg, mode="inner")
+    y, x = np.argwhere(inside)[0]
+    end = np.array([0.70, 0.09, 0.17] if w[top] > 0 else [0.13, 0.40, 0.67])
+    np.testing.assert_allclose(rgb[y, x], np.round(255 * (0.5 * image[y, x] / 255 + 0.5 * end)), atol=1)
 
 
 def test_lime_explains_the_predicted_class_by_default(model, image):

@@ -6,7 +6,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from skimage.segmentation import mark_boundaries
+from skimage.segmentation import find_boundaries
 
 from ..errors import ConfigError
 from ..models.backbones import StagedNet
@@ -21,16 +21,24 @@ def heatmap_overlay(image_uint8: np.ndarray, heatmap: np.ndarray, alpha: float =
     return cv2.cvtColor(cv2.addWeighted(gray, 1.0 - alpha, colour, alpha, 0.0), cv2.COLOR_BGR2RGB)
 
 
+#: The ends of the diverging colour map of LIME's weights (ColorBrewer RdBu): for and against the explained class.
+LIME_FOR, LIME_AGAINST = np.float32([0.70, 0.09, 0.17]), np.float32([0.13, 0.40, 0.67])
+#: How much the superpixel borders lighten the image: thin and faint, so they do not hide it.
+BORDER_SHARE = 0.3
+
+
 def lime_overlay(image_uint8: np.ndarray, lime: dict[str, Any], alpha: float = 0.5) -> np.ndarray:
-    """RGB uint8 (H, W, 3): superpixels tinted red (support) or blue (against) by weight, with their outlines."""
+    """RGB uint8 (H, W, 3): each superpixel tinted by its weight on a diverging red (for) / blue (against) scale,
+    stronger with the weight's size, and faint one-pixel borders between superpixels."""
     rgb = cv2.cvtColor(np.asarray(image_uint8, np.uint8), cv2.COLOR_GRAY2RGB).astype(np.float32) / 255.0
     signed = lime["map"]
     peak = float(np.abs(signed).max())
     strength = (alpha * np.abs(signed) / peak if peak > 0 else np.zeros_like(signed))[..., None]
-    tint = np.where((signed > 0)[..., None], np.float32([1, 0, 0]), np.float32([0, 0, 1]))
+    tint = np.where((signed > 0)[..., None], LIME_FOR, LIME_AGAINST)
     blended = (1.0 - strength) * rgb + strength * tint
-    outlined = mark_boundaries(blended, lime["segments"], color=(1, 1, 0))
-    return np.round(np.clip(outlined, 0, 1) * 255).astype(np.uint8)
+    border = find_boundaries(lime["segments"], mode="inner")[..., None]
+    blended = np.where(border, (1.0 - BORDER_SHARE) * blended + BORDER_SHARE, blended)
+    return np.round(np.clip(blended, 0, 1) * 255).astype(np.uint8)
 
 
 def write_overlay(model: StagedNet, image_uint8: np.ndarray, method: str, out_path: str | Path, *,
