@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "fit_temperature": "calibration", "run_calibration": "calibration", "run_operating_point": "calibration",
     "run_temperature": "calibration",
     "fold_roc": "crossval", "fold_runs": "crossval",
-    "BACKBONES": "models.backbones", "N_BLOCKS": "models.backbones",
+    "BACKBONES": "models.names", "N_BLOCKS": "models.names",
     "Run": "runs", "damaged_runs": "runs", "delete_run": "runs", "get_run": "runs", "list_runs": "runs",
     "load_run": "runs", "train_run": "runs",
     "home": "store",

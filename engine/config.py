@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .models.backbones import BACKBONES, N_BLOCKS
-from .models.xrv import XRV_ARCH, XRV_INIT
+from .models.names import BACKBONES, N_BLOCKS, XRV_ARCH, XRV_INIT
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCHEDULERS = ("none", "plateau", "cosine")

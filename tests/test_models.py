@@ -92,3 +92,19 @@ def test_bad_weights_file_is_a_clear_error(tmp_path):
         build_model("alexnet", 3, str(tmp_path / "junk.pth"))
     with pytest.raises(WeightsError, match="does not exist"):
         build_model("alexnet", 3, str(tmp_path / "missing.pth"))
+
+
+def test_every_named_backbone_has_a_builder():
+    from engine.models import backbones, names
+
+    assert tuple(backbones._BUILDERS) == names.BACKBONES
+
+
+def test_import_engine_and_a_config_load_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, engine; engine.RunConfig(backbone='resnet18', depth=2); engine.preset('demo'); "
+            "engine.BACKBONES; assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -8,9 +8,9 @@ import torchvision
 from torch import nn
 
 from ..errors import ConfigError
+from .names import BACKBONES, N_BLOCKS
 
 #: Every backbone has this many convolutional blocks; fine-tuning depth d unfreezes the last d of them.
-N_BLOCKS = 5
 
 
 class StagedNet(nn.Module):
@@ -111,9 +111,6 @@ _BUILDERS: dict[str, Callable[..., StagedNet]] = {
     "resnet50": lambda tv, n, w: _resnet(tv, n, w, "resnet50"),
     "densenet121": lambda tv, n, w: _densenet(tv, n, w, "densenet121"),
 }
-
-#: Backbones LungLens knows, by torchvision name.
-BACKBONES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def check_backbone(arch: str) -> None:

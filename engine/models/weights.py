@@ -13,7 +13,8 @@ from torchvision.models import get_model_weights
 
 from ..errors import WeightsError
 from .backbones import StagedNet, stage, torchvision_model
-from .xrv import XRV_ARCH, XRV_INIT, fetch_xrv_file, read_xrv_state, stdout_to_stderr, xrv_densenet, xrv_file
+from .names import XRV_ARCH, XRV_INIT
+from .xrv import fetch_xrv_file, read_xrv_state, stdout_to_stderr, xrv_densenet, xrv_file
 
 INIT_KINDS = ("builtin", "imagenet", "scratch", XRV_INIT)
 

@@ -19,10 +19,9 @@ from torch import nn
 from ..data.transforms import gray_of
 from ..errors import WeightsError
 from .backbones import StagedNet, _no_inplace
+from .names import XRV_ARCH, XRV_INIT
 
 #: The ``--init`` value that selects these weights; they exist for ``densenet121`` only.
-XRV_INIT = "xrv-densenet121"
-XRV_ARCH = "densenet121"
 #: TorchXRayVision's name of the weights (trained on NIH, PadChest, CheXpert, MIMIC-CXR, Google, OpenI, RSNA).
 XRV_WEIGHTS = "densenet121-res224-all"
 #: The intensity range the xrv models were trained on (``xrv.utils.normalize``).
