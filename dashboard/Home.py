@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run dashboard/Home.py` puts dashboard/, not the repo root, on the path
     sys.path.insert(0, str(ROOT))
 
+from dashboard.url_state import keep_page_params  # noqa: E402
 from dashboard.widgets import HOME, sidebar  # noqa: E402
 
 PAGES = ROOT / "pages"
@@ -30,8 +31,10 @@ def main() -> None:
         st.Page(PAGES / "layers.py", title="Layers", icon=":material/layers:"),
         st.Page(PAGES / "support_regions.py", title="Support Regions", icon=":material/center_focus_strong:"),
     ])
-    sidebar()
+    keep_page_params(nav.url_path)
+    refresh_sidebar = sidebar()
     nav.run()
+    refresh_sidebar()  # Home may have changed the experiment: the sidebar and the URL follow at once
 
 
 main()

@@ -16,6 +16,7 @@ from engine.calibration import (
 )
 
 from .calibration_charts import calibration_table, operating_table, prevalence_figure, reliability_figure
+from .exports import csv_button, export_name, png_config
 
 CUSTOM = "custom"
 #: The threshold radio's options: the engine's presets, then a threshold set by hand.
@@ -76,15 +77,17 @@ def _calibration_part(run: engine.Run) -> bool:
     positive = raw["class"]
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(reliability_figure(raw, scaled), width="stretch", key="calibration_reliability")
+        st.plotly_chart(reliability_figure(raw, scaled), width="stretch", key="calibration_reliability",
+                        config=png_config(export_name(run, "reliability")))
         st.caption(f"Reliability diagram of the probability of {positive} (the positive class, one-vs-rest): the "
                    f"images of each split in {raw['n_bins']} equal-width probability bins; each point is a bin's mean "
                    f"predicted probability against the share of {positive} images in it (point size: images in the "
                    "bin). On the dashed diagonal the probabilities are calibrated: of the images given 0.8, 80% are "
                    f"{positive}.")
     with right:
-        st.dataframe(calibration_table(raw, scaled), hide_index=True, width="stretch", column_config=_FORMAT,
-                     key="calibration_table")
+        table = calibration_table(raw, scaled)
+        st.dataframe(table, hide_index=True, width="stretch", column_config=_FORMAT, key="calibration_table")
+        csv_button(table, export_name(run, "calibration"), key="calibration_table_csv")
         st.caption("ECE (expected calibration error): the gap between the two axes averaged over the bins, weighted "
                    "by the images in each. Brier score: the mean squared difference between the probability and the "
                    "outcome (1 for a positive image, else 0). For both, 0 is perfect and lower is better.")
@@ -139,8 +142,9 @@ def _operating_part(run: engine.Run, scaled: bool) -> None:
         col.metric(f"Test {label}", _value(point[name]),
                    help=f"{num.upper()} / ({' + '.join(d.upper() for d in den)}) = {point[num]} / "
                         f"{sum(point[d] for d in den)}")
-    st.dataframe(operating_table(point), hide_index=True, width="stretch", column_config=_FORMAT,
-                 key="calibration_operating_table")
+    table = operating_table(point)
+    st.dataframe(table, hide_index=True, width="stretch", column_config=_FORMAT, key="calibration_operating_table")
+    csv_button(table, export_name(run, "operating-point"), key="calibration_operating_csv")
     where = "on the validation split, then applied unchanged to the test split" if point["preset"] else "by hand"
     scaled_note = " after temperature scaling" if scaled else ""
     st.caption(f"Threshold {point['threshold']:.4f} on the probability of {positive}{scaled_note}, chosen {where}. "
@@ -153,7 +157,7 @@ def _operating_part(run: engine.Run, scaled: bool) -> None:
         st.info(f"PPV and NPV against prevalence need both {positive} and other images in the test split.")
         return
     st.plotly_chart(prevalence_figure(point["sensitivity"], point["specificity"], point["prevalence"]),
-                    width="stretch", key="calibration_prevalence")
+                    width="stretch", key="calibration_prevalence", config=png_config(export_name(run, "ppv-npv")))
     st.caption(f"PPV and NPV at this threshold's test sensitivity ({_value(point['sensitivity'])}) and specificity "
                f"({_value(point['specificity'])}) for any prevalence of {positive}, by Bayes' rule: the same test "
                f"means little when a positive result is rare. The marker is the test split's own prevalence "

@@ -20,6 +20,12 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "lunglens"
 
 
+def export_name(run: Any, what: str) -> str:
+    """A file-name stem for an export of ``run``: ``lunglens-alexnet-depth5-<what>`` (with its fold, if any)."""
+    fold = f"-fold{run.config.fold}" if run.config.folds > 1 else ""
+    return f"lunglens-{run.config.backbone}-depth{run.config.depth}{fold}-{what}"
+
+
 def png_config(name: str, scale: int = 2) -> dict[str, Any]:
     """``st.plotly_chart(config=...)`` whose toolbar saves the figure as ``<name>.png`` (and nothing else)."""
     return {"displaylogo": False, "modeBarButtonsToRemove": list(_OTHER_BUTTONS),

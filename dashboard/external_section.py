@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import engine
+from dashboard.exports import csv_button, export_name, png_config
 from dashboard.external_picker import external_picker
 from dashboard.performance_charts import format_ci
 from engine.calibration import THRESHOLD_PRESETS
@@ -77,7 +78,7 @@ def _counts(result: Mapping[str, Any]) -> None:
         st.caption(f"{len(result['skipped'])} unreadable image(s) skipped, e.g. {result['skipped'][0][1]}")
 
 
-def _calibration(result: Mapping[str, Any]) -> None:
+def _calibration(run: engine.Run, result: Mapping[str, Any]) -> None:
     cal = result["calibration"]
     text = f"Calibration on the external images (positive class): ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f}"
     if cal.get("temperature"):
@@ -90,12 +91,14 @@ def _calibration(result: Mapping[str, Any]) -> None:
              "sensitivity": p["sensitivity"], "specificity": p["specificity"], "PPV": p["ppv"], "NPV": p["npv"]}
             for name, p in points.items() if "error" not in p]
     if rows:
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+        table = pd.DataFrame(rows)
+        st.dataframe(table, hide_index=True, width="stretch", key="external_operating_table",
                      column_config={k: st.column_config.NumberColumn(format="%.3f")
                                     for k in ("threshold", "sensitivity", "specificity", "PPV", "NPV")})
+        csv_button(table, export_name(run, "external-operating-points"), key="external_operating_csv")
 
 
-def _explanations(view: ExternalRun, finished: float) -> None:
+def _explanations(run: engine.Run, view: ExternalRun, finished: float) -> None:
     if not (view.predictions["mask"] != "").any():
         st.caption("This folder has no lesion masks, so the explanations cannot be scored on it.")
         return
@@ -107,12 +110,14 @@ def _explanations(view: ExternalRun, finished: float) -> None:
     if ex is None:
         st.info("No external image of the run's classes has a non-empty lesion mask.")
         return
-    st.dataframe(pd.DataFrame([{
+    table = pd.DataFrame([{
         "images with lesions": ex["n"], "consistency": format_ci(ex["consistency"], *ex["consistency_ci"]),
         "lung-area-matched baseline": format_ci(ex["lung_area_matched_baseline"], *ex["lung_area_matched_baseline_ci"]),
         "random baseline": format_ci(ex["random_baseline"], *ex["random_baseline_ci"]),
         "pointing game": format_ci(ex["pointing_game"], None, None), "beats chance": "yes" if ex["beats_chance"] else "no",
-    }]), hide_index=True, width="stretch")
+    }])
+    st.dataframe(table, hide_index=True, width="stretch", key="external_explanations_table")
+    csv_button(table, export_name(run, "external-explanations"), key="external_explanations_csv")
     st.caption("The explanation report's localisation scores (Support Regions) on the external images with a lesion "
                "mask: consistency degree (Wan et al.) against two baselines scored the same way; a map beats chance "
                "when its interval lies above both. Support Regions shows the maps themselves for an external folder.")
@@ -136,11 +141,13 @@ def external_section(run: engine.Run, runs: Mapping[int, engine.Run]) -> None:
         st.error(str(exc))
         return
     _counts(result)
-    st.table(gap_table(generalisation_gap(internal, result)))
+    gap = gap_table(generalisation_gap(internal, result))
+    st.table(gap)
+    csv_button(gap, export_name(run, "external-gap"), key="external_gap_csv")
     st.caption(f"Run `{run.id}` (depth {run.config.depth}) on its own test split ({internal['n']} images) and on "
                f"{result['n']} external images; 95% percentile-bootstrap intervals ({result['n_boot']} resamples). "
                f"Sensitivity, specificity, PPV, NPV, F1 and AUC are of the positive class ({result['positive']}).")
-    _calibration(result)
+    _calibration(run, result)
     metric = st.selectbox("Metric against depth", list(METRIC_KEYS), format_func=LABELS.get,
                           index=list(METRIC_KEYS).index("auc"), key="external_metric")
     ordered = [runs[d] for d in sorted(runs)]
@@ -151,7 +158,9 @@ def external_section(run: engine.Run, runs: Mapping[int, engine.Run]) -> None:
     except engine.LungLensError as exc:
         st.error(str(exc))
         return
-    st.plotly_chart(gap_depth_figure(curve, metric), width="stretch", key="external_depth_curve")
+    st.plotly_chart(gap_depth_figure(curve, metric), width="stretch", key="external_depth_curve",
+                    config=png_config(export_name(run, f"external-{metric}-vs-depth")))
+    csv_button(curve, export_name(run, f"external-{metric}-vs-depth"), key="external_depth_csv")
     st.caption("Solid: the run's own test split; dashed: the external folder; bars: 95% bootstrap intervals. The "
                "distance between the lines is the generalisation gap at each fine-tuning depth.")
-    _explanations(view, finished)
+    _explanations(run, view, finished)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -10,10 +11,19 @@ import engine
 from dashboard.state import Selection, selection, set_selection, shared_datasets
 from dashboard.widgets import cached_fold_runs, runs_table
 from engine.data.access import DATA_ROOT_ENV, allowed_folder, data_root, is_exposed
+from engine.jobs import Job, get_job, start_job
+from engine.store import stable_hash
+
+if TYPE_CHECKING:
+    from engine.prepare import PrepareResult
 
 INITS = ("builtin", "imagenet", "xrv-densenet121", "scratch")
 #: Hold-out (1) or k-fold cross-validation with k = 2..10.
 FOLD_CHOICES = tuple(range(1, 11))
+#: Session-state keys of this session's prepare job (the job itself lives in engine.jobs) and of the finished job
+#: already shown, and how often the progress panel redraws while the job runs.
+PREPARE_JOB, PREPARE_SEEN = "home_prepare_job", "home_prepare_seen"
+POLL_SECONDS = 1.0
 
 
 def _data_picker(sel: Selection) -> dict:
@@ -146,6 +156,91 @@ def _train(sel: Selection, missing: list[engine.RunConfig], retrain_damaged: boo
     st.cache_resource.clear()
 
 
+def _prepare_key(runs: list[engine.Run]) -> str:
+    """The job key of preparing ``runs``: one job per set of runs, whichever session starts it."""
+    return "prepare:" + stable_hash(sorted(r.id for r in runs), 16)
+
+
+def _prepare_work(run_ids: list[str]):
+    """The job: prepare every view of the runs (loaded in the job's thread), reporting progress, stopping on cancel."""
+    def work(progress, cancelled) -> PrepareResult:
+        from engine.prepare import prepare_runs  # the whole engine stack: loaded when a prepare starts, not with Home
+
+        return prepare_runs([engine.load_run(r) for r in run_ids], progress=progress, cancel=cancelled)
+    return work
+
+
+def _eta(job: Job) -> str:
+    left = job.seconds_left
+    if left is None:
+        return "estimating the time left…"
+    return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
+
+
+def _prepare_panel() -> None:
+    """This session's prepare job: progress, time left and Cancel while it runs (polled), then how it ended."""
+    key = st.session_state.get(PREPARE_JOB)
+    job = get_job(key) if key else None
+    if job is None:
+        return
+
+    def panel() -> None:
+        current = get_job(key)
+        if current is None:
+            return
+        if current.running:
+            st.progress(current.fraction, text=f"{current.text} · {current.fraction:.0%} · {_eta(current)}")
+            if current.cancel_requested:
+                st.caption("Cancelling after the current step…")
+            elif st.button("Cancel", key="home_prepare_cancel", icon=":material/stop:"):
+                current.cancel()
+                st.caption("Cancelling after the current step…")
+            st.caption("It runs in the background: the other pages stay usable (and get faster as it goes).")
+            return
+        seen = f"{key}@{current.started}"
+        if st.session_state.get(PREPARE_SEEN) != seen:
+            st.session_state[PREPARE_SEEN] = seen
+            st.rerun()  # the whole page: the button comes back and polling stops
+        if current.status == "done":
+            result = current.result
+            skipped = sum(len(s.notes) for s in result.steps)
+            note = f" ({skipped} view(s) do not apply to these runs and were skipped)" if skipped else ""
+            st.success(f"Every view of the {len(result.runs)} depth(s) is ready, prepared in {_duration(result.seconds)}"
+                       f"{note}: every page now reads them from the cache.", icon=":material/bolt:")
+        elif current.status == "cancelled":
+            st.info("Prepare cancelled: the views finished before the cancel stay cached; press the button again to "
+                    "go on from there.")
+        else:
+            st.error(f"Prepare stopped with an error: {current.error}")
+
+    st.fragment(panel, run_every=POLL_SECONDS if job.running else None)()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
+
+
+def _prepare(sel: Selection, runs: list[engine.Run]) -> None:
+    """The "Prepare every view" button: every page's views of every depth computed in the background, cancellable."""
+    key = st.session_state.get(PREPARE_JOB)
+    job = get_job(key) if key else None
+    busy = job is not None and job.running
+    if st.button("Prepare every view (for a live demo)", key="home_prepare", type="primary", disabled=busy,
+                 icon=":material/bolt:",
+                 help=f"Computes every view of the {len(sel.depths)} depth(s) that the pages show (baselines, "
+                      "projections, filters, guided backpropagation, explanations and the explanation report, the "
+                      "same image across depths) and caches it, so that every page answers at once. It runs in the "
+                      "background and can be cancelled; what is already cached is not computed again. The "
+                      "explanation report's slow methods make this take long the first time. From a terminal: "
+                      "python -m engine prepare."):
+        key = _prepare_key(runs)
+        start_job(key, f"Prepare {len(runs)} depth(s)", _prepare_work([r.id for r in runs]))
+        st.session_state[PREPARE_JOB] = key
+        st.session_state.pop(PREPARE_SEEN, None)
+        st.rerun()
+    _prepare_panel()
+
+
 def home() -> None:
     """Draw the Home page."""
     st.title("LungLens")
@@ -213,6 +308,7 @@ def home() -> None:
                 st.rerun()
     else:
         st.success("Everything is trained: open Training, Performance, Features, Layers or Support Regions.")
+        _prepare(sel, [runs[d][0] for d in sel.depths])
 
     st.subheader("Cached runs")
     runs_table(engine.list_runs())

@@ -13,6 +13,8 @@ from skimage.util import montage
 
 #: Grid lines between mosaic tiles: white, as in Wan's fig. 8.
 MOSAIC_FILL = 1.0
+#: Top margin (px) kept free for the Plotly toolbar (PNG export, full screen), so it covers no tile or title.
+TOOLBAR_PX = 30
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -38,7 +40,8 @@ def filter_figure(filters: np.ndarray, cols: int = 8, scale: int = 8) -> go.Figu
     fig.update_traces(hoverinfo="skip")
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(height=max(240, 60 * math.ceil(len(filters) / cols)), margin=dict(t=5, b=5, l=5, r=5))
+    fig.update_layout(height=max(240, 60 * math.ceil(len(filters) / cols)) + TOOLBAR_PX,
+                      margin=dict(t=TOOLBAR_PX, b=5, l=5, r=5))
     return fig
 
 
@@ -71,8 +74,8 @@ def image_grid_figure(tiles: np.ndarray, cols: int, titles: Sequence[str] | None
         suffix = "" if i == 0 else str(i + 1)
         fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
     fig.update_annotations(font_size=11)
-    fig.update_layout(height=row_height * rows + 40, margin=dict(t=30 if column_titles or titles else 5, b=5, l=5,
-                                                                  r=30 if row_titles else 5))
+    top = TOOLBAR_PX + (25 if column_titles or titles else 0)
+    fig.update_layout(height=row_height * rows + top + 10, margin=dict(t=top, b=5, l=5, r=30 if row_titles else 5))
     if not rgb:
         fig.update_layout(coloraxis=dict(colorscale=colorscale, cmin=0, cmax=1,
                                          colorbar=dict(title="scaled", thickness=10, len=0.8)))

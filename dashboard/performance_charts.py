@@ -13,8 +13,11 @@ from plotly.colors import qualitative
 
 from engine.evaluation import METRICS
 
-#: Wan et al. colour the best result of each criterion red in Table 1.
-BEST_CSS = "background-color: #fee2e2; color: #b91c1c; font-weight: 700"
+#: The best value of a column: bold on a green tint, a positive mark (Wan et al.'s red in Table 1 reads as "bad"),
+#: in the colours of the explanation report's best values (``report_charts.BEST_STYLE``).
+BEST_CSS = "background-color: #dcfce7; color: #166534; font-weight: 700"
+#: Table 1's values are shown, and compared for the best of a column, to this many decimals.
+DIGITS = 3
 
 
 def format_ci(value: float | None, low: float | None, high: float | None, digits: int = 3) -> str:
@@ -29,32 +32,70 @@ def format_ci(value: float | None, low: float | None, high: float | None, digits
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def best_methods(table: pd.DataFrame) -> dict[str, list[str]]:
-    """For each metric of ``compare_methods``' table, the method(s) with the highest value (none if all undefined)."""
+def _leaders(table: pd.DataFrame, metric: str, digits: int) -> list[str]:
+    """The methods sharing the highest value of ``metric`` as shown (rounded to ``digits``); [] if all undefined."""
+    # Compared as printed, so that two cells that read the same are a tie.
+    shown = pd.Series([float(f"{v:.{digits}f}") if np.isfinite(v) else np.nan for v in table[metric].astype(float)],
+                      index=table.index)
+    if not shown.notna().any():
+        return []
+    return table.loc[shown == shown.max(), "method"].tolist()
+
+
+def best_methods(table: pd.DataFrame, digits: int = DIGITS) -> dict[str, list[str]]:
+    """For each metric of ``compare_methods``' table, the one method with the highest value as shown (rounded to
+    ``digits``); none when two or more methods share it (see ``tied_metrics``) or every value is undefined."""
     out = {}
     for metric in METRICS:
-        values = table[metric].astype(float)
-        out[metric] = table.loc[np.isclose(values, values.max()), "method"].tolist() if values.notna().any() else []
+        leaders = _leaders(table, metric, digits)
+        out[metric] = leaders if len(leaders) == 1 else []
     return out
+
+
+def tied_metrics(table: pd.DataFrame, digits: int = DIGITS) -> list[str]:
+    """The metrics whose highest value as shown (rounded to ``digits``) is shared by two or more methods."""
+    return [m for m in METRICS if len(_leaders(table, m, digits)) > 1]
 
 
 def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
     """``compare_methods``' table as text, one row per method: every metric as ``value [low, high]`` and the SVM's C."""
     rows = {}
     for r in table.to_dict("records"):
-        row = {m: format_ci(r[m], r[f"{m}_low"], r[f"{m}_high"]) for m in METRICS}
+        row = {m: format_ci(r[m], r[f"{m}_low"], r[f"{m}_high"], DIGITS) for m in METRICS}
         row["SVM C"] = "—" if pd.isna(r["C"]) else f"{r['C']:g}"
         rows[r["method"]] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
-def comparison_styler(table: pd.DataFrame) -> Styler:
-    """``comparison_table`` with the best method of each metric highlighted, as Wan et al. mark it in Table 1."""
+def comparison_marks(table: pd.DataFrame) -> pd.DataFrame:
+    """A bool frame shaped like ``comparison_table``: True at the best method of each metric (none on a tie)."""
     text = comparison_table(table)
-    css = pd.DataFrame("", index=text.index, columns=text.columns)
+    marks = pd.DataFrame(False, index=text.index, columns=text.columns)
     for metric, methods in best_methods(table).items():
-        css.loc[methods, metric] = BEST_CSS
-    return text.style.apply(lambda _: css, axis=None)
+        marks.loc[methods, metric] = True
+    return marks
+
+
+def comparison_styler(table: pd.DataFrame) -> Styler:
+    """``comparison_table`` with the best method of each metric in bold on a green tint; a tied column unmarked."""
+    css = comparison_marks(table).replace({True: BEST_CSS, False: ""})
+    return comparison_table(table).style.apply(lambda _: css, axis=None)
+
+
+def table1_caption(n_test: int, positive: str, backbone: str, tied: Sequence[str]) -> str:
+    """What Table 1 shows and how: intervals, the best-value mark (and the tied columns left unmarked), the methods."""
+    ties = (f" Tied best ({', '.join(tied)}): two or more methods share the best value as shown, so none of that "
+            "column is marked." if tied else "")
+    return (
+        f"All three methods on the same {n_test} test images; each cell is the value and its 95% percentile-bootstrap "
+        "interval (1,000 resamples of the test images, the same resamples for every method). The best value of each "
+        f"column (to the {DIGITS} decimals shown) is in bold on a green tint (Wan's Table 1 marks it in red).{ties} "
+        "Overlapping intervals mean the difference may be chance. Sensitivity, specificity, PPV, NPV, F1 and AUC are "
+        f"of the positive class ({positive}) one-vs-rest. LBP + SVM: 59-bin uniform LBP histogram (P = 8, R = 1, Wan "
+        f"sec. 3.2). Deep features + SVM: the flattened output of this fine-tuned {backbone}'s last conv stage (9216-d "
+        "for AlexNet, as in Wan). Both SVMs use an RBF kernel on standardised features, C (column SVM C) chosen by "
+        "cross-validation (balanced accuracy) on the training split only, and Platt-calibrated probabilities."
+    )
 
 
 def confusion_figure(matrix: Sequence[Sequence[float]], classes: Sequence[str], normalised: bool) -> go.Figure:

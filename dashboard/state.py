@@ -1,14 +1,20 @@
 """The user's choice of data and experiment, kept in session state so every page shows the same runs."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import streamlit as st
 
 import engine
+from engine.data.access import allowed_folder, is_exposed
+
+from .url_state import url_set
 
 KEY = "selection"
 #: Real datasets shipped beside the repository for integration tests and demos, when present.
@@ -59,9 +65,14 @@ def initial_selection() -> Selection:
 
 
 def selection() -> Selection:
-    """The current selection (the demo preset, or $LUNGLENS_SELECTION, until the user changes it on Home)."""
+    """The current selection: the one a link names, else the demo preset or $LUNGLENS_SELECTION, until the user
+    changes it on Home."""
     if KEY not in st.session_state:
-        st.session_state[KEY] = initial_selection()
+        linked, ignored = selection_from_link(st.query_params.to_dict(), is_exposed(st.get_option("server.address")))
+        st.session_state[KEY] = linked or initial_selection()
+        if ignored:
+            st.toast(f"Parts of this link do not apply here and were left at the demo's values: {'; '.join(ignored)}.",
+                     icon=":material/link_off:")
     return st.session_state[KEY]
 
 
@@ -75,3 +86,120 @@ def shared_datasets() -> dict[str, Path]:
     if not SHARED_DATA.is_dir():
         return {}
     return {p.name: p for p in sorted(SHARED_DATA.iterdir()) if (p / "images").is_dir()}
+
+
+#: Initialisations a link may name. A weights file named by a link is not followed: a URL must not make the server
+#: read a file of the sender's choosing.
+LINK_INITS = ("builtin", "imagenet", "scratch", "xrv-densenet121")
+#: Config fields a link leaves out: the data has its own parameter; the depth and the fold come from the sweep.
+_NOT_IN_LINK = frozenset({"data", "depth", "fold"})
+#: The URL parameters that carry the selection.
+LINK_PARAMS = ("data", "cfg", "depths")
+_BAD = object()
+
+
+def _code(value: object) -> str:
+    """A config value as a URL code: booleans 1 / 0, None ``none``, floats exactly (``repr``)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if value is None:
+        return "none"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _parse(kind: str, code: str) -> object:
+    """A URL code back as a value of the field type ``kind`` (as annotated on RunConfig), or ``_BAD``."""
+    try:
+        if kind == "bool":
+            return {"1": True, "0": False}[code]
+        if kind == "int":
+            return int(code)
+        if kind == "int | None":
+            return None if code == "none" else int(code)
+        if kind == "float":
+            value = float(code)
+            return value if math.isfinite(value) else _BAD
+        if kind == "str":
+            return code
+    except (KeyError, ValueError):
+        pass
+    return _BAD
+
+
+def _data_code(data: str) -> str:
+    """``builtin``, a shared dataset's name, or the folder's path."""
+    shared = shared_datasets()
+    name = Path(data).name
+    return name if data != "builtin" and name in shared and Path(data) == shared[name] else data
+
+
+def _data_from_code(code: str, exposed: bool) -> str | None:
+    """The data source a link's ``data`` names, or None when it names nothing readable here."""
+    if code == "builtin":
+        return code
+    shared = shared_datasets()
+    if code in shared:
+        return str(shared[code])
+    try:
+        path = allowed_folder(code, exposed)
+    except engine.LungLensError:
+        return None
+    return path if Path(path).is_dir() else None
+
+
+def link_params(sel: Selection) -> dict[str, str | None]:
+    """The URL parameters that rebuild ``sel``: ``data``; ``cfg``, the config fields that differ from the demo preset
+    (``backbone:alexnet,epochs:2``); ``depths`` unless the demo's. None: the parameter is left out."""
+    demo = engine.preset("demo")
+    base = demo.config.to_dict()
+    diff = [f"{k}:{_code(v)}" for k, v in sel.config.to_dict().items() if k not in _NOT_IN_LINK and v != base[k]]
+    return {"data": _data_code(sel.config.data), "cfg": ",".join(diff) or None,
+            "depths": None if tuple(sel.depths) == tuple(demo.depths) else ",".join(map(str, sel.depths))}
+
+
+def selection_from_link(params: Mapping[str, str], exposed: bool) -> tuple[Selection | None, list[str]]:
+    """The selection a link's ``data`` / ``cfg`` / ``depths`` describe (None when it has none of them), and the parts
+    that do not apply here (unknown, unreadable or invalid), which are left at the demo preset's values.
+
+    ``exposed``: the dashboard is reachable from the network, so a folder must lie under $LUNGLENS_DATA_ROOT.
+    """
+    if not any(p in params for p in LINK_PARAMS):
+        return None, []
+    demo = engine.preset("demo")
+    ignored: list[str] = []
+    values = demo.config.to_dict()
+    if "data" in params:
+        data = _data_from_code(params["data"], exposed)
+        if data is None:
+            ignored.append(f"data {params['data']}")
+        values["data"] = data or demo.config.data
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(engine.RunConfig)}
+    for item in filter(None, params.get("cfg", "").split(",")):
+        name, _, code = item.partition(":")
+        value = _parse(kinds[name], code) if name in kinds and name not in _NOT_IN_LINK else _BAD
+        if value is _BAD or (name == "init" and value not in LINK_INITS):
+            ignored.append(item)
+        else:
+            values[name] = value
+    try:
+        config = engine.RunConfig.from_dict(values)
+    except engine.LungLensError as exc:
+        ignored.append(f"cfg ({exc})")
+        config = demo.config.replace(data=values["data"])
+    depths = tuple(demo.depths)
+    if "depths" in params:
+        try:
+            linked = tuple(sorted({int(d) for d in params["depths"].split(",")}))
+        except ValueError:
+            linked = ()
+        if linked and all(0 <= d <= engine.N_BLOCKS for d in linked):
+            depths = linked
+        else:
+            ignored.append(f"depths {params['depths']}")
+    return Selection(config, depths), ignored
+
+
+def publish_selection(sel: Selection) -> None:
+    """Write ``sel`` into the URL (``data``, ``cfg``, ``depths``), so a copied link opens the same experiment."""
+    for param, code in link_params(sel).items():
+        url_set(param, code)

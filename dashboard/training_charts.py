@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.colors import qualitative, sequential
 from plotly.subplots import make_subplots
 
 if TYPE_CHECKING:
@@ -37,21 +37,53 @@ def _has(history: pd.DataFrame, column: str) -> bool:
     return column in history and history[column].notna().any()
 
 
-def _mark_epochs(fig: go.Figure, history: pd.DataFrame, best_epoch: int, stopped_early: bool, labels: bool) -> None:
+#: Labels of the epoch marks sit in lanes above the plot: lane height (px), and the narrowest plot area (px) their
+#: widths are estimated for, so that labels of nearby epochs never share a lane on any wider screen.
+LANE_PX, LABEL_PLOT_PX, LABEL_FONT = 16, 560, 11
+#: Top margin above the lanes, clear of the Plotly toolbar (PNG export, full screen) in the figure's top-right corner.
+TOOLBAR_PX = 30
+
+
+def label_lanes(marks: Sequence[tuple[int, str]], first: int, last: int) -> list[tuple[int, str]]:
+    """A lane (0 = lowest) and an anchor (``left`` or ``right``) for each ``(epoch, text)`` mark label, so that labels
+    whose estimated extents overlap on an x axis from ``first - 0.3`` to ``last + 0.3`` go to different lanes."""
+    epoch_px = LABEL_PLOT_PX / (last - first + 0.6)
+    extents = []
+    for epoch, text in marks:
+        width = (0.62 * LABEL_FONT * len(text) + 12) / epoch_px  # in epochs
+        anchor = "right" if epoch + width > last + 0.3 else "left"  # a label that would run off the right edge
+        extents.append((epoch - width, epoch, anchor) if anchor == "right" else (epoch, epoch + width, anchor))
+    lanes: list[list[tuple[float, float]]] = []
+    out: list[tuple[int, str]] = [(0, "left")] * len(marks)
+    for i in sorted(range(len(marks)), key=lambda j: extents[j][0]):
+        lo, hi, anchor = extents[i]
+        lane = next((k for k, used in enumerate(lanes) if all(hi <= a or lo >= b for a, b in used)), len(lanes))
+        if lane == len(lanes):
+            lanes.append([])
+        lanes[lane].append((lo, hi))
+        out[i] = (lane, anchor)
+    return out
+
+
+def _mark_epochs(fig: go.Figure, history: pd.DataFrame, best_epoch: int, stopped_early: bool, labels: bool) -> int:
     """Vertical lines in every panel at the best epoch, the early stop and each learning-rate drop; ``labels``
-    writes what each line is in the (first) panel, which a narrow panel has no room for."""
+    writes what each line is above the plot, in as many lanes as needed for no two labels to overlap (a narrow panel
+    has no room: the caption says it). Returns the number of lanes."""
     first, last = int(history["epoch"].min()), int(history["epoch"].max())
     marks = [(best_epoch, f"best epoch {best_epoch}", BEST_COLOR, "solid")]
     if stopped_early:
         marks.append((last, f"early stop after {last}", STOP_COLOR, "dash"))
     marks += [(e, f"lr → {lr:.0e}", LR_COLOR, "dot") for e, lr in lr_drops(history)]
-    for i, (epoch, text, color, dash) in enumerate(marks):
+    for epoch, _, color, dash in marks:
         fig.add_vline(x=epoch, line=dict(color=color, dash=dash, width=1.5), row="all", col="all")
-        if labels:  # staggered, so that marks on neighbouring epochs stay legible; the last epoch's label points left
-            fig.add_annotation(x=epoch, y=1 - 0.08 * (i % 3), xref="x", yref="y domain", text=text, showarrow=False,
-                               xanchor="right" if epoch == last else "left", font=dict(size=11, color=color),
-                               bgcolor="rgba(255,255,255,0.7)")
     fig.update_xaxes(range=[first - 0.3, last + 0.3])
+    if not labels:
+        return 0
+    lanes = label_lanes([(e, t) for e, t, _, _ in marks], first, last)
+    for (epoch, text, color, _), (lane, anchor) in zip(marks, lanes, strict=True):
+        fig.add_annotation(x=epoch, y=1, xref="x", yref="y domain", yanchor="bottom", yshift=2 + LANE_PX * lane,
+                           text=text, showarrow=False, xanchor=anchor, font=dict(size=LABEL_FONT, color=color))
+    return 1 + max(lane for lane, _ in lanes)
 
 
 def loss_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> go.Figure:
@@ -62,9 +94,10 @@ def loss_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> 
             fig.add_trace(go.Scatter(x=history["epoch"], y=history[f"{split}_loss"], mode="lines+markers",
                                      name=SPLIT_NAMES[split],
                                      line=dict(color=SPLIT_COLOR[split], dash=SPLIT_DASH[split])))
-    _mark_epochs(fig, history, best_epoch, stopped_early, labels=True)
-    fig.update_layout(height=360, margin=dict(t=30, b=40, l=60, r=20), hovermode="x unified",
-                      legend=dict(orientation="h", y=1.12, x=0))
+    lanes = _mark_epochs(fig, history, best_epoch, stopped_early, labels=True)
+    # the legend below the plot: above it are the epoch-mark labels
+    fig.update_layout(height=380 + LANE_PX * lanes, margin=dict(t=TOOLBAR_PX + LANE_PX * lanes, b=40, l=60, r=20),
+                      hovermode="x unified", legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
     fig.update_xaxes(title_text="Epoch", dtick=1 if len(history) <= 20 else None)
     fig.update_yaxes(title_text="Cross-entropy loss")
     return fig
@@ -94,32 +127,70 @@ def criteria_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool,
     return fig
 
 
-def compare_figure(histories: Mapping[str, pd.DataFrame], quantity: str, splits: Sequence[str],
-                   best_epochs: Mapping[str, int]) -> go.Figure:
-    """``quantity`` per epoch of several runs in one chart: a colour per run, a dash per split, stars at best epochs."""
+#: A colour family per backbone in the compare chart; within one, deeper fine-tuning is darker.
+COLOUR_FAMILIES = (sequential.Blues, sequential.Oranges, sequential.Greens, sequential.Purples, sequential.Reds,
+                   sequential.Greys)
+
+
+def run_colours(runs: Sequence[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    """A colour per (backbone, depth): a colour family per backbone (in order of appearance), darker for deeper."""
+    backbones = list(dict.fromkeys(b for b, _ in runs))
+    out: dict[tuple[str, int], str] = {}
+    for i, backbone in enumerate(backbones):
+        family = COLOUR_FAMILIES[i % len(COLOUR_FAMILIES)]
+        depths = sorted({d for b, d in runs if b == backbone})
+        for k, depth in enumerate(depths):  # the family's 4th to 9th shade: the lightest ones vanish on white
+            out[(backbone, depth)] = family[3 + (round(5 * k / (len(depths) - 1)) if len(depths) > 1 else 3)]
+    return out
+
+
+def compare_table(histories: Mapping[str, pd.DataFrame], quantity: str, splits: Sequence[str]) -> pd.DataFrame:
+    """``quantity`` per epoch of several runs as one long table (run, split, epoch, value): the compare chart's data."""
     if quantity not in QUANTITIES:
         raise ValueError(f"Unknown quantity {quantity!r}; choose one of {', '.join(QUANTITIES)}.")
-    fig = go.Figure()
+    parts = [pd.DataFrame({"run": label, "split": split, "epoch": h["epoch"].to_numpy(),
+                           quantity: h[f"{split}_{quantity}"].to_numpy(dtype=float)})
+             for label, h in histories.items() for split in splits if _has(h, f"{split}_{quantity}")]
+    columns = ["run", "split", "epoch", quantity]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def compare_figure(histories: Mapping[str, pd.DataFrame], quantity: str, splits: Sequence[str],
+                   best_epochs: Mapping[str, int], colours: Mapping[str, str] | None = None) -> go.Figure:
+    """``quantity`` per epoch of several runs: a panel per split (its dash as elsewhere on the page), a colour per run
+    (``colours``: label -> colour; D3's palette by default) with one legend entry each, stars at best epochs."""
+    if quantity not in QUANTITIES:
+        raise ValueError(f"Unknown quantity {quantity!r}; choose one of {', '.join(QUANTITIES)}.")
+    fig = make_subplots(rows=1, cols=len(splits), shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[SPLIT_NAMES[s].capitalize() for s in splits])
     palette = qualitative.D3
+    name = QUANTITIES[quantity]
     for i, (label, history) in enumerate(histories.items()):
-        color = palette[i % len(palette)]
-        for split in splits:
+        color = colours[label] if colours else palette[i % len(palette)]
+        in_legend = True
+        for col, split in enumerate(splits, start=1):
             column = f"{split}_{quantity}"
             if not _has(history, column):
                 continue
-            fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines", legendgroup=label,
-                                     name=f"{label} · {SPLIT_NAMES[split]}",
-                                     line=dict(color=color, dash=SPLIT_DASH[split])))
+            fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines", name=label, meta=split,
+                                     legendgroup=label, showlegend=in_legend,
+                                     line=dict(color=color, dash=SPLIT_DASH[split], width=2),
+                                     hovertemplate=f"{label} · {SPLIT_NAMES[split]}<br>epoch %{{x}}: {name} "
+                                                   "%{y:.3f}<extra></extra>"), row=1, col=col)
+            in_legend = False
             best = history[history["epoch"] == best_epochs[label]]
-            fig.add_trace(go.Scatter(x=best["epoch"], y=best[column], mode="markers", legendgroup=label,
+            fig.add_trace(go.Scatter(x=best["epoch"], y=best[column], mode="markers", legendgroup=label, meta=split,
                                      showlegend=False, name=f"{label} · best epoch",
-                                     marker=dict(symbol="star", size=13, color=color,
+                                     marker=dict(symbol="star", size=12, color=color,
                                                  line=dict(width=1, color="white")),
                                      hovertemplate=f"{label}: best epoch %{{x}}<br>{SPLIT_NAMES[split]} "
-                                                   f"{QUANTITIES[quantity]} %{{y:.3f}}<extra></extra>"))
-    fig.update_layout(height=440, margin=dict(t=30, b=40, l=60, r=20), legend=dict(font=dict(size=11)))
+                                                   f"{name} %{{y:.3f}}<extra></extra>"), row=1, col=col)
+    # One legend entry per run, in rows under the panels: it wraps instead of scrolling.
+    fig.update_layout(height=460, margin=dict(t=40, b=40, l=60, r=20),
+                      legend=dict(orientation="h", yanchor="top", y=-0.16, x=0, font=dict(size=12)))
     fig.update_xaxes(title_text="Epoch")
-    fig.update_yaxes(title_text=QUANTITIES[quantity], range=None if quantity == "loss" else [-0.02, 1.02])
+    fig.update_yaxes(range=None if quantity == "loss" else [-0.02, 1.02])
+    fig.update_yaxes(title_text=name, row=1, col=1)
     return fig
 
 

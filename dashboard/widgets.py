@@ -1,19 +1,32 @@
-"""Widgets and guards every page uses: the sidebar summary, the depth slider and the empty state."""
+"""Widgets and guards every page uses: the sidebar (experiment summary, presenter mode), the depth slider, figures
+with a PNG export, captions and the empty state."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 import engine
 from engine.crossval import fold_configs, require_folds
 
-from .state import Selection, selection
+from .exports import png_config
+from .state import Selection, publish_selection, selection
+from .url_state import flag, url_widget
 
 #: The Home page's file (the entry script, Home.py, only wires the pages).
 HOME = Path(__file__).resolve().parent / "home_page.py"
+#: Session-state key (and URL parameter) of the presenter-mode toggle.
+PRESENTER = "presenter"
+PRESENTER_CSS = Path(__file__).resolve().parents[1] / "assets" / "presenter.css"
+#: Plotly's base font size in presenter mode (its default is 12).
+PRESENTER_FONT = 16
 
 
 @st.cache_resource(show_spinner="Loading the dataset…")
@@ -87,11 +100,10 @@ def trained_folds(run: engine.Run) -> list[engine.Run] | None:
         return None
 
 
-def sidebar() -> Selection:
-    """Show the current selection in the sidebar (on every page) and return it."""
-    sel = selection()
+def _summary(slot: DeltaGenerator, sel: Selection) -> None:
+    """The selection in words, with a link to Home, drawn into ``slot`` (replacing what it held)."""
     c = sel.config
-    with st.sidebar:
+    with slot.container():
         st.markdown("**Current experiment**")
         st.caption(
             f"Data: {sel.data_label}  \nBackbone: {c.backbone} · init: {c.init}  \n"
@@ -99,7 +111,56 @@ def sidebar() -> Selection:
             + (f"  \n{c.folds}-fold cross-validation" if c.folds > 1 else "")
         )
         st.page_link(str(HOME), label="Change on Home", icon=":material/tune:")
-    return sel
+
+
+@cache
+def _presenter_css() -> str:
+    return PRESENTER_CSS.read_text()
+
+
+def sidebar() -> Callable[[], None]:
+    """Draw the sidebar on every page (the current experiment, the presenter-mode toggle) and write the experiment
+    into the URL; call the returned function after the page ran, to redraw both if the page changed the selection."""
+    sel = selection()
+    publish_selection(sel)
+    with st.sidebar:
+        slot = st.empty()
+        url_widget(st.toggle, "Presenter mode", (False, True), key=PRESENTER, param=PRESENTER, default=False,
+                   encode=flag, help="Larger type for a projector; the notes under figures fold into expanders. "
+                                     "A link with ?presenter=1 opens in this mode.")
+        if presenter():
+            st.markdown(f"<style>{_presenter_css()}</style>", unsafe_allow_html=True)
+    _summary(slot, sel)
+
+    def refresh() -> None:
+        now = selection()
+        if now != sel:
+            publish_selection(now)
+            _summary(slot, now)
+
+    return refresh
+
+
+def presenter() -> bool:
+    """Whether presenter mode is on (sidebar toggle, or ``?presenter=1`` in the link)."""
+    return bool(st.session_state.get(PRESENTER, False))
+
+
+def caption(text: str, label: str = "About this figure") -> None:
+    """A note under a figure: ``st.caption``, folded into an expander called ``label`` in presenter mode."""
+    if presenter():
+        with st.expander(label):
+            st.caption(text)
+    else:
+        st.caption(text)
+
+
+def figure(fig: go.Figure, name: str, *, key: str, where: DeltaGenerator | None = None, **kwargs: Any) -> Any:
+    """``st.plotly_chart`` at full width whose toolbar saves ``<name>.png`` (no zoom / pan buttons); larger type in
+    presenter mode. ``where``: the column or container to draw in; returns what ``st.plotly_chart`` returns."""
+    if presenter() and fig.layout.font.size is None:
+        fig.update_layout(font_size=PRESENTER_FONT)
+    return (where or st).plotly_chart(fig, width="stretch", key=key, config=png_config(name), **kwargs)
 
 
 def require_runs(page: str) -> tuple[Selection, dict[int, engine.Run]]:
@@ -126,13 +187,14 @@ def require_runs(page: str) -> tuple[Selection, dict[int, engine.Run]]:
 
 
 def depth_slider(runs: dict[int, engine.Run], key: str, label: str = "Fine-tuning depth (trainable conv blocks)") -> int:
-    """A slider over the trained depths; returns the chosen depth."""
+    """A slider over the trained depths, kept in the URL as ``depth`` (a depth not trained: the deepest); returns the
+    chosen depth."""
     depths = sorted(runs)
     if len(depths) == 1:
         st.caption(f"Fine-tuning depth: {depths[0]} (the only trained depth)")
         return depths[0]
-    return st.select_slider(label, options=depths, value=st.session_state.get(key, depths[-1]), key=key,
-                            help="Number of trailing convolutional blocks trained; the classifier head always trains.")
+    return url_widget(st.select_slider, label, depths, key=key, param="depth", default=depths[-1], always=True,
+                      help="Number of trailing convolutional blocks trained; the classifier head always trains.")
 
 
 def runs_table(df: pd.DataFrame) -> None:

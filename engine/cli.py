@@ -1,4 +1,5 @@
-"""Command line: ``python -m engine sweep | runs | data make-demo | evaluate | score | explain | explain-report``."""
+"""Command line: ``python -m engine sweep | prepare | runs | data make-demo | evaluate | score | explain |
+explain-report | report``."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,8 @@ from .config import PRESETS, RunConfig, preset
 from .data.sources import BUILTIN
 from .errors import ConfigError, LungLensError
 from .explain.methods import METHODS
-from .models.backbones import BACKBONES, N_BLOCKS
+from .models.names import BACKBONES, N_BLOCKS
+from .prepare import STEP_NAMES
 from .runs import damaged_runs, delete_run, list_runs
 from .sweep import RUN_DONE, run_sweep, sweep_configs
 from .training import Progress
@@ -30,11 +32,12 @@ def _depths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--depths takes comma-separated integers like 0,1,2, not {text!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine", description="LungLens engine: train, compare and explain CNNs.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
 
-    s = sub.add_parser("sweep", help="train (or load from the cache) one run per fine-tuning depth and print their scores")
+
+def _experiment_args(s: argparse.ArgumentParser) -> None:
+    """The options that define an experiment (shared by ``sweep`` and ``prepare``)."""
     s.add_argument("--preset", choices=sorted(PRESETS),
                    help="start from a named experiment (demo: the dashboard's default; folder: the default for --data PATH)")
     s.add_argument("--data", help="'builtin' or a folder ROOT/images/<class>/* (default builtin)")
@@ -63,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", default=None, dest="skip_bad", help="skip unreadable images (reported)")
     s.add_argument("--no-prefix-cache", action="store_false", default=None, dest="prefix_cache",
                    help="recompute the frozen layers every batch (for benchmarks)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine", description="LungLens engine: train, compare and explain CNNs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sweep", help="train (or load from the cache) one run per fine-tuning depth and print their scores")
+    _experiment_args(s)
     s.add_argument("--retrain-damaged", action="store_true", dest="retrain_damaged",
                    help="train again any cached run whose files are damaged (default: stop and name the file)")
     s.add_argument("--executor", choices=["in-process", "ray"], default="in-process",
@@ -75,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="--executor ray: CPU cores per run (default: a node's cores shared among its GPUs, or all of "
                         "them without GPUs; lower it to train several runs in parallel on CPU cores)")
     s.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+
+    pr = sub.add_parser("prepare", help="compute and cache every view the dashboard shows of every depth of an "
+                                        "experiment (training missing runs first), so that a live demo answers at once")
+    _experiment_args(pr)
+    pr.add_argument("--run", action="append", metavar="ID",
+                    help="prepare these trained runs instead of an experiment (repeatable; see `python -m engine runs`)")
+    pr.add_argument("--steps", type=_names, help="comma-separated steps to run (default: all): " + ", ".join(STEP_NAMES))
+    pr.add_argument("--json", action="store_true", help="print the result (runs, seconds per step) as one JSON object")
 
     r = sub.add_parser("runs", help="list the finished runs in the cache (and any damaged ones)")
     r.add_argument("--json", action="store_true")
@@ -123,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, type=Path)
     e.add_argument("--target", help="class name to explain (default: the predicted class)")
 
+    rp = sub.add_parser("report", help="write one self-contained HTML report of a run (provenance, curves, Table 1 "
+                                       "with CIs, calibration, projections, filters, explanations); opens offline")
+    rp.add_argument("--run", required=True, help="run id (see `python -m engine runs`)")
+    rp.add_argument("--out", required=True, type=Path, help="the HTML file to write, e.g. report.html")
+
     er = sub.add_parser("explain-report", help="score every explanation method of a run: localisation against lesion "
                                                "masks and baselines, faithfulness, sanity checks (cached)")
     er.add_argument("--run", required=True, help="run id (see `python -m engine runs`)")
@@ -132,8 +156,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    name = args.preset or ("folder" if args.data not in (None, BUILTIN) else None)
+def _experiment(args: argparse.Namespace, default_preset: str | None = None) -> tuple[RunConfig, list[int]]:
+    """The base config and depths the experiment options name (without --preset: folder for --data PATH, else
+    ``default_preset``, else RunConfig's defaults)."""
+    name = args.preset or ("folder" if args.data not in (None, BUILTIN) else default_preset)
     base = preset(name).config if name else RunConfig()
     depths = args.depths or (list(preset(name).depths) if name else list(range(N_BLOCKS + 1)))
     fields = ["data", "backbone", "init", "epochs", "image_size", "head_width", "patience", "seed", "optimizer", "lr",
@@ -144,7 +170,11 @@ def _sweep(args: argparse.Namespace) -> int:
         changes["folds"] = args.folds
     if "init" in changes and changes["init"] != "builtin" and "head_width" not in changes and base.head_width:
         changes["head_width"] = None  # pretrained torchvision weights come with the architecture's own head
-    base = base.replace(**changes)
+    return base.replace(**changes), depths
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    base, depths = _experiment(args)
     configs = sweep_configs(base, depths)
     bars: dict[int, tuple[str, tqdm]] = {}  # the bar of each run in progress (several at once on Ray)
 
@@ -189,6 +219,58 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         df = pd.DataFrame(table)[TABLE_COLUMNS]
         print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _experiment_options_given(args: argparse.Namespace) -> list[str]:
+    """The experiment options (``_experiment_args``) set on the command line, as typed (e.g. ``--per-class``)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    _experiment_args(probe)
+    return [a.option_strings[0] for a in probe._actions if getattr(args, a.dest, None) is not None]
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare_experiment, prepare_runs, select_steps
+    from .runs import load_run
+
+    steps = [s.name for s in select_steps(args.steps)]  # an unknown step fails before any work
+    if args.run:
+        given = _experiment_options_given(args)
+        if given:
+            raise ConfigError(f"--run names trained runs; {', '.join(given)} describe an experiment: use one or the "
+                              "other.")
+        runs = [load_run(r) for r in dict.fromkeys(args.run)]  # an unknown id fails before any work
+    bar = tqdm(total=100, file=sys.stderr, dynamic_ncols=True,
+               bar_format="{percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {desc}")
+
+    def progress(fraction: float, text: str) -> None:
+        bar.n = round(100 * fraction, 2)
+        bar.set_description_str(text, refresh=False)
+        bar.refresh()
+
+    try:
+        if args.run:
+            result = prepare_runs(runs, steps, progress)
+        else:
+            base, depths = _experiment(args, "demo")
+            result = prepare_experiment(base, depths, steps, progress,
+                                        status=lambda msg: tqdm.write(msg, file=sys.stderr))
+    except KeyboardInterrupt:
+        print("\nstopped: the views finished so far stay cached; run the same command again to go on",
+              file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    table = result.table()
+    print(table[["step", "runs", "seconds", "label"]].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    trained = f", after training {result.trained} run(s) in {result.train_seconds:.1f} s" if result.trained else ""
+    print(f"total: {result.seconds:.1f} s for {len(result.runs)} run(s){trained}")
+    for row in table.itertuples():
+        if row.notes:
+            print(f"skipped in {row.step}: {row.notes}")
     return 0
 
 
@@ -312,6 +394,14 @@ def _explain_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report_cli import report_message, report_to_file
+
+    path = report_to_file(args.run, args.out)
+    print(report_message(args.run, path))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
@@ -320,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "runs":
             return _runs(args)
+        if args.command == "prepare":
+            return _prepare(args)
         if args.command == "data":
             return _make_demo(args)
         if args.command == "score":
@@ -328,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "explain-report":
             return _explain_report(args)
+        if args.command == "report":
+            return _report(args)
         return _explain(args)
     except LungLensError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,8 +7,10 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 import engine
+from dashboard.exports import csv_button, export_name
 from dashboard.features_charts import METHOD_LABELS, image_labels, projection_figure, score_text, selected_row
-from dashboard.widgets import depth_slider, require_runs, run_images
+from dashboard.url_state import url_widget
+from dashboard.widgets import caption, depth_slider, figure, require_runs, run_images
 from engine.lbp import LBP_BINS, LBP_P, LBP_R
 from engine.projections import KNN_FOLDS, KNN_K, METHODS, TSNE_PCA_DIMS, run_features, run_projection
 
@@ -46,8 +48,10 @@ def _image_panel(run: engine.Run) -> int | None:
     preds = run.predictions
     labels = image_labels(preds, run.classes)
     _sync_pick_from_charts()
-    row = st.selectbox("Image", list(labels), index=None, format_func=labels.get, key=IMAGE_KEY,
-                       placeholder="Click a point (2-D) or pick a file")
+    files = preds["file"].astype(str).to_numpy()
+    row = url_widget(st.selectbox, "Image", list(labels), key=IMAGE_KEY, param="image", default=None,
+                     encode=lambda r: files[r], index=None, format_func=labels.get,
+                     placeholder="Click a point (2-D) or pick a file")
     if row is None:
         st.caption("Click a point in a 2-D chart (or pick a file here) to see the image; it is ringed in both charts. "
                    "Hover a point for its file and classes.")
@@ -88,10 +92,13 @@ run = runs[depth]
 finished = run.result["finished"]
 
 c1, c2, c3 = st.columns([2, 1, 2])
-method = c1.selectbox("Projection", METHODS, format_func=METHOD_LABELS.get, key="features_method")
-dims = c2.radio("Dimensions", (2, 3), format_func=lambda d: f"{d}-D", horizontal=True, key="features_dims")
-by_correct = c3.toggle("Colour by correct / wrong prediction", key="features_correct",
-                       help="Off: colour by true class. On: green where the fine-tuned CNN is right, red where wrong.")
+method = url_widget(c1.selectbox, "Projection", METHODS, key="features_method", param="method", default=METHODS[0],
+                    format_func=METHOD_LABELS.get)
+dims = url_widget(c2.radio, "Dimensions", (2, 3), key="features_dims", param="dims", default=2,
+                  format_func=lambda d: f"{d}-D", horizontal=True)
+by_correct = url_widget(c3.toggle, "Colour by correct / wrong prediction", (False, True), key="features_correct",
+                        param="colour", default=False, encode=lambda b: "correct" if b else "class",
+                        help="Off: colour by true class. On: green where the fine-tuned CNN is right, red where wrong.")
 
 try:
     with st.spinner(f"Projecting LBP and deep features with {METHOD_LABELS[method]} (once per run and method, then "
@@ -111,10 +118,13 @@ for col, fs in zip((left, right), FEATURE_SETS, strict=True):
     col.markdown(f"**{FEATURE_SETS[fs]}** · {METHOD_LABELS[method]}, {dims}-D")
     _scores(col, scores, results["lbp"][1] if fs == "deep" else None)
     fig = projection_figure(points, run.classes, method, "correct" if by_correct else "class", picked)
-    col.plotly_chart(fig, width="stretch", key=f"features_{fs}", on_select="rerun", selection_mode="points")
+    name = export_name(run, f"{fs}-{method}-{dims}d")
+    figure(fig, name, key=f"features_{fs}", where=col, on_select="rerun", selection_mode="points")
+    with col:
+        csv_button(points.drop(columns="path"), name, key=f"features_{fs}_csv")  # a server path means nothing here
 
 lbp_points = results["lbp"][0]
-st.caption(
+caption(
     f"Wan et al. fig. 6 (2-D) and fig. 7 (3-D): the same {len(lbp_points)} images (train, val and test) of run "
     f"`{run.id}` ({run.config.backbone}, depth {depth}), one point each. LBP: the {LBP_BINS}-bin uniform LBP "
     f"histogram (P = {LBP_P}, R = {LBP_R}, Wan sec. 3.2), as in the Performance page's LBP + SVM baseline. Deep: the "

@@ -10,9 +10,11 @@ import numpy as np
 import streamlit as st
 
 import engine
+from dashboard.exports import export_name
 from dashboard.features_charts import image_labels
 from dashboard.layers_charts import filter_figure, filters_unchanged, image_grid_figure, sample_rows
-from dashboard.widgets import depth_slider, require_runs, run_images
+from dashboard.url_state import flag, url_widget
+from dashboard.widgets import caption, depth_slider, figure, require_runs, run_images
 from engine.layers import (
     FILTER_VIEWS,
     block_output_layers,
@@ -59,6 +61,11 @@ def _activations(run_id: str, finished: float, row: int, layer: str) -> tuple[np
     return run_activation_maps(engine.load_run(run_id), row, layer)
 
 
+def _file(run: engine.Run, row: int) -> str:
+    """The file name of ``run.predictions`` row ``row``: how links and exports name an image."""
+    return str(run.predictions["file"].iloc[row])
+
+
 def _short(label: str) -> str:
     """``"block 3 · conv 1 (blocks.2.6)"`` -> ``"block 3 · conv 1"``."""
     return label.split(" (")[0]
@@ -72,7 +79,8 @@ def _gray_as_rgb(tiles: np.ndarray) -> np.ndarray:
 
 def _filters_section(run: engine.Run, depth: int) -> None:
     st.subheader("First-layer filters (Wan et al., fig. 8)")
-    view = st.radio("Filters", FILTER_VIEWS, format_func=FILTER_LABELS.get, horizontal=True, key="layers_filter_view")
+    view = url_widget(st.radio, "Filters", FILTER_VIEWS, key="layers_filter_view", param="filters",
+                      default=FILTER_VIEWS[0], format_func=FILTER_LABELS.get, horizontal=True)
     try:
         with st.spinner("Reading the first-layer weights…"):
             filters = _filters(run.id, run.result["finished"], view)
@@ -85,7 +93,8 @@ def _filters_section(run: engine.Run, depth: int) -> None:
         return
     n, k = filters.shape[:2]
     chart, notes = st.columns([3, 2])
-    chart.plotly_chart(filter_figure(_gray_as_rgb(filters)), width="stretch", key="layers_filters")
+    figure(filter_figure(_gray_as_rgb(filters)), export_name(run, f"filters-{view}"), key="layers_filters",
+           where=chart)
     with notes:
         if filters_unchanged(difference):
             trained = ("no conv block trains" if depth == 0
@@ -97,7 +106,7 @@ def _filters_section(run: engine.Run, depth: int) -> None:
         init = {"imagenet": "the ImageNet weights", "builtin": "the built-in backbone pretrained on the phantom corpus",
                 "xrv-densenet121": "TorchXRayVision's weights pretrained on chest X-rays",
                 "scratch": "a seeded random initialisation"}.get(run.config.init, run.config.init)
-        st.caption(
+        caption(
             f"The {n} filters of {run.config.backbone}'s first conv layer, {k} × {k} each, drawn as gray images and "
             "magnified with nearest-neighbour pixels (Wan's AlexNet had 96 such 11 × 11 filters; torchvision's has "
             "64). The input is one gray image copied into the three colour channels, so a filter acts on it as the "
@@ -113,11 +122,11 @@ def _neurons_tab(run: engine.Run, row: int, layer: str, label: str, mode: str, s
         recon, channels = _neurons(run.id, finished, row, layer, mode, seed, gray)
     image_col, grid_col = st.columns([1, 6])
     image_col.image(run_images(run)[row], caption="input", width="stretch")
-    grid_col.plotly_chart(image_grid_figure(recon, cols=N_NEURONS, titles=[f"ch {c}" for c in channels],
-                                            row_height=110), width="stretch", key="layers_neurons")
+    figure(image_grid_figure(recon, cols=N_NEURONS, titles=[f"ch {c}" for c in channels], row_height=110),
+           export_name(run, f"neurons-{layer}-{_file(run, row)}"), key="layers_neurons", where=grid_col)
     how = ("the 8 channels with the highest mean activation on this image" if mode == "top"
            else f"8 channels drawn at random (seed {seed}), as in Wan")
-    st.caption(
+    caption(
         f"Wan et al. fig. 9: what 8 neurons of {label} respond to in this image. For each of {how}, the neuron at "
         "the channel's most activated position is guided-backpropagated to the input (Springenberg et al.; Wan eq. "
         "6: only positive activations and positive gradients pass) with Captum's NeuronGuidedBackprop; each "
@@ -130,10 +139,12 @@ def _across_layers_tab(run: engine.Run, choices: dict[str, str], block_layers: l
     preds = run.predictions
     split = "test" if (preds["split"] == "test").any() else "train"
     c1, c2, _ = st.columns([2, 1, 3])
-    label = c1.selectbox("Images of class", range(len(run.classes)), index=run.positive,
-                         format_func=lambda i: run.classes[i], key="layers_fig10_class")
-    draw = c2.number_input("Image draw", 0, 999, 0, key="layers_fig10_draw",
-                           help="Seed of the random choice of images, as Wan chose them at random.")
+    label = url_widget(c1.selectbox, "Images of class", range(len(run.classes)), key="layers_fig10_class",
+                       param="class", default=run.positive, encode=lambda i: run.classes[i],
+                       format_func=lambda i: run.classes[i])
+    draw = url_widget(c2.number_input, "Image draw", range(1000), key="layers_fig10_draw", param="draw", default=0,
+                      min_value=0, max_value=999, help="Seed of the random choice of images, as Wan chose them at "
+                                                       "random.")
     rows = sample_rows(preds, split, label, N_IMAGES, int(draw))
     if not rows:
         st.info(f"The {split} split has no image of class {run.classes[label]}.")
@@ -144,9 +155,9 @@ def _across_layers_tab(run: engine.Run, choices: dict[str, str], block_layers: l
     row_titles = [f"{_short(choices[name])} · ch {c}" for name, c in zip(block_layers, channels, strict=True)]
     fig = image_grid_figure(recon.reshape(n_layers * n_images, *recon.shape[2:]), cols=n_images, row_titles=row_titles,
                             column_titles=[Path(preds["file"].iloc[r]).stem for r in rows], row_height=120)
-    st.plotly_chart(fig, width="stretch", key="layers_across")
+    figure(fig, export_name(run, f"one-neuron-per-layer-{run.classes[label]}-draw{draw}"), key="layers_across")
     pick = "the highest mean activation over these images" if mode == "top" else f"drawn at random (seed {seed})"
-    st.caption(
+    caption(
         f"Wan et al. fig. 10: rows are the last conv layer of each of the {n_layers} blocks (low to high level), "
         f"columns {n_images} {split} images of class {run.classes[label]} drawn at random. Per layer one channel "
         f"({pick}) is reconstructed on every image, at each image's most activated position. Wan drew these in colour "
@@ -158,10 +169,11 @@ def _activations_tab(run: engine.Run, row: int, layer: str, label: str) -> None:
     with st.spinner("Computing the layer's activations…"):
         maps, channels = _activations(run.id, run.result["finished"], row, layer)
     upper = min(64, len(maps))
-    n = st.slider("Maps shown (highest mean activation first)", 1, upper, min(16, upper), key="layers_top_n")
+    n = url_widget(st.slider, "Maps shown (highest mean activation first)", range(1, upper + 1), key="layers_top_n",
+                   param="maps", default=min(16, upper), min_value=1, max_value=upper)
     fig = image_grid_figure(maps[:n], cols=8, titles=[f"ch {c}" for c in channels[:n]], row_height=130)
-    st.plotly_chart(fig, width="stretch", key="layers_activations")
-    st.caption(
+    figure(fig, export_name(run, f"activations-{layer}-{_file(run, row)}"), key="layers_activations")
+    caption(
         f"The output of {label} ({maps.shape[1]} × {maps.shape[2]} per channel, {len(maps)} channels) for the chosen "
         f"image: the {n} channels with the highest mean activation, each map min-max scaled on its own (bright = "
         "strong response). The conv layer's output is taken before its ReLU."
@@ -182,14 +194,18 @@ def _hidden_section(run: engine.Run) -> None:
     test_rows = [int(r) for r in np.flatnonzero((preds["split"] == "test").to_numpy())] or list(range(len(preds)))
     labels = image_labels(preds, run.classes)
     c1, c2, c3, c4, c5 = st.columns([4, 3, 2, 1, 2])
-    row = c1.selectbox("Image (test split)", test_rows, format_func=labels.get, key="layers_image")
-    layer = c2.selectbox("Conv layer", list(choices), index=len(choices) // 2, format_func=choices.get,
-                         key="layers_layer")
-    mode = c3.radio("Neurons", tuple(PICK_LABELS), format_func=PICK_LABELS.get, key="layers_pick",
-                    help="Wan picked neurons at random; the most activated ones show what the layer sees most.")
-    seed = int(c4.number_input("Seed", 0, 999, 0, key="layers_seed", disabled=mode != "random",
-                               help="Seed of the random choice of neurons."))
-    gray = c5.toggle("Grayscale", key="layers_gray", help="Average the reconstructions' colour channels.")
+    row = url_widget(c1.selectbox, "Image (test split)", test_rows, key="layers_image", param="image",
+                     default=test_rows[0], encode=lambda r: _file(run, r), format_func=labels.get)
+    layer = url_widget(c2.selectbox, "Conv layer", list(choices), key="layers_layer", param="layer",
+                       default=list(choices)[len(choices) // 2], format_func=choices.get)
+    mode = url_widget(c3.radio, "Neurons", tuple(PICK_LABELS), key="layers_pick", param="neurons", default="top",
+                      format_func=PICK_LABELS.get,
+                      help="Wan picked neurons at random; the most activated ones show what the layer sees most.")
+    seed = int(url_widget(c4.number_input, "Seed", range(1000), key="layers_seed", param="seed", default=0,
+                          min_value=0, max_value=999, disabled=mode != "random",
+                          help="Seed of the random choice of neurons."))
+    gray = url_widget(c5.toggle, "Grayscale", (False, True), key="layers_gray", param="gray", default=False,
+                      encode=flag, help="Average the reconstructions' colour channels.")
     fig9, fig10, activations = st.tabs(["Neurons of one layer (fig. 9)", "One neuron per layer (fig. 10)",
                                         "Activation maps"])
     seed = seed if mode == "random" else 0  # the top channels do not depend on it: one cache entry
@@ -215,7 +231,7 @@ st.title("Layers")
 sel, runs = require_runs("Layers")
 depth = depth_slider(runs, key="layers_depth")
 run = runs[depth]
-st.caption(f"Run `{run.id}`: {run.config.backbone}, fine-tuning depth {depth}, init {run.config.init}, "
-           f"{run.config.image_size} px.")
+caption(f"Run `{run.id}`: {run.config.backbone}, fine-tuning depth {depth}, init {run.config.init}, "
+        f"{run.config.image_size} px.", label="About this run")
 _filters_section(run, depth)
 _hidden_section(run)

@@ -6,16 +6,20 @@ import math
 import streamlit as st
 
 import engine
+from dashboard.exports import csv_button, export_name
 from dashboard.training_charts import (
     QUANTITIES,
     SPLIT_NAMES,
     compare_figure,
+    compare_table,
     criteria_figure,
     fold_curves_figure,
     loss_figure,
     related_runs,
+    run_colours,
 )
-from dashboard.widgets import all_runs, depth_slider, require_runs, trained_folds
+from dashboard.url_state import flag, url_widget
+from dashboard.widgets import all_runs, caption, depth_slider, figure, require_runs, trained_folds
 from engine.crossval import SD_DDOF, fold_epoch_curve
 
 MARKS_CAPTION = (
@@ -57,55 +61,72 @@ def _cards(run: engine.Run) -> None:
     stop = (f"stopped early after epoch {result['epochs_run']} (patience {cfg.patience})" if result["stopped_early"]
             else f"ran all {result['epochs_run']} epochs")
     fold = f"fold {cfg.fold} of a {cfg.folds}-fold cross-validation, " if cfg.folds > 1 else ""
-    st.caption(f"Run `{run.id}`: {fold}{cfg.backbone}, last {cfg.depth} of {engine.N_BLOCKS} conv blocks and the head "
-               f"trained, {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.image_size} px; {stop}.")
+    caption(f"Run `{run.id}`: {fold}{cfg.backbone}, last {cfg.depth} of {engine.N_BLOCKS} conv blocks and the head "
+            f"trained, {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.image_size} px; {stop}.",
+            label="About this run")
+
+
+def _folds_name(run: engine.Run, what: str) -> str:
+    """A file-name stem for an export about every fold of ``run``'s depth: ``lunglens-resnet18-depth5-<what>``."""
+    return f"lunglens-{run.config.backbone}-depth{run.config.depth}-{what}"
 
 
 def _single(run: engine.Run) -> None:
     history, best, stopped = run.history, run.result["best_epoch"], run.result["stopped_early"]
     st.subheader("Loss per epoch")
-    st.plotly_chart(loss_figure(history, best, stopped), width="stretch", key="training_loss")
-    st.caption(f"Train solid, validation dotted, test dashed. {DROPOUT_CAPTION} {MARKS_CAPTION}")
+    figure(loss_figure(history, best, stopped), export_name(run, "loss"), key="training_loss")
+    caption(f"Train solid, validation dotted, test dashed. {DROPOUT_CAPTION} {MARKS_CAPTION}")
 
     st.subheader("The five criteria per epoch")
     prefix = ""
     if "train_macro_sensitivity" in history:
         positive = run.classes[run.positive]
-        prefix = st.radio("Criteria of", ["", "macro_"], horizontal=True, key="training_average",
-                          format_func={"": f"the positive class ({positive}) one-vs-rest",
-                                       "macro_": "every class one-vs-rest, averaged (macro)"}.get)
-    st.plotly_chart(criteria_figure(history, best, stopped, prefix=prefix), width="stretch", key="training_criteria")
-    st.caption("Wan et al. eq. 1-5: ACC = (TP+TN)/all, sensitivity = TP/(TP+FN), specificity = TN/(TN+FP), "
-               "PPV = TP/(TP+FP), NPV = TN/(TN+FN). Train solid, test dashed; a gap is a missing value (e.g. no "
-               "predicted positive yet, so PPV is undefined).")
+        prefix = url_widget(st.radio, "Criteria of", ["", "macro_"], key="training_average", param="average",
+                            default="", horizontal=True,
+                            format_func={"": f"the positive class ({positive}) one-vs-rest",
+                                         "macro_": "every class one-vs-rest, averaged (macro)"}.get)
+    figure(criteria_figure(history, best, stopped, prefix=prefix), export_name(run, f"{prefix}criteria"),
+           key="training_criteria")
+    caption("Wan et al. eq. 1-5: ACC = (TP+TN)/all, sensitivity = TP/(TP+FN), specificity = TN/(TN+FP), "
+            "PPV = TP/(TP+FP), NPV = TN/(TN+FN). Train solid, test dashed; a gap is a missing value (e.g. no "
+            "predicted positive yet, so PPV is undefined).")
+    csv_button(history, export_name(run, "history"), key="training_history_csv")
 
 
-def _compare(run: engine.Run, runs: dict[int, engine.Run]) -> None:
-    related = related_runs(run, [*runs.values(), *all_runs()])
-    backbone = run.config.backbone
+def _compare(runs: dict[int, engine.Run]) -> None:
+    base = runs[max(runs)]  # any run of the selection: related runs differ from it by the depth at most
+    related = related_runs(base, [*runs.values(), *all_runs()])
+    backbone = base.config.backbone
     others = sorted({b for b, _ in related} - {backbone})
     c1, c2, c3, c4 = st.columns([3, 3, 2, 3])
-    backbones = [backbone, *c2.multiselect(
-        "Other backbones", others, key="training_compare_backbones", disabled=not others,
-        placeholder="none cached" if not others else "add a backbone",
+    backbones = [backbone, *url_widget(
+        c2.multiselect, "Other backbones", others, key="training_compare_backbones", param="backbones", default=[],
+        disabled=not others, placeholder="none cached" if not others else "add a backbone",
         help="Cached runs of other backbones on the same data, init, epochs, image size and split.",
     )]
     depths = sorted({d for b, d in related if b in backbones})
-    chosen_depths = c1.multiselect("Fine-tuning depths", depths, default=[d for d in sorted(runs) if d in depths],
-                                   key="training_compare_depths")
-    quantity = c3.selectbox("Curve", list(QUANTITIES), format_func=QUANTITIES.get, key="training_compare_quantity")
-    splits = c4.multiselect("Splits", list(SPLIT_NAMES), default=["train", "test"], format_func=SPLIT_NAMES.get,
-                            key="training_compare_splits")
-    chosen = {f"{b} d{d}": r for (b, d), r in sorted(related.items()) if b in backbones and d in chosen_depths}
-    if not chosen or not splits:
+    chosen_depths = url_widget(c1.multiselect, "Fine-tuning depths", depths, key="training_compare_depths",
+                               param="runs", default=[d for d in sorted(runs) if d in depths])
+    quantity = url_widget(c3.selectbox, "Curve", list(QUANTITIES), key="training_compare_quantity", param="quantity",
+                          default="loss", format_func=QUANTITIES.get)
+    splits = url_widget(c4.multiselect, "Splits", list(SPLIT_NAMES), key="training_compare_splits", param="splits",
+                        default=["train", "test"], format_func=SPLIT_NAMES.get)
+    keys = [(b, d) for (b, d) in sorted(related) if b in backbones and d in chosen_depths]
+    if not keys or not splits:
         st.info("Pick at least one depth and one split to compare.")
         return
-    fig = compare_figure({k: r.history for k, r in chosen.items()}, quantity, splits,
-                         {k: r.result["best_epoch"] for k, r in chosen.items()})
-    st.plotly_chart(fig, width="stretch", key="training_compare_chart")
-    st.caption("A colour per run; train solid, validation dotted, test dashed; a star marks each run's best epoch "
-               "(lowest validation loss). A widening gap between train and test is over-fitting; more trainable blocks "
-               f"can fit the training split faster and over-fit sooner. {DROPOUT_CAPTION}")
+    chosen = {f"{b} d{d}": related[(b, d)] for b, d in keys}
+    colours = {f"{b} d{d}": c for (b, d), c in run_colours(keys).items()}
+    histories = {k: r.history for k, r in chosen.items()}
+    fig = compare_figure(histories, quantity, splits, {k: r.result["best_epoch"] for k, r in chosen.items()},
+                         colours)
+    figure(fig, f"lunglens-training-compare-{quantity}", key="training_compare_chart")
+    caption("A panel per split (train solid, validation dotted, test dashed) and a colour per run: a colour family per "
+            "backbone, darker for deeper fine-tuning; click a run in the legend to hide or show it. A star marks each "
+            "run's best epoch (lowest validation loss). A widening gap between train and test is over-fitting; more "
+            f"trainable blocks can fit the training split faster and over-fit sooner. {DROPOUT_CAPTION}")
+    csv_button(compare_table(histories, quantity, splits), f"lunglens-training-compare-{quantity}",
+               key="training_compare_csv")
 
 
 def _folds(run: engine.Run) -> None:
@@ -115,9 +136,10 @@ def _folds(run: engine.Run) -> None:
     if runs is None:
         return
     c1, c2 = st.columns(2)
-    quantity = c1.selectbox("Curve", list(QUANTITIES), format_func=QUANTITIES.get, key="training_folds_quantity")
-    split = c2.selectbox("Split", list(SPLIT_NAMES), index=list(SPLIT_NAMES).index("val"),
-                         format_func=SPLIT_NAMES.get, key="training_folds_split")
+    quantity = url_widget(c1.selectbox, "Curve", list(QUANTITIES), key="training_folds_quantity",
+                          param="fold_quantity", default="loss", format_func=QUANTITIES.get)
+    split = url_widget(c2.selectbox, "Split", list(SPLIT_NAMES), key="training_folds_split", param="fold_split",
+                       default="val", format_func=SPLIT_NAMES.get)
     try:
         curve = fold_epoch_curve(runs, f"{split}_{quantity}")
     except engine.LungLensError as exc:
@@ -126,8 +148,8 @@ def _folds(run: engine.Run) -> None:
     name = "loss" if quantity == "loss" else QUANTITIES[quantity]  # ACC, PPV, NPV keep their capitals
     fig = fold_curves_figure(curve, f"{SPLIT_NAMES[split].capitalize()} {name}",
                              {r.config.fold: r.result["best_epoch"] for r in runs}, bounded=quantity != "loss")
-    st.plotly_chart(fig, width="stretch", key="training_folds")
-    st.caption(
+    figure(fig, _folds_name(run, f"folds-{split}-{quantity}"), key="training_folds")
+    caption(
         f"A thin line per fold (numbered from 0, as in the runs table): fold f's model trained on the other {k - 1} "
         "folds and was early-stopped on fold f, its validation split; the test split is the same for every fold. "
         "Thick black line: the mean over the folds at each epoch, over the folds still training then (early stopping "
@@ -135,17 +157,20 @@ def _folds(run: engine.Run) -> None:
         "Star: each fold's best epoch (lowest validation loss; its weights are the fold's model). The cards and "
         "curves above are fold 0's."
     )
+    csv_button(curve, _folds_name(run, f"folds-{split}-{quantity}"),
+               key="training_folds_csv")
 
 
 st.title("Training")
 sel, runs = require_runs("Training")
-depth = depth_slider(runs, key="training_depth")
-run = runs[depth]
-_cards(run)
-if st.toggle("Compare runs", key="training_compare",
-             help="Overlay the curves of several fine-tuning depths (and backbones trained on the same data)."):
-    _compare(run, runs)
+# Compare mode shows only the overlay: the single run's slider, cards and curves would sit above it unused.
+if url_widget(st.toggle, "Compare runs", (False, True), key="training_compare", param="compare", default=False,
+              encode=flag, help="Overlay the curves of several fine-tuning depths (and backbones trained on the "
+                                "same data), a panel per split."):
+    _compare(runs)
 else:
+    run = runs[depth_slider(runs, key="training_depth")]
+    _cards(run)
     _single(run)
-if run.config.folds > 1:
-    _folds(run)
+    if run.config.folds > 1:
+        _folds(run)

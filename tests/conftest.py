@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 # Every test reads and writes a throw-away cache, never ~/.cache/lunglens; tests that need their own set LUNGLENS_HOME.
-os.environ["LUNGLENS_HOME"] = tempfile.mkdtemp(prefix="lunglens-tests-")
+# One cache per test session, even if this file is imported a second time (as ``tests.conftest``).
+os.environ.setdefault("LUNGLENS_TEST_SESSION_HOME", tempfile.mkdtemp(prefix="lunglens-tests-"))
+os.environ["LUNGLENS_HOME"] = os.environ["LUNGLENS_TEST_SESSION_HOME"]
 os.environ.setdefault("LUNGLENS_DEVICE", "cpu")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

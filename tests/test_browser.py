@@ -81,15 +81,35 @@ def fold_server(three_fold_selection, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def downloads(tmp_path_factory) -> Path:
+    """The folder the browser saves downloads into."""
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, downloads):
     options = Options()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     yield driver
     driver.quit()
+
+
+def _downloaded(folder: Path, pattern: str, timeout: float = 60) -> Path:
+    """The finished download matching ``pattern`` in ``folder`` (waits for Chromium to complete it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = [f for f in folder.glob(pattern) if not f.name.endswith(".crdownload")]
+        if done:
+            return done[0]
+        time.sleep(0.5)
+    pytest.fail(f"no download matching {pattern} in {folder}: {sorted(p.name for p in folder.iterdir())}")
 
 
 def _settled(driver, expected: str, timeout: float = 180) -> str:
@@ -213,3 +233,32 @@ def test_cross_validation_views(fold_server, browser):
     text = _open(browser, f"{fold_server}/performance", "folds on the same test split")
     assert "mean ± sd" in text or "± " in text
     assert len(browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 5
+
+
+def test_exports_report_and_a_shared_link(server, browser, downloads):
+    _open(browser, f"{server}/training?depth=0", "Training")
+    slider = browser.find_element(By.CSS_SELECTOR, SLIDER)
+    assert slider.get_attribute("aria-valuetext") == "0"  # the link's depth, not the default (the deepest)
+    csv = next(b for b in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDownloadButton"] button')
+               if "CSV" in b.text)
+    csv.click()
+    table = _downloaded(downloads, "*.csv")
+    assert "epoch" in table.read_text().splitlines()[0]
+    plot = browser.find_element(By.CSS_SELECTOR, ".js-plotly-plot")
+    webdriver.ActionChains(browser).move_to_element(plot).perform()  # the toolbar shows on hover
+    camera = [b for b in browser.find_elements(By.CSS_SELECTOR, ".modebar-btn")
+              if "png" in (b.get_attribute("data-title") or "").lower()]
+    assert camera, [b.get_attribute("data-title") for b in browser.find_elements(By.CSS_SELECTOR, ".modebar-btn")]
+    browser.execute_script("arguments[0].click()", camera[0])
+    png = _downloaded(downloads, "*.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    _open(browser, f"{server}/performance?depth=0", "Performance")
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Build HTML report" in b.text).click()
+    WebDriverWait(browser, 300, poll_frequency=1).until(
+        lambda d: any("Download HTML report" in b.text for b in d.find_elements(By.TAG_NAME, "button")))
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Download HTML report" in b.text).click()
+    report = _downloaded(downloads, "*.html", timeout=120)
+    html = report.read_text()
+    assert html.startswith("<!DOCTYPE html>") or "<html" in html[:500]
+    assert "depth0" in report.name

@@ -95,9 +95,14 @@ def test_compare_figure_overlays_runs_and_stars_each_best_epoch():
                             {"alexnet d0": 3, "alexnet d5": 2})
     lines = [t for t in fig.data if t.mode == "lines"]
     stars = [t for t in fig.data if t.mode == "markers"]
-    assert [t.name for t in lines] == [f"alexnet d{d} · {s}" for d in (0, 5) for s in ("train", "test")]
+    # a panel per split (train left, test right), a colour and one legend entry per run
+    assert [(t.name, t.meta, t.xaxis) for t in lines] == [
+        (f"alexnet d{d}", s, axis) for d in (0, 5) for s, axis in (("train", "x"), ("test", "x2"))]
+    assert [a.text for a in fig.layout.annotations] == ["Train", "Test"]
+    assert [t.showlegend for t in lines] == [True, False] * 2
     assert lines[0].line.color == lines[1].line.color != lines[2].line.color
     assert [t.line.dash for t in lines] == ["solid", "dash"] * 2
+    np.testing.assert_allclose(lines[3].y, b["test_loss"])
     assert [(list(s.x), list(s.y)) for s in stars] == [
         ([3], [2.0 / 3]), ([3], [0.5]), ([2], [1.0]), ([2], [0.7])
     ]
@@ -143,23 +148,37 @@ def _methods_table() -> pd.DataFrame:
     return df
 
 
-def test_best_methods_and_the_highlighted_table():
+def test_best_methods_mark_one_winner_and_leave_ties_unmarked():
     df = _methods_table()
+    df.loc[1, "PPV"], df.loc[2, "PPV"] = 0.9496, 0.9504  # different values that both read 0.950: a tie as shown
     best = pc.best_methods(df)
     assert best["ACC"] == ["Fine-tuned CNN"]
     assert best["specificity"] == ["LBP + SVM"]
-    assert best["NPV"] == ["Deep features + SVM", "Fine-tuned CNN"]
-    assert best["AUC"] == []
+    assert best["NPV"] == [] and best["PPV"] == []  # ties: nobody is marked
+    assert best["AUC"] == []  # undefined everywhere
+    assert pc.tied_metrics(df) == ["PPV", "NPV"]
     text = pc.comparison_table(df)
     assert list(text.index) == ["LBP + SVM", "Deep features + SVM", "Fine-tuned CNN"]
     assert text.loc["Fine-tuned CNN", "ACC"] == "0.950 [0.900, 0.980]"
+    assert text.loc["Deep features + SVM", "PPV"].startswith("0.950 ") and text.loc["Fine-tuned CNN", "PPV"].startswith(
+        "0.950 ")
     assert text.loc["LBP + SVM", "AUC"] == "n/a"
     assert text.loc["Fine-tuned CNN", "SVM C"] == "—" and text.loc["LBP + SVM", "SVM C"] == "10"
     styler = pc.comparison_styler(df)
     styler._compute()
     highlighted = {(text.index[r], text.columns[c]) for (r, c), css in styler.ctx.items() if css}
-    expected = {(m, metric) for metric, methods in best.items() for m in methods}
-    assert highlighted == expected
+    winners = {("Fine-tuned CNN", m) for m in ("ACC", "sensitivity", "F1")} | {("LBP + SVM", "specificity")}
+    assert highlighted == winners
+    css = {prop for (r, c), props in styler.ctx.items() for prop in props}
+    assert css == {("background-color", "#dcfce7"), ("color", "#166534"), ("font-weight", "700")}  # green, not red
+    assert pc.comparison_marks(df).sum().sum() == len(winners)
+
+
+def test_table1_caption_names_the_tied_columns():
+    text = pc.table1_caption(12, "covid", "alexnet", ["PPV", "NPV"])
+    assert "same 12 test images" in text and "positive class (covid)" in text and "fine-tuned alexnet" in text
+    assert "bold on a green tint" in text and "Tied best (PPV, NPV): " in text
+    assert "Tied best" not in pc.table1_caption(12, "covid", "alexnet", [])
 
 
 def test_confusion_figure_shows_counts_or_shares():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 import engine
 from dashboard.state import Selection
 from tests.apptest_helpers import open_page, plotly_array
+from tests.test_exports import csv_table, download, downloads  # noqa: F401 (a fixture)
 
 PAGE = "../pages/features.py"
 
@@ -116,3 +118,55 @@ def test_depth_slider_switches_run_and_a_picked_image_is_shown_and_ringed(app, t
     for key in ("features_lbp", "features_deep"):
         ring = _traces(at, key)[-1]
         assert ring["name"] == "selected image" and _array(ring["customdata"]).tolist() == [row]
+
+
+# --- exports and links ------------------------------------------------------------------------------------------------
+
+def test_csv_of_each_projection_and_png_names(app, trained_selection, runs, downloads):  # noqa: F811
+    at = _open(app, trained_selection)
+    preds = runs[max(runs)].predictions
+    for fs in ("lbp", "deep"):
+        file = download(at, f"features_{fs}_csv", downloads)
+        assert file.filename == f"lunglens-alexnet-depth5-{fs}-pca-2d.csv"
+        table = csv_table(file)
+        rows, xy, _ = _points(_traces(at, f"features_{fs}"))
+        np.testing.assert_array_equal(table["file"], preds["file"])  # a row per image, in run order
+        np.testing.assert_allclose(table[["x", "y"]].to_numpy(), xy[np.argsort(rows)], rtol=1e-6)
+        np.testing.assert_array_equal(table["correct"], preds["y"] == preds["pred"])
+        config = json.loads(next(c for c in at.get("plotly_chart") if c.key == f"features_{fs}").proto.config)
+        assert config["toImageButtonOptions"]["filename"] == f"lunglens-alexnet-depth5-{fs}-pca-2d"
+
+
+def _open_link(app: AppTest, sel: Selection, **params: str) -> AppTest:
+    """Open the page as a link with ``params`` would (Home runs first; the page's parameters are added after it)."""
+    app.run()
+    app.session_state["selection"] = sel
+    app.query_params.update(params)
+    app.switch_page(PAGE).run()
+    assert not app.exception
+    return app
+
+
+def test_a_link_reopens_depth_method_dims_colour_and_image(app, trained_selection, runs):
+    run = runs[0]
+    row = int(np.flatnonzero(run.predictions["split"] == "test")[1])
+    file = run.predictions["file"].iloc[row]
+    at = _open_link(app, trained_selection, depth="0", method="kpca-linear", dims="3", colour="correct", image=file)
+    assert at.select_slider(key="features_depth").value == 0
+    assert at.selectbox(key="features_method").value == "kpca-linear" and at.radio(key="features_dims").value == 3
+    assert at.toggle(key="features_correct").value is True and at.selectbox(key="features_image").value == row
+    traces = _traces(at, "features_deep")
+    assert {t["type"] for t in traces} == {"scatter3d"} and traces[0]["name"].startswith("correct (")
+    assert traces[-1]["name"] == "selected image" and _array(traces[-1]["customdata"]).tolist() == [row]
+    assert any(Path(file).name in m.value for m in at.markdown)
+    assert at.query_params["image"] == file  # written back as the file name
+
+
+def test_stale_values_in_a_link_fall_back_to_the_defaults(app, trained_selection, runs):
+    at = _open_link(app, trained_selection, depth="2", method="umap", dims="4", colour="blue", image="gone.png")
+    assert not at.error
+    assert at.select_slider(key="features_depth").value == 5 and at.selectbox(key="features_method").value == "pca"
+    assert at.radio(key="features_dims").value == 2 and at.toggle(key="features_correct").value is False
+    assert at.selectbox(key="features_image").value is None and not at.image
+    assert {k: at.query_params.get(k) for k in ("depth", "method", "dims", "colour", "image")} == {
+        "depth": "5", "method": None, "dims": None, "colour": None, "image": None}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import re
 
 import cv2
 import numpy as np
@@ -11,8 +13,8 @@ from streamlit.testing.v1 import AppTest
 
 import engine
 from dashboard.state import Selection
-from tests.apptest_helpers import chart_spec, open_page
 from engine.data.transforms import to_model_input
+from tests.apptest_helpers import chart_spec, open_page
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum")
 
@@ -130,3 +132,66 @@ def test_layer_neuron_choice_and_grayscale_toggles(app, trained_selection, runs)
     assert not at.exception
     tile = _png(_chart(at, "layers_neurons")["data"][0]["source"]).astype(int)
     assert np.array_equal(tile[..., 0], tile[..., 1]) and np.array_equal(tile[..., 1], tile[..., 2])
+
+
+# --- exports and links ------------------------------------------------------------------------------------------------
+
+def test_every_figure_saves_a_named_png_without_zoom_or_pan_buttons(app, trained_selection, runs):
+    at = _open(app, trained_selection)
+    row, layer = at.selectbox(key="layers_image").value, at.selectbox(key="layers_layer").value
+    file = re.sub("[^a-z0-9]+", "-", runs[5].predictions["file"].iloc[row].lower())  # a file-name stem
+    configs = {c.key: json.loads(c.proto.config) for c in at.get("plotly_chart")}
+    assert set(configs) == CHARTS
+    names = {k: c["toImageButtonOptions"]["filename"] for k, c in configs.items()}
+    assert names["layers_filters"] == "lunglens-alexnet-depth5-filters-before"
+    assert names["layers_neurons"] == f"lunglens-alexnet-depth5-neurons-{layer.replace('.', '-')}-{file}"
+    assert names["layers_activations"] == f"lunglens-alexnet-depth5-activations-{layer.replace('.', '-')}-{file}"
+    assert names["layers_across"].startswith("lunglens-alexnet-depth5-one-neuron-per-layer-")
+    for config in configs.values():
+        assert {"zoom2d", "pan2d", "autoScale2d", "resetScale2d"} <= set(config["modeBarButtonsToRemove"])
+    for key in CHARTS:  # the toolbar's row (about 25 px) is kept free above the tiles and their titles
+        layout = _chart(at, key)["layout"]
+        titles = [a["y"] for a in layout.get("annotations", [])]
+        assert layout["margin"]["t"] >= 30 + (20 if titles else 0)
+
+
+def _open_link(app: AppTest, sel: Selection, **params: str) -> AppTest:
+    """Open the page as a link with ``params`` would (Home runs first; the page's parameters are added after it)."""
+    app.run()
+    app.session_state["selection"] = sel
+    app.query_params.update(params)
+    app.switch_page(PAGE).run()
+    assert not app.exception
+    return app
+
+
+def test_a_link_reopens_the_image_layer_neurons_and_views(app, trained_selection, runs):
+    run = runs[0]
+    test_rows = np.flatnonzero(run.predictions["split"] == "test")
+    row = int(test_rows[2])
+    other = next(c for c in run.classes if c != run.classes[run.positive])
+    at = _open_link(app, trained_selection, depth="0", image=run.predictions["file"].iloc[row], layer="blocks.4.10",
+                    neurons="random", seed="3", filters="after", gray="1", **{"class": other}, draw="2", maps="4")
+    assert at.select_slider(key="layers_depth").value == 0
+    assert at.radio(key="layers_filter_view").value == "after" and at.selectbox(key="layers_image").value == row
+    assert at.selectbox(key="layers_layer").value == "blocks.4.10" and at.radio(key="layers_pick").value == "random"
+    assert at.number_input(key="layers_seed").value == 3 and at.toggle(key="layers_gray").value is True
+    assert at.selectbox(key="layers_fig10_class").value == run.classes.index(other)
+    assert at.number_input(key="layers_fig10_draw").value == 2 and at.slider(key="layers_top_n").value == 4
+    assert len(_chart(at, "layers_activations")["data"]) == 4
+    titles = [a["text"] for a in _chart(at, "layers_neurons")["layout"]["annotations"]]
+    assert len(set(titles)) == 8 and titles != [f"ch {c}" for c in _top_channels(run, row, "blocks.4.10")[:8]]
+
+
+def test_stale_values_in_a_link_fall_back_to_the_defaults(app, trained_selection, runs):
+    at = _open_link(app, trained_selection, image="gone.png", layer="blocks.9.9", neurons="all", seed="5000",
+                    filters="sideways", gray="2", **{"class": "martian"}, draw="-1", maps="99")
+    assert not at.error
+    run = runs[5]
+    first_test = int(np.flatnonzero(run.predictions["split"] == "test")[0])
+    assert at.selectbox(key="layers_image").value == first_test and at.radio(key="layers_pick").value == "top"
+    assert at.radio(key="layers_filter_view").value == "before" and at.toggle(key="layers_gray").value is False
+    assert at.number_input(key="layers_seed").value == 0 and at.number_input(key="layers_fig10_draw").value == 0
+    assert at.selectbox(key="layers_fig10_class").value == run.positive
+    assert at.slider(key="layers_top_n").value == 16
+    assert not {"image", "layer", "neurons", "seed", "filters", "gray", "class", "draw", "maps"} & set(at.query_params)

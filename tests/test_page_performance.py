@@ -1,14 +1,22 @@
-"""The Performance page in AppTest: Table 1 with CIs, confusion / ROC / PR / per-class views, metric vs depth."""
+"""The Performance page in AppTest: Table 1 with CIs (the best of each column in green, none on a tie), confusion /
+ROC / PR / per-class views, metric vs depth, CSV exports of the tables and the HTML report built in the background."""
 from __future__ import annotations
 
 
+import io
+import re
+
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
+from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 import engine
 from dashboard.state import Selection
+from engine.evaluation import METRICS
+from engine.jobs import forget_job, get_job
 from tests.apptest_helpers import chart_spec, open_page, plotly_array
 from tests.test_crossval import FOLD_DEPTHS, three_fold_selection  # noqa: F401 (a session fixture)
 
@@ -181,3 +189,116 @@ def test_external_section_scores_another_folder_next_to_the_test_split(app, trai
     internal_auc = [roc_auc_score(*(lambda y, p: (y == r.positive, p[:, r.positive]))(*_test_split(r)[::2]))
                     for r in (runs[d] for d in depths)]
     np.testing.assert_allclose(_array(curve[1]["y"]), internal_auc)
+
+
+# --- exports: a CSV of every table, the HTML report; the best value of each column of Table 1 ---------------------
+
+@pytest.fixture()
+def downloads(monkeypatch) -> dict[str, tuple[str | None, str, bytes]]:
+    """URL -> (file name, MIME type, bytes) of every file the app offers for download during the test."""
+    files: dict[str, tuple[str | None, str, bytes]] = {}
+    original = MediaFileManager.add
+
+    def add(self, data, mimetype, coordinates, file_name=None, is_for_static_download=False):
+        url = original(self, data, mimetype, coordinates, file_name=file_name,
+                       is_for_static_download=is_for_static_download)
+        files[url] = (file_name, mimetype, bytes(data))
+        return url
+
+    monkeypatch.setattr(MediaFileManager, "add", add)
+    return files
+
+
+def _download(at: AppTest, downloads: dict, key: str) -> tuple[str, bytes]:
+    """The file name and bytes behind the download button with ``key``."""
+    button = next(b for b in at.get("download_button") if b.key == key)
+    name, _mime, data = downloads[button.proto.url]
+    return name, data
+
+
+def _numbers(cell: str) -> list[float]:
+    """``"0.912 [0.871, 0.947]"`` -> [0.912, 0.871, 0.947]; ``"n/a"`` -> [nan]."""
+    return [float("nan")] if cell == "n/a" else [float(x) for x in re.findall(r"-?\d+\.\d+", cell)]
+
+
+def test_csv_buttons_hold_the_tables_shown(app, trained_selection, runs, downloads):
+    at = _open(app, trained_selection)
+    run = runs[max(runs)]
+    keys = {b.key for b in at.get("download_button")}
+    assert {"performance_table1_csv", "performance_per_class_csv", "performance_depth_csv"} <= keys
+
+    name, data = _download(at, downloads, "performance_table1_csv")
+    assert name == f"lunglens-alexnet-depth{max(runs)}-table-1.csv"
+    csv = pd.read_csv(io.BytesIO(data)).set_index("method")
+    shown = at.table[0].value
+    assert list(csv.index) == list(shown.index)
+    for method in shown.index:
+        for metric in METRICS:
+            numbers = _numbers(shown.loc[method, metric])
+            expected = [csv.loc[method, metric], csv.loc[method, f"{metric}_low"], csv.loc[method, f"{metric}_high"]]
+            np.testing.assert_allclose(numbers, expected[: len(numbers)], atol=5e-4)  # shown to 3 decimals
+    y, pred, _ = _test_split(run)
+    assert csv.loc["Fine-tuned CNN", "ACC"] == pytest.approx(accuracy_score(y, pred))
+
+    name, data = _download(at, downloads, "performance_per_class_csv")
+    assert name.endswith("-per-class.csv")
+    per_class = next(d.value for d in at.dataframe if "support" in d.value.columns)
+    csv = pd.read_csv(io.BytesIO(data))
+    assert list(csv.columns) == list(per_class.columns) and list(csv["class"]) == list(per_class["class"])
+    for column in ("precision", "recall", "F1", "support"):
+        np.testing.assert_allclose(csv[column].astype(float), per_class[column].astype(float), equal_nan=True)
+
+    _, data = _download(at, downloads, "performance_depth_csv")
+    csv = pd.read_csv(io.BytesIO(data))
+    line = next(t for t in _chart(at, "performance_depth_curve")["data"] if t["name"] == "alexnet")
+    np.testing.assert_allclose(csv.sort_values("depth")["value"], _array(line["y"]))
+
+
+def test_the_report_button_builds_the_html_report_in_the_background(app, trained_selection, runs, downloads):
+    run = runs[max(runs)]
+    key = f"html-report:{run.id}:{run.result['finished']}"
+    forget_job(key)
+    at = _open(app, trained_selection)
+    assert "performance_report_download" not in {b.key for b in at.get("download_button")}
+    at.button(key="performance_report_build").click().run()
+    assert not at.exception
+    job = get_job(key)
+    assert job is not None and job.wait(120) and job.status == "done", job and job.error
+    at.run()
+    name, data = _download(at, downloads, "performance_report_download")
+    assert name == f"lunglens-alexnet-depth{max(runs)}-report.html"
+    text = data.decode("utf-8")
+    y, pred, _ = _test_split(run)
+    assert text.startswith("<!DOCTYPE html>") and f"<code>{run.id}</code>" in text
+    assert "<th>Fine-tuned CNN</th><td" in text and f">{accuracy_score(y, pred):.3f} [" in text
+    assert at.button(key="performance_report_build").label == "Build the HTML report again"
+
+
+def test_the_best_value_of_each_column_is_green_and_a_tie_marks_none(app, trained_selection):
+    at = _open(app, trained_selection)
+    shown = at.table[0].value
+    expected, tied = set(), []
+    for c, metric in enumerate(shown.columns):
+        if metric not in METRICS:
+            continue
+        values = np.array([_numbers(v)[0] for v in shown[metric]])
+        if np.isnan(values).all():
+            continue
+        leaders = np.flatnonzero(values == np.nanmax(values))
+        if len(leaders) == 1:
+            expected.add((int(leaders[0]), c))
+        else:
+            tied.append(metric)
+    styles = at.table[0].proto.arrow_data.styler.styles
+    marked = set()
+    for selectors, css in re.findall(r"([^{}]+)\{([^}]*)\}", styles):
+        if "font-weight: 700" in css:
+            assert "#dcfce7" in css and "#b91c1c" not in css  # a green tint, never red
+            marked |= {(int(r), int(c)) for r, c in re.findall(r"_row(\d+)_col(\d+)", selectors)}
+    assert marked == expected and (marked or tied)
+    captions = " ".join(c.value for c in at.caption)
+    assert "bold on a green tint" in captions and "Best per column in red" not in captions
+    if tied:
+        assert f"Tied best ({', '.join(tied)})" in captions
+    else:
+        assert "Tied best" not in captions
