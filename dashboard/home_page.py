@@ -9,9 +9,9 @@ import streamlit as st
 
 import engine
 from dashboard.state import Selection, selection, set_selection, shared_datasets
-from dashboard.widgets import cached_fold_runs, runs_table
+from dashboard.widgets import cached_fold_runs, runs_table, time_left
 from engine.data.access import DATA_ROOT_ENV, allowed_folder, data_root, is_exposed
-from engine.jobs import Job, get_job, start_job
+from engine.jobs import get_job, start_job
 from engine.store import stable_hash
 
 if TYPE_CHECKING:
@@ -170,13 +170,6 @@ def _prepare_work(run_ids: list[str]):
     return work
 
 
-def _eta(job: Job) -> str:
-    left = job.seconds_left
-    if left is None:
-        return "estimating the time left…"
-    return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
-
-
 def _prepare_panel() -> None:
     """This session's prepare job: progress, time left and Cancel while it runs (polled), then how it ended."""
     key = st.session_state.get(PREPARE_JOB)
@@ -189,7 +182,7 @@ def _prepare_panel() -> None:
         if current is None:
             return
         if current.running:
-            st.progress(current.fraction, text=f"{current.text} · {current.fraction:.0%} · {_eta(current)}")
+            st.progress(current.fraction, text=f"{current.text} · {current.fraction:.0%} · {time_left(current)}")
             if current.cancel_requested:
                 st.caption("Cancelling after the current step…")
             elif st.button("Cancel", key="home_prepare_cancel", icon=":material/stop:"):

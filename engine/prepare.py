@@ -154,7 +154,7 @@ def default_test_row(run: Run) -> int:
 
 
 def default_layer(run: Run) -> str:
-    """The Layers page's first conv layer: the middle one of ``layer_choices``."""
+    """The conv layer the Layers page shows first: the middle one of ``layer_choices``."""
     names = [name for name, _ in layer_choices(run.load_model())]
     if not names:
         raise ConfigError(f"{run.config.backbone} has no convolutional layer to visualise.")

@@ -24,11 +24,12 @@ from dashboard.performance_charts import (
     tied_metrics,
 )
 from dashboard.training_charts import related_runs
-from dashboard.widgets import all_runs, caption, depth_slider, figure, fold_runs_of, require_runs, trained_folds
+from dashboard.widgets import (all_runs, caption, depth_slider, figure, fold_runs_of, require_runs, time_left,
+                               trained_folds)
 from engine.baselines import compare_methods
 from engine.crossval import SD_DDOF, fold_depth_curve, fold_metric_summary, fold_metrics, fold_roc
 from engine.evaluation import METRICS, depth_curve, evaluate_run
-from engine.jobs import Job, JobFn, Progress, get_job, start_job
+from engine.jobs import JobFn, Progress, get_job, start_job
 
 #: How often the report panel redraws itself while its job runs.
 POLL_SECONDS = 1.0
@@ -75,11 +76,6 @@ def _build_report(run_id: str) -> JobFn:
     return build
 
 
-def _eta(job: Job) -> str:
-    left = job.seconds_left
-    return "estimating the time left…" if left is None else f"about {left:.0f} s left"
-
-
 def _report_panel(run: engine.Run) -> None:
     """Build the run's self-contained HTML report in the background (progress, cancel), then offer it for download."""
     key = _report_key(run)
@@ -90,7 +86,7 @@ def _report_panel(run: engine.Run) -> None:
         current = get_job(key)
         if current is not None and current.running:
             st.progress(current.fraction, text=f"HTML report: {current.text} · {current.fraction:.0%} · "
-                                               f"{_eta(current)}")
+                                               f"{time_left(current)}")
             if current.cancel_requested:
                 st.caption("Cancelling after the current section…")
             elif st.button("Cancel", key="performance_report_cancel", icon=":material/stop:"):

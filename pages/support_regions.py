@@ -45,7 +45,7 @@ from dashboard.support_charts import (
     support_figure,
     unlike_message,
 )
-from dashboard.widgets import depth_slider, require_runs
+from dashboard.widgets import depth_slider, require_runs, time_left
 from engine.data.imageio import IMAGE_SUFFIXES
 from engine.explain import (
     METHODS,
@@ -414,13 +414,6 @@ def _start_report(work: list[tuple[str, list[str]]], settings: ReportSettings) -
     st.session_state.pop("support_report_seen", None)
 
 
-def _eta(job: Job) -> str:
-    left = job.seconds_left
-    if left is None:
-        return "estimating the time left…"
-    return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
-
-
 def _job_panel() -> Job | None:
     """Progress of this session's report job (polled every POLL_SECONDS while it runs), Cancel, and its outcome."""
     key = st.session_state.get(REPORT_JOB)
@@ -434,7 +427,7 @@ def _job_panel() -> Job | None:
             return
         if current.running:
             st.progress(current.fraction, text=f"{current.label}: {current.text} · {current.fraction:.0%} · "
-                                               f"{_eta(current)}")
+                                               f"{time_left(current)}")
             if current.cancel_requested:
                 st.caption("Cancelling after the current chunk…")
             elif st.button("Cancel", key="support_report_cancel", icon=":material/stop:"):

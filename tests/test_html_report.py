@@ -112,7 +112,8 @@ def test_every_section_is_there_with_the_run_id(written, run):
     assert page.tables["table-0"][1] == ["Run id", run.id]  # the first row of the provenance table
     assert 'class="missing"' not in text  # this run has every section's data
     report = page.tables["explanation-report"]
-    assert report[0][0] == "Method" and [r[0] for r in report[1:]] == ["Grad-CAM"]
+    # Every cached row of the run shows: the Grad-CAM row this module cached, and any other tests cached before it.
+    assert report[0][0] == "Method" and "Grad-CAM" in [r[0] for r in report[1:]]
 
 
 def test_table_1_gives_the_test_accuracy_of_the_predictions(written, run):
