@@ -4,6 +4,10 @@
 ``key``, so that a page rerun (or another browser session) asking for the same work finds the running job instead
 of starting a second one. ``fn`` reports ``progress(fraction in [0, 1], text)`` and checks ``cancelled()`` between
 chunks of work, stopping (usually by raising) when it returns True.
+
+A job may name the sessions that wait for it (``owner``): ``reap(alive)`` cancels every running job whose owners have
+all gone (a closed browser tab), so no work outlives the people who asked for it. A job with no owner (a command-line
+prepare) runs to its end.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class Job:
     result: Any = None
     error: str | None = None
     finished: float | None = None
+    owners: set[str] = field(default_factory=set)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -91,16 +96,19 @@ _JOBS: dict[str, Job] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def start_job(key: str, label: str, fn: JobFn) -> Job:
+def start_job(key: str, label: str, fn: JobFn, owner: str | None = None) -> Job:
     """The running job registered under ``key``, or a new one running ``fn(progress, cancelled)`` in a daemon thread.
 
-    A finished job under the same key (done, failed or cancelled) is replaced by the new one.
+    A finished job under the same key (done, failed or cancelled) is replaced by the new one. ``owner``: a session
+    waiting for the job (added to a running job's owners too), see ``reap``.
     """
     with _REGISTRY_LOCK:
         job = _JOBS.get(key)
         if job is not None and job.running:
+            if owner is not None:
+                job.owners.add(owner)
             return job
-        job = Job(key, label)
+        job = Job(key, label, owners={owner} if owner is not None else set())
         _JOBS[key] = job
     threading.Thread(target=job._run, args=(fn,), name=f"lunglens-job-{key}", daemon=True).start()
     return job
@@ -124,3 +132,12 @@ def running_jobs() -> list[Job]:
     """Every job still computing, oldest first."""
     with _REGISTRY_LOCK:
         return sorted((j for j in _JOBS.values() if j.running), key=lambda j: j.started)
+
+
+def reap(alive: Callable[[str], bool]) -> list[Job]:
+    """Cancel every running job that has owners of which none is ``alive`` any more; return the jobs cancelled."""
+    with _REGISTRY_LOCK:
+        orphans = [j for j in _JOBS.values() if j.running and j.owners and not any(map(alive, j.owners))]
+    for job in orphans:
+        job.cancel()
+    return orphans

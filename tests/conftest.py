@@ -14,6 +14,9 @@ import pytest
 os.environ.setdefault("LUNGLENS_TEST_SESSION_HOME", tempfile.mkdtemp(prefix="lunglens-tests-"))
 os.environ["LUNGLENS_HOME"] = os.environ["LUNGLENS_TEST_SESSION_HOME"]
 os.environ.setdefault("LUNGLENS_DEVICE", "cpu")
+# Pages wait this long for a background computation before drawing its progress panel: in tests, always long enough
+# to draw the result (a test of the panel itself sets it to 0).
+os.environ.setdefault("LUNGLENS_JOB_WAIT", "600")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

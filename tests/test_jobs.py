@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from engine.jobs import forget_job, get_job, running_jobs, start_job
+from engine.jobs import forget_job, get_job, reap, running_jobs, start_job
 
 
 def test_a_job_reports_progress_and_its_result():
@@ -85,3 +85,28 @@ def test_a_failure_carries_its_message():
     assert job.wait(5)
     assert job.status == "failed" and job.error == "the run has no test images" and job.result is None
     assert job.text == "half way"
+
+
+def test_reap_cancels_jobs_whose_sessions_all_ended_and_keeps_the_others():
+    gate = threading.Event()
+
+    def work(progress, cancelled):
+        while not cancelled() and not gate.is_set():
+            time.sleep(0.005)
+        if cancelled():
+            raise RuntimeError("stopped: nobody waits for it")
+        return "done"
+
+    shared = start_job("test-reap-shared", "Shared", work, owner="tab-a")
+    assert start_job("test-reap-shared", "Shared", work, owner="tab-b") is shared and shared.owners == {"tab-a", "tab-b"}
+    alone = start_job("test-reap-alone", "Alone", work, owner="tab-c")
+    unowned = start_job("test-reap-cli", "Command line", work)
+    alive = {"tab-b"}
+    assert reap(alive.__contains__) == [alone]  # tab-b still waits for the shared job; the unowned one is kept
+    assert alone.wait(5) and alone.status == "cancelled"
+    assert shared.running and unowned.running
+    alive.clear()
+    assert reap(alive.__contains__) == [shared]
+    gate.set()
+    assert shared.wait(5) and shared.status == "cancelled"
+    assert unowned.wait(5) and unowned.status == "done"
