@@ -33,11 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LUNGLENS_DEVICE", "cpu")
+# Without prepare a slow view runs as a background job and the page draws a progress panel at once; to time what the
+# user waits for until the view is drawn, every interaction here waits for its jobs.
+os.environ["LUNGLENS_JOB_WAIT"] = "3600"
 
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import engine
+from dashboard.background import forget_results
 from dashboard.state import Selection
 from engine.prepare import prepare_runs
 
@@ -64,18 +68,22 @@ def interactions(depths: list[int]) -> dict[str, list[tuple[str, Action]]]:
     return {
         "../pages/training.py": [slide("training_depth"), ("criteria: macro average", _set("radio", "training_average",
                                                                                           "macro_"))],
-        "../pages/performance.py": [slide("performance_depth"), ("metric: AUC", _set("selectbox", "performance_metric",
-                                                                                     "AUC")),
-                                    ("normalise confusion", _set("toggle", "performance_normalise", True))],
+        "../pages/performance.py": [slide("performance_depth"),
+                                    ("tab: Test split", _state("performance_section", "Test split")),
+                                    ("normalise confusion", _set("toggle", "performance_normalise", True)),
+                                    ("tab: Metric vs depth", _state("performance_section", "Metric vs depth")),
+                                    ("metric: AUC", _set("selectbox", "performance_metric", "AUC"))],
         "../pages/features.py": [slide("features_depth"), ("projection: t-SNE", _set("selectbox", "features_method",
                                                                                      "tsne")),
                                  ("3-D", _set("radio", "features_dims", 3))],
         "../pages/layers.py": [slide("layers_depth"), ("filters: difference", _set("radio", "layers_filter_view",
                                                                                    "difference")),
-                               ("neurons: random", _set("radio", "layers_pick", "random"))],
+                               ("neurons: random", _set("radio", "layers_pick", "random")),
+                               ("tab: one neuron per layer", _state("layers_view", "One neuron per layer (fig. 10)")),
+                               ("tab: activation maps", _state("layers_view", "Activation maps"))],
         "../pages/support_regions.py": [
             slide("support_depth"),
-            ("methods: + LIME", _set("multiselect", "support_methods", ["gradcam", "lime"])),
+            ("methods: + LIME", _set("pills", "support_methods", ["gradcam", "lime"])),
             ("tab: Consistency degree", _state("support_section", "Consistency degree")),
             ("tab: Same image across depths", _state("support_section", "Same image across depths")),
             ("tab: Explanation report", _state("support_section", "Explanation report")),
@@ -95,6 +103,7 @@ def drive(sel: Selection, depths: list[int], label: str, fresh: bool) -> list[di
     if fresh:
         st.cache_data.clear()
         st.cache_resource.clear()
+        forget_results()
     rows = []
     for page, steps in interactions(depths).items():
         at = AppTest.from_file(str(HOME_SCRIPT), default_timeout=3600)

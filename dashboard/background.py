@@ -40,9 +40,11 @@ _LOCK = threading.Lock()
 
 
 def _code(value: Any) -> Any:
-    """A JSON-able stand-in for an argument: a run is its cache key and finish time, an array its digest."""
+    """A JSON-able stand-in for an argument: a run is its cache key and finish time, a dataset or an array its digest."""
     if isinstance(value, engine.Run) or hasattr(value, "cache_key"):
         return ["run", value.cache_key, value.result["finished"]]
+    if isinstance(getattr(value, "fingerprint", None), str):  # a dataset: its content's digest
+        return ["data", type(value).__name__, value.fingerprint]
     if isinstance(value, np.ndarray):
         return ["array", value.shape, str(value.dtype), hashlib.sha256(np.ascontiguousarray(value).data).hexdigest()]
     if isinstance(value, (list, tuple)):
@@ -100,12 +102,16 @@ def _reap_forever() -> None:
             reap(Runtime.instance().is_active_session)
 
 
-@st.cache_resource(show_spinner=False)
-def _reaper() -> threading.Thread:
-    # One thread per server: it cancels the jobs of sessions that have ended (a closed tab).
-    thread = threading.Thread(target=_reap_forever, name="lunglens-job-reaper", daemon=True)
-    thread.start()
-    return thread
+_REAPER: list[threading.Thread] = []
+
+
+def _reaper() -> None:
+    # One thread per server (not in st.cache_resource, which a page may clear): it cancels the jobs of sessions that
+    # have ended (a closed tab).
+    with _LOCK:
+        if not _REAPER:
+            _REAPER.append(threading.Thread(target=_reap_forever, name="lunglens-job-reaper", daemon=True))
+            _REAPER[0].start()
 
 
 def start(key: str, label: str, fn: JobFn) -> Job:

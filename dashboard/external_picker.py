@@ -4,16 +4,12 @@ from __future__ import annotations
 import streamlit as st
 
 import engine
+from dashboard.background import background
 from dashboard.state import shared_datasets
 from engine.data.access import DATA_ROOT_ENV, allowed_folder, data_root, is_exposed
 from engine.external import ExternalRun, external_dataset, suggest_mapping
 
 LEAVE_OUT = "(leave out)"
-
-
-@st.cache_resource(show_spinner="Reading the external folder (every image is checked once)…", max_entries=8)
-def _dataset(path: str, skip_bad: bool) -> engine.Dataset:
-    return external_dataset(path, skip_bad=skip_bad)
 
 
 def _folder(key: str, exclude: str | None) -> str | None:
@@ -47,15 +43,17 @@ def _folder(key: str, exclude: str | None) -> str | None:
 
 
 def external_picker(run: engine.Run, key: str) -> ExternalRun | None:
-    """A folder picker and one mapping box per folder class the run lacks; the run seen through that folder."""
+    """A folder picker and one mapping box per folder class the run lacks; the run seen through that folder (None
+    while no folder is chosen, or while a large one is being read: its progress panel is drawn instead)."""
     path = _folder(key, exclude=run.meta.get("data_root"))
     if path is None:
         return None
     skip_bad = st.toggle("Skip unreadable images (they are reported)", key=f"{key}_skip_bad")
-    try:
-        source = _dataset(path, skip_bad)
-    except engine.LungLensError as exc:
-        st.error(f"This folder cannot be used: {exc}")
+    # Every image of a large folder is checked once: in the background (progress, Cancel) when it takes long; a
+    # folder that cannot be used fails that job, whose panel says why.
+    source = background(external_dataset, path, skip_bad=skip_bad, name=f"{key}_read",
+                        label="Reading the external folder (every image is checked once)")
+    if source is None:
         return None
     unknown = [c for c in source.classes if c not in run.classes]
     suggested = suggest_mapping(source.classes, run.classes)

@@ -9,9 +9,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import engine
-from dashboard.exports import csv_button, export_name, png_config
+from dashboard.background import background, cached
+from dashboard.exports import csv_button, export_name
 from dashboard.external_picker import external_picker
 from dashboard.performance_charts import format_ci
+from dashboard.url_state import url_widget
+from dashboard.widgets import caption, figure
 from engine.calibration import THRESHOLD_PRESETS
 from engine.external import METRIC_KEYS, ExternalRun, evaluate_view, gap_by_depth, generalisation_gap, internal_scores
 
@@ -22,19 +25,9 @@ SIDE_COLOURS = {"internal": "#2563eb", "external": "#dc2626"}
 UNLIKE_WARNING = 0.2
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def _internal(run_id: str, finished: float) -> dict:
-    return internal_scores(engine.load_run(run_id))
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _external(cache_key: str, finished: float, explanations: bool, _view: ExternalRun) -> dict:
-    return evaluate_view(_view, explanations=explanations)
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _gap_by_depth(keys: tuple[str, ...], metric: str, _runs: Sequence[engine.Run], _view: ExternalRun) -> pd.DataFrame:
-    return gap_by_depth(_runs, _view.source, _view.mapping, metric)
+def _gap(runs: Sequence[engine.Run], view: ExternalRun, metric: str) -> pd.DataFrame:
+    """``gap_by_depth`` of ``view``'s folder and mapping (a view is keyed by its run, data and mapping)."""
+    return gap_by_depth(runs, view.source, view.mapping, metric)
 
 
 def gap_table(gap: pd.DataFrame) -> pd.DataFrame:
@@ -98,15 +91,18 @@ def _calibration(run: engine.Run, result: Mapping[str, Any]) -> None:
         csv_button(table, export_name(run, "external-operating-points"), key="external_operating_csv")
 
 
-def _explanations(run: engine.Run, view: ExternalRun, finished: float) -> None:
+def _explanations(run: engine.Run, view: ExternalRun) -> None:
     if not (view.predictions["mask"] != "").any():
         st.caption("This folder has no lesion masks, so the explanations cannot be scored on it.")
         return
     if not st.toggle("Score Grad-CAM against the external lesion masks (consistency, baselines, pointing game)",
                      key="external_explanations"):
         return
-    with st.spinner("Grad-CAM on every external image (once, then cached)…"):
-        ex = _external(view.cache_key, finished, True, view)["explanation"]
+    result = background(evaluate_view, view, explanations=True, label="Grad-CAM on every external image",
+                        name="external_explain_job")
+    if result is None:
+        return
+    ex = result["explanation"]
     if ex is None:
         st.info("No external image of the run's classes has a non-empty lesion mask.")
         return
@@ -118,9 +114,9 @@ def _explanations(run: engine.Run, view: ExternalRun, finished: float) -> None:
     }])
     st.dataframe(table, hide_index=True, width="stretch", key="external_explanations_table")
     csv_button(table, export_name(run, "external-explanations"), key="external_explanations_csv")
-    st.caption("The explanation report's localisation scores (Support Regions) on the external images with a lesion "
-               "mask: consistency degree (Wan et al.) against two baselines scored the same way; a map beats chance "
-               "when its interval lies above both. Support Regions shows the maps themselves for an external folder.")
+    caption("The explanation report's localisation scores (Support Regions) on the external images with a lesion "
+            "mask: consistency degree (Wan et al.) against two baselines scored the same way; a map beats chance "
+            "when its interval lies above both. Support Regions shows the maps themselves for an external folder.")
 
 
 def external_section(run: engine.Run, runs: Mapping[int, engine.Run]) -> None:
@@ -132,35 +128,36 @@ def external_section(run: engine.Run, runs: Mapping[int, engine.Run]) -> None:
     view = external_picker(run, key="performance_external")
     if view is None:
         return
-    finished = run.result["finished"]
     try:
-        with st.spinner(f"Scoring {len(view.source.items)} external images (once, then cached)…"):
-            internal = _internal(run.id, finished)
-            result = _external(view.cache_key, finished, False, view)
+        internal = cached(internal_scores, run)
+        result = background(evaluate_view, view, explanations=False, name="external_score_job",
+                            label=f"Scoring {len(view.source.items)} external images")
     except engine.LungLensError as exc:
         st.error(str(exc))
+        return
+    if result is None:
         return
     _counts(result)
     gap = gap_table(generalisation_gap(internal, result))
     st.table(gap)
     csv_button(gap, export_name(run, "external-gap"), key="external_gap_csv")
-    st.caption(f"Run `{run.id}` (depth {run.config.depth}) on its own test split ({internal['n']} images) and on "
-               f"{result['n']} external images; 95% percentile-bootstrap intervals ({result['n_boot']} resamples). "
-               f"Sensitivity, specificity, PPV, NPV, F1 and AUC are of the positive class ({result['positive']}).")
+    caption(f"Run `{run.id}` (depth {run.config.depth}) on its own test split ({internal['n']} images) and on "
+            f"{result['n']} external images; 95% percentile-bootstrap intervals ({result['n_boot']} resamples). "
+            f"Sensitivity, specificity, PPV, NPV, F1 and AUC are of the positive class ({result['positive']}).")
     _calibration(run, result)
-    metric = st.selectbox("Metric against depth", list(METRIC_KEYS), format_func=LABELS.get,
-                          index=list(METRIC_KEYS).index("auc"), key="external_metric")
+    metric = url_widget(st.selectbox, "Metric against depth", list(METRIC_KEYS), key="external_metric",
+                        param="external_metric", default="auc", format_func=LABELS.get)
     ordered = [runs[d] for d in sorted(runs)]
     try:
-        with st.spinner(f"Scoring the external folder with {len(ordered)} runs…"):
-            curve = _gap_by_depth(tuple(f"{r.id}:{r.result['finished']}" for r in ordered) + (view.cache_key,),
-                                  metric, ordered, view)
+        curve = background(_gap, ordered, view, metric, name="external_depth_job",
+                           label=f"Scoring the external folder with {len(ordered)} runs")
     except engine.LungLensError as exc:
         st.error(str(exc))
         return
-    st.plotly_chart(gap_depth_figure(curve, metric), width="stretch", key="external_depth_curve",
-                    config=png_config(export_name(run, f"external-{metric}-vs-depth")))
-    csv_button(curve, export_name(run, f"external-{metric}-vs-depth"), key="external_depth_csv")
-    st.caption("Solid: the run's own test split; dashed: the external folder; bars: 95% bootstrap intervals. The "
-               "distance between the lines is the generalisation gap at each fine-tuning depth.")
-    _explanations(run, view, finished)
+    if curve is not None:
+        figure(gap_depth_figure(curve, metric), export_name(run, f"external-{metric}-vs-depth"),
+               key="external_depth_curve")
+        csv_button(curve, export_name(run, f"external-{metric}-vs-depth"), key="external_depth_csv")
+        caption("Solid: the run's own test split; dashed: the external folder; bars: 95% bootstrap intervals. The "
+                "distance between the lines is the generalisation gap at each fine-tuning depth.")
+    _explanations(run, view)

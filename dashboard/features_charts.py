@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any, Literal
 
 import numpy as np
@@ -14,13 +15,20 @@ METHOD_LABELS: dict[str, str] = {"pca": "PCA", "kpca-linear": "Kernel PCA (linea
 AXIS_LABELS: dict[str, str] = {"pca": "PC", "kpca-linear": "KPC", "kpca-rbf": "KPC", "tsne": "t-SNE"}
 CORRECT_COLOURS: dict[str, str] = {"correct": "#2ca02c", "wrong": "#d62728"}
 ColourBy = Literal["class", "correct"]
+#: The 3-D camera's position (Plotly's default is 1.25 on every axis, which crops a narrow scene).
+SCENE_EYE = (1.7, 1.7, 1.25)
+
+
+#: What an image picker's option says, for its help text.
+IMAGE_LABEL_HELP = "Each option: file · true class (→ predicted class, when the prediction is wrong) (split)."
 
 
 def image_labels(predictions: pd.DataFrame, classes: Sequence[str]) -> dict[int, str]:
-    """``run.predictions`` row -> ``"file · true covid · pred normal (test)"``, for image pickers."""
+    """``run.predictions`` row -> ``"name.png · covid → normal (test)"`` (the file's name, true class, the predicted
+    one only when it differs, split), short enough for a picker in a narrow column."""
     names = np.asarray(classes)
     true, pred = names[predictions["y"].to_numpy()], names[predictions["pred"].to_numpy()]
-    return {i: f"{f} · true {t} · pred {p} ({s})"
+    return {i: f"{PurePath(f).name} · {t}{'' if t == p else f' → {p}'} ({s})"
             for i, (f, t, p, s) in enumerate(zip(predictions["file"], true, pred, predictions["split"], strict=True))}
 
 
@@ -71,8 +79,17 @@ def projection_figure(points: pd.DataFrame, classes: Sequence[str], method: str,
     fig.update_layout(height=480, margin=dict(t=30, b=30, l=10, r=10), uirevision=f"{method}-{3 if three_d else 2}d",
                       legend=dict(orientation="h", yanchor="top", y=-0.12 if not three_d else -0.01, x=0))
     if three_d:
-        fig.update_layout(scene=dict(xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2", zaxis_title=f"{axis} 3",
-                                     camera=dict(eye=dict(x=1.6, y=1.6, z=1.0))))
+        # A camera far enough out that the whole cube, its tick labels and axis titles fit a half-width column.
+        small = dict(tickfont=dict(size=9), title_font=dict(size=12))
+        fig.update_layout(scene=dict(xaxis=dict(title=f"{axis} 1", **small), yaxis=dict(title=f"{axis} 2", **small),
+                                     zaxis=dict(title=f"{axis} 3", **small), aspectmode="cube",
+                                     camera=dict(eye=dict(x=SCENE_EYE[0], y=SCENE_EYE[1], z=SCENE_EYE[2])),
+                                     # Plotly drops the vertical axis' title from a narrow scene: written over the
+                                     # top of the edge its ticks are on, as seen from SCENE_EYE.
+                                     annotations=[dict(x=points["x"].max(), y=points["y"].min(), z=points["z"].max(),
+                                                       text=f"{axis} 3", showarrow=False, yanchor="bottom",
+                                                       yshift=6, font=dict(size=12))]),
+                          height=440, margin=dict(t=20, b=10, l=20, r=20))
     else:
         fig.update_layout(xaxis_title=f"{axis} 1", yaxis_title=f"{axis} 2")
     return fig

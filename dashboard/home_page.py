@@ -1,17 +1,18 @@
-"""The Home page: what LungLens is, the data and experiment pickers, training with progress, and the cached runs."""
+"""The Home page: what LungLens is, the data (with a summary of it) and experiment pickers, training as a background
+job with an estimate, progress and cancel, and the cached runs."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import streamlit as st
 
 import engine
+from dashboard.background import cached, forget_results, job_panel, start
 from dashboard.state import Selection, selection, set_selection, shared_datasets
-from dashboard.widgets import cached_fold_runs, runs_table, time_left
+from dashboard.widgets import cached_fold_runs, dataset, runs_table
 from engine.data.access import DATA_ROOT_ENV, allowed_folder, data_root, is_exposed
-from engine.jobs import get_job, start_job
+from engine.jobs import Job, get_job
 from engine.store import stable_hash
 
 if TYPE_CHECKING:
@@ -20,10 +21,12 @@ if TYPE_CHECKING:
 INITS = ("builtin", "imagenet", "xrv-densenet121", "scratch")
 #: Hold-out (1) or k-fold cross-validation with k = 2..10.
 FOLD_CHOICES = tuple(range(1, 11))
-#: Session-state keys of this session's prepare job (the job itself lives in engine.jobs) and of the finished job
-#: already shown, and how often the progress panel redraws while the job runs.
-PREPARE_JOB, PREPARE_SEEN = "home_prepare_job", "home_prepare_seen"
+#: How often the count of trained runs is redrawn while a training job runs.
 POLL_SECONDS = 1.0
+#: Preview thumbnails per row of the data summary.
+PREVIEWS_PER_ROW = 6
+BUILTIN_CAPTION = ("Synthetic chest radiographs: normal, pneumonia (lobar consolidation), covid (bilateral peripheral "
+                   "ground-glass opacities), with lesion and lung masks.")
 
 
 def _data_picker(sel: Selection) -> dict:
@@ -48,8 +51,7 @@ def _data_picker(sel: Selection) -> dict:
             help="0 = off. A bright device-like marker outside the lungs that co-occurs with covid with this "
                  "probability (and with the other classes with 1 − p), to reproduce 'right for the wrong reason' "
                  "(Lee et al. 2020).")
-        st.caption("Synthetic chest radiographs: normal, pneumonia (lobar consolidation), covid (bilateral peripheral "
-                   "ground-glass opacities), with lesion and lung masks.")
+        st.caption(BUILTIN_CAPTION)
     elif choice.startswith("Shared: "):
         changes["data"] = str(shared[choice.removeprefix("Shared: ")])
     else:
@@ -70,6 +72,44 @@ def _data_picker(sel: Selection) -> dict:
         st.caption("Optional: ROOT/masks/<class>/<same name>.png (lesions), ROOT/lung_masks/…, ROOT/manifest.csv "
                    "with file,class,patient_id,split. See README.")
     return changes
+
+
+def _data_summary(sel: Selection) -> bool:
+    """What the chosen data holds, read from it: images per class and split, masks, image sizes, one image per class.
+    False (after saying why) when the data cannot be read."""
+    c = sel.config
+    try:
+        ds = dataset(c)
+        summary: engine.DataSummary = cached(engine.data_summary, ds, test_fraction=c.test_fraction,
+                                             val_fraction=c.val_fraction, folds=c.folds, seed=c.seed, clahe=c.clahe)
+    except engine.LungLensError as exc:
+        st.error(f"The selected data cannot be used: {exc}")
+        return False
+    left, right = st.columns([3, 2])
+    groups = (f" from {summary.groups:,} patients or groups (kept within one split)"
+              if summary.groups < summary.images else "")
+    skipped = f" {summary.skipped} unreadable image(s) skipped." if summary.skipped else ""
+    left.markdown(f"**{sel.data_label}**: {summary.images:,} images{groups} in {summary.classes_text()}.{skipped}")
+    table = summary.table.rename(columns={"lesion_masks": "lesion masks", "lung_masks": "lung masks"},
+                                 index={"all": "all classes"})
+    fold = f" (fold 0 of {c.folds})" if c.folds > 1 else ""
+    left.dataframe(table, width="stretch", column_config={"_index": st.column_config.TextColumn("class")})
+    with left:
+        if summary.split_problem:
+            st.warning(f"These images cannot be split for training: {summary.split_problem}.")
+        else:
+            st.caption(f"train / val / test: the split every run of this experiment uses{fold}; {summary.split_note}.")
+        st.caption(f"{summary.masks_text()} Stored images: {summary.sizes_text()}; the runs see them resized to "
+                   f"{c.image_size} × {c.image_size} px{' after CLAHE' if c.clahe else ''}.")
+    with right:
+        st.caption("One image per class, as the runs see it" + (" (lesion mask outlined in red)" if any(
+            p.outlined for p in summary.previews) else ""))
+        previews = list(summary.previews)
+        for row in range(0, len(previews), PREVIEWS_PER_ROW):
+            chunk = previews[row: row + PREVIEWS_PER_ROW]
+            for col, preview in zip(st.columns(len(chunk)), chunk):
+                col.image(preview.pixels, caption=preview.label, width="stretch")
+    return True
 
 
 def _experiment_picker(sel: Selection) -> tuple[dict, tuple[int, ...]]:
@@ -105,11 +145,6 @@ def _experiment_picker(sel: Selection) -> tuple[dict, tuple[int, ...]]:
              "head_width": head_width, "folds": int(folds), "fold": 0}, tuple(sorted(depths)))
 
 
-def _run_name(cfg: engine.RunConfig) -> str:
-    """``depth 2``, or ``depth 2, fold 3`` in a cross-validated experiment."""
-    return f"depth {cfg.depth}" + (f", fold {cfg.fold}" if cfg.folds > 1 else "")
-
-
 def _missing_label(missing: list[engine.RunConfig]) -> str:
     """The runs to train: ``depths 0, 5``, or per depth the folds (numbered from 0) ``depth 0: folds 0, 2; ...``."""
     if all(cfg.folds == 1 for cfg in missing):
@@ -120,40 +155,102 @@ def _missing_label(missing: list[engine.RunConfig]) -> str:
     return "; ".join(f"depth {d}: fold{'s' if len(f) > 1 else ''} {', '.join(map(str, f))}" for d, f in folds.items())
 
 
-def _train(sel: Selection, missing: list[engine.RunConfig], retrain_damaged: bool = False) -> None:
-    """Train the missing runs with a live progress display and an estimate of the time left."""
-    overall = st.progress(0.0, text="Starting…")
-    current = st.progress(0.0, text="")
-    log = st.empty()
-    t0 = time.perf_counter()
-    executor = engine.executor_from_env()  # $LUNGLENS_RAY_ADDRESS set: each run is a Ray task
-    shares = [0.0] * len(missing)  # the done share of each run (on Ray several train at once)
+def _train_key(sel: Selection) -> str:
+    """The job key of training this experiment (every depth and fold): one job per experiment, whichever session."""
+    return "train:" + stable_hash(sel.config.replace(depth=0, fold=0).key_dict(), 16)
 
-    def progress_for(i: int, cfg: engine.RunConfig):
-        def report(p: engine.Progress) -> None:
-            if not p.phase.startswith("pretrain"):
-                shares[i] = p.fraction
-            done = sum(shares) / len(missing)
-            elapsed = time.perf_counter() - t0
-            eta = f" · about {elapsed / done - elapsed:.0f} s left" if done > 0.02 else ""
-            name = _run_name(cfg)
-            what = "pretraining the built-in backbone" if p.phase.startswith("pretrain") else name
-            overall.progress(min(done, 1.0), text=f"Run {i + 1} of {len(missing)}: {what}{eta}")
-            if p.phase == engine.RUN_DONE:
-                current.progress(1.0, text=f"{name[0].upper()}{name[1:]} trained")
-                return
-            current.progress(p.fraction, text=f"Epoch {p.epoch} of {p.epochs} · batch {p.batch}/{p.batches}")
-            if p.metrics:
-                log.caption(f"Last epoch: validation loss {p.metrics.get('val_loss', float('nan')):.3f}, "
-                            f"test ACC {p.metrics.get('test_acc', float('nan')):.3f}")
-        return report
 
-    where = " on Ray" if executor is not None else ""
-    with st.status(f"Training {len(missing)} run(s){where}…", expanded=True) as box:
-        rows = engine.run_sweep(missing, progress_for, status=box.write, retrain_damaged=retrain_damaged,
-                                executor=executor)
-        box.update(label=f"Trained {len(rows)} run(s) in {time.perf_counter() - t0:.0f} s", state="complete")
+def _start_training(sel: Selection, configs: list[engine.RunConfig], estimate: engine.TrainingEstimate | None,
+                    retrain_damaged: bool = False) -> None:
+    """Start training ``configs`` as the experiment's background job and rerun, so the panel replaces the button."""
+    def work(progress, cancelled) -> list[engine.SweepRow]:
+        return engine.train_missing(configs, progress=progress, cancel=cancelled, estimate=estimate,
+                                    retrain_damaged=retrain_damaged)
+
+    where = " on Ray" if engine.executor_from_env() is not None else ""
+    start(_train_key(sel), f"Training {len(configs)} run(s){where}", work)
+    st.rerun()
+
+
+def _forget_run_lists(_key: str, _started: float) -> None:
+    """Drop the dashboard's caches that list or summarise runs (once per finished job: see ``_after_training``)."""
     st.cache_resource.clear()
+    forget_results()
+
+
+def _after_training(job: Job | None) -> None:
+    """Once a training job has ended (done, cancelled or failed), its runs are new: the caches listing runs go, once
+    per job for the whole server (``cached`` remembers the call, made after the caches are cleared)."""
+    if job is not None and not job.running:
+        cached(_forget_run_lists, job.key, job.started)
+
+
+def _trained(job: Job) -> None:
+    """A finished training job: how many runs it trained in how long."""
+    rows: list[engine.SweepRow] = job.result
+    fresh = sum(not r.cached for r in rows)
+    reused = f" ({len(rows) - fresh} more came from the cache)" if fresh < len(rows) else ""
+    st.success(f"Trained {fresh} run(s) in {_duration(job.elapsed)}{reused}.", icon=":material/check_circle:")
+
+
+def _count_line(sel: Selection, running: bool) -> None:
+    """``**k of n** runs ... trained``, redrawn every second while a training job runs, so it follows the runs."""
+    def line() -> None:
+        runs = cached_fold_runs(sel)
+        configs = sel.configs()
+        trained = sum(runs[cfg.depth][cfg.fold] is not None for cfg in configs)
+        per = f": {len(sel.depths)} depth(s) × {sel.folds} folds" if sel.folds > 1 else ""
+        st.markdown(f"**{trained} of {len(configs)}** runs of this experiment are trained and cached{per}.")
+
+    st.fragment(line, run_every=POLL_SECONDS if running else None)()
+
+
+def _train_button(sel: Selection, missing: list[engine.RunConfig], running: bool) -> None:
+    """The Train button (disabled while the experiment trains) with a rough estimate of the time it takes."""
+    try:
+        estimate: engine.TrainingEstimate | None = cached(engine.estimate_training, missing, len(dataset(sel.config)))
+    except engine.LungLensError as exc:
+        estimate = None
+        st.caption(f"No time estimate: {exc}")
+    left, right = st.columns([2, 3])
+    label = f"Train {len(missing)} run(s) ({_missing_label(missing)})"
+    if left.button(label, type="primary", icon=":material/play_arrow:", disabled=running, key="home_train",
+                   help="Training of this experiment is running (started here or in another session): its progress "
+                        "is below." if running else "Trains in the background: the pages stay usable; Cancel stops "
+                                                     "it, keeping the runs finished before."):
+        _start_training(sel, missing, estimate)
+    if estimate is not None:
+        right.markdown(f"Estimated time: **{engine.duration(estimate.seconds)}** (rough)")
+        right.caption(estimate.basis)
+
+
+def _train_section(sel: Selection) -> None:
+    """Step 3: how many runs are trained, Train with an estimate, and the training job's panel."""
+    st.subheader("3 · Train")
+    key = _train_key(sel)
+    job = get_job(key)
+    running = job is not None and job.running
+    _after_training(job)
+    try:
+        runs = cached_fold_runs(sel)
+    except engine.DamagedRunError as exc:
+        st.error(str(exc))
+        if st.button("Train the damaged run(s) again", type="primary", icon=":material/build:", disabled=running,
+                     key="home_retrain"):
+            _start_training(sel, sel.configs(), None, retrain_damaged=True)
+        job_panel(key, "home_train", done=_trained, what="the rest of the training")
+        return
+    except engine.LungLensError as exc:
+        st.error(f"The selected data cannot be used: {exc}")
+        return
+    missing = [cfg for cfg in sel.configs() if runs[cfg.depth][cfg.fold] is None]
+    _count_line(sel, running)
+    if missing:
+        _train_button(sel, missing, running)
+    job_panel(key, "home_train", done=_trained, what="the rest of the training")
+    if not missing and not running:
+        st.success("Everything is trained: open Training, Performance, Features, Layers or Support Regions.")
+        _prepare(sel, [runs[d][0] for d in sel.depths])
 
 
 def _prepare_key(runs: list[engine.Run]) -> str:
@@ -170,77 +267,46 @@ def _prepare_work(run_ids: list[str]):
     return work
 
 
-def _prepare_panel() -> None:
-    """This session's prepare job: progress, time left and Cancel while it runs (polled), then how it ended."""
-    key = st.session_state.get(PREPARE_JOB)
-    job = get_job(key) if key else None
-    if job is None:
-        return
-
-    def panel() -> None:
-        current = get_job(key)
-        if current is None:
-            return
-        if current.running:
-            st.progress(current.fraction, text=f"{current.text} · {current.fraction:.0%} · {time_left(current)}")
-            if current.cancel_requested:
-                st.caption("Cancelling after the current step…")
-            elif st.button("Cancel", key="home_prepare_cancel", icon=":material/stop:"):
-                current.cancel()
-                st.caption("Cancelling after the current step…")
-            st.caption("It runs in the background: the other pages stay usable (and get faster as it goes).")
-            return
-        seen = f"{key}@{current.started}"
-        if st.session_state.get(PREPARE_SEEN) != seen:
-            st.session_state[PREPARE_SEEN] = seen
-            st.rerun()  # the whole page: the button comes back and polling stops
-        if current.status == "done":
-            result = current.result
-            skipped = sum(len(s.notes) for s in result.steps)
-            note = f" ({skipped} view(s) do not apply to these runs and were skipped)" if skipped else ""
-            st.success(f"Every view of the {len(result.runs)} depth(s) is ready, prepared in {_duration(result.seconds)}"
-                       f"{note}: every page now reads them from the cache.", icon=":material/bolt:")
-        elif current.status == "cancelled":
-            st.info("Prepare cancelled: the views finished before the cancel stay cached; press the button again to "
-                    "go on from there.")
-        else:
-            st.error(f"Prepare stopped with an error: {current.error}")
-
-    st.fragment(panel, run_every=POLL_SECONDS if job.running else None)()
+def _prepared(job: Job) -> None:
+    """A finished prepare: how long it took and how many views did not apply."""
+    result: PrepareResult = job.result
+    skipped = sum(len(s.notes) for s in result.steps)
+    note = f" ({skipped} view(s) do not apply to these runs and were skipped)" if skipped else ""
+    st.success(f"Every view of the {len(result.runs)} depth(s) is ready, prepared in {_duration(result.seconds)}"
+               f"{note}: every page now reads them from the cache.", icon=":material/bolt:")
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
+    """``42 s`` or ``2 min 5 s``: how long something took."""
+    whole = round(seconds)
+    return f"{whole} s" if whole < 90 else f"{whole // 60} min {whole % 60} s"
 
 
 def _prepare(sel: Selection, runs: list[engine.Run]) -> None:
     """The "Prepare every view" button: every page's views of every depth computed in the background, cancellable."""
-    key = st.session_state.get(PREPARE_JOB)
-    job = get_job(key) if key else None
-    busy = job is not None and job.running
-    if st.button("Prepare every view (for a live demo)", key="home_prepare", type="primary", disabled=busy,
-                 icon=":material/bolt:",
+    key = _prepare_key(runs)
+    job = get_job(key)
+    if st.button("Prepare every view (for a live demo)", key="home_prepare", type="primary",
+                 disabled=job is not None and job.running, icon=":material/bolt:",
                  help=f"Computes every view of the {len(sel.depths)} depth(s) that the pages show (baselines, "
                       "projections, filters, guided backpropagation, explanations and the explanation report, the "
                       "same image across depths) and caches it, so that every page answers at once. It runs in the "
                       "background and can be cancelled; what is already cached is not computed again. The "
                       "explanation report's slow methods make this take long the first time. From a terminal: "
                       "python -m engine prepare."):
-        key = _prepare_key(runs)
-        start_job(key, f"Prepare {len(runs)} depth(s)", _prepare_work([r.id for r in runs]))
-        st.session_state[PREPARE_JOB] = key
-        st.session_state.pop(PREPARE_SEEN, None)
+        start(key, f"Prepare {len(runs)} depth(s)", _prepare_work([r.id for r in runs]))
         st.rerun()
-    _prepare_panel()
+    job_panel(key, "home_prepare", done=_prepared, what="the rest of the views")
 
 
 def home() -> None:
     """Draw the Home page."""
     st.title("LungLens")
     st.markdown(
-        "LungLens trains CNN classifiers of chest X-ray and CT images (COVID-19, pneumonia, normal) and shows, page by "
-        "page, **how** they learn and **why** they decide: training curves, diagnostic performance with confidence "
-        "intervals, learned features, the layers' filters and neurons, and the image regions that support each decision. "
+        "LungLens trains CNN classifiers of chest X-ray and CT images (such as COVID-19 against other findings and "
+        "normal lungs) and shows, page by page, **how** they learn and **why** they decide: training curves, diagnostic "
+        "performance with confidence intervals, learned features, the layers' filters and neurons, and the image "
+        "regions that support each decision. "
         "It follows the interpretation architecture of Wan et al. (Entropy 2021) and the fine-tuning-depth study of "
         "Lee et al. (J Pers Med 2020)."
     )
@@ -259,6 +325,7 @@ def home() -> None:
         )
     sel = selection()
     changes = _data_picker(sel)
+    summary_slot = st.container()  # under "1 · Data"; drawn once the experiment (split, size, CLAHE) is known
     config_changes, depths = _experiment_picker(sel)
     try:
         new = Selection(sel.config.replace(**changes, **config_changes), depths or sel.depths)
@@ -268,40 +335,10 @@ def home() -> None:
     if new != sel:
         set_selection(new)
         sel = new
-
-    st.subheader("3 · Train")
-    try:
-        runs = cached_fold_runs(sel)
-    except engine.DamagedRunError as exc:
-        st.error(str(exc))
-        if st.button("Train the damaged run(s) again", type="primary", icon=":material/build:"):
-            try:
-                _train(sel, sel.configs(), retrain_damaged=True)
-            except engine.LungLensError as err:
-                st.error(str(err))
-            else:
-                st.rerun()
-        return
-    except engine.LungLensError as exc:
-        st.error(f"The selected data cannot be used: {exc}")
-        return
-    configs = sel.configs()
-    missing = [cfg for cfg in configs if runs[cfg.depth][cfg.fold] is None]
-    trained = len(configs) - len(missing)
-    per = f": {len(sel.depths)} depth(s) × {sel.folds} folds" if sel.folds > 1 else ""
-    st.markdown(f"**{trained} of {len(configs)}** runs of this experiment are trained and cached{per}.")
-    if missing:
-        label = f"Train {len(missing)} run(s) ({_missing_label(missing)})"
-        if st.button(label, type="primary", icon=":material/play_arrow:"):
-            try:
-                _train(sel, missing)
-            except engine.LungLensError as exc:
-                st.error(str(exc))
-            else:
-                st.rerun()
-    else:
-        st.success("Everything is trained: open Training, Performance, Features, Layers or Support Regions.")
-        _prepare(sel, [runs[d][0] for d in sel.depths])
+    with summary_slot:
+        usable = _data_summary(sel)
+    if usable:
+        _train_section(sel)
 
     st.subheader("Cached runs")
     runs_table(engine.list_runs())
@@ -309,7 +346,6 @@ def home() -> None:
     if len(damaged):
         st.warning(f"{damaged['run'].nunique()} damaged run(s) are not shown or used: "
                    + "; ".join(damaged["problem"]) + f". Fix: {damaged['fix'].iloc[0]}.")
-
 
 
 home()

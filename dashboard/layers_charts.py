@@ -5,7 +5,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -34,9 +33,17 @@ def mosaic(tiles: np.ndarray, cols: int, scale: int = 1, pad: int = 1) -> np.nda
                    grid_shape=(math.ceil(len(tiles) / cols), cols), padding_width=pad, channel_axis=-1 if rgb else None)
 
 
+def gray_as_rgb(tiles: np.ndarray) -> np.ndarray:
+    """(n, h, w) gray tiles as (n, h, w, 3) with R = G = B (RGB tiles unchanged), so that an image trace draws them
+    as they are: a 2-D heatmap would be contrast-stretched to its own min and max by plotly."""
+    tiles = np.asarray(tiles)
+    return np.repeat(tiles[..., None], 3, axis=-1) if tiles.ndim == 3 else tiles
+
+
 def filter_figure(filters: np.ndarray, cols: int = 8, scale: int = 8) -> go.Figure:
-    """First-layer filters (n, k, k, 3) in [0, 1] as one sharp mosaic image, ``cols`` filters a row (Wan fig. 8)."""
-    fig = px.imshow(to_uint8(mosaic(filters, cols, scale, pad=2)), binary_string=True)
+    """First-layer filters, (n, k, k) gray or (n, k, k, 3) RGB in [0, 1], as one sharp mosaic image, ``cols`` filters
+    a row (Wan fig. 8)."""
+    fig = px.imshow(to_uint8(mosaic(gray_as_rgb(filters), cols, scale, pad=2)), binary_string=True)
     fig.update_traces(hoverinfo="skip")
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -45,23 +52,39 @@ def filter_figure(filters: np.ndarray, cols: int = 8, scale: int = 8) -> go.Figu
     return fig
 
 
+def _lines(titles: Sequence[str] | None) -> int:
+    """The most lines (``<br>``-separated) of any title; 0 without titles."""
+    return max((t.count("<br>") + 1 for t in titles), default=0) if titles else 0
+
+
+def _colour_bar(fig: go.Figure, colorscale: str, title: str) -> None:
+    """A colour bar from 0 to 1 for RGB tiles coloured on ``colorscale`` (an invisible one-point trace carries it)."""
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
+                             marker=dict(color=[0], colorscale=colorscale, cmin=0, cmax=1, showscale=True,
+                                         colorbar=dict(title=title, thickness=10, len=0.8))))
+
+
 def image_grid_figure(tiles: np.ndarray, cols: int, titles: Sequence[str] | None = None,
                       row_titles: Sequence[str] | None = None, column_titles: Sequence[str] | None = None,
-                      colorscale: str = "Viridis", row_height: int = 150) -> go.Figure:
-    """Tiles in [0, 1] on a grid of subplots, row by row: (n, h, w, 3) as RGB images, (n, h, w) as heatmaps sharing
-    one colour scale. ``titles`` label each tile; ``row_titles`` / ``column_titles`` label whole rows / columns."""
+                      colorscale: str = "Viridis", row_height: int = 150, colorbar: str | None = None) -> go.Figure:
+    """Tiles on a grid of subplots, row by row: (n, h, w, 3) as RGB images (floats in [0, 1], or uint8), (n, h, w)
+    as heatmaps sharing one colour scale. ``titles`` label each tile; ``row_titles`` / ``column_titles`` label whole
+    rows / columns (``<br>`` breaks a title's line). ``colorbar``: the title of a 0-1 colour bar on ``colorscale``
+    for RGB tiles coloured by it (overlays). Titles sit below the top margin kept free for the toolbar."""
     tiles = np.asarray(tiles)
     rows = math.ceil(len(tiles) / cols)
+    gap = 16 * _lines(titles) + 6 if titles else 6  # px between rows: room for the next row's tile titles
+    plot_height = row_height * rows + gap * (rows - 1)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles) if titles else None,
                         row_titles=list(row_titles) if row_titles else None,
                         column_titles=list(column_titles) if column_titles else None,
-                        horizontal_spacing=0.01, vertical_spacing=0.2 / rows if titles else 0.02 / rows)
+                        horizontal_spacing=0.01, vertical_spacing=gap / plot_height if rows > 1 else 0)
     rgb = tiles.ndim == 4
     for i, tile in enumerate(tiles):
         r, c = divmod(i, cols)
         name = titles[i] if titles else f"tile {i}"
         if rgb:
-            trace = px.imshow(to_uint8(tile), binary_string=True).data[0]
+            trace = px.imshow(tile if tile.dtype == np.uint8 else to_uint8(tile), binary_string=True).data[0]
             trace.update(name=name, hoverinfo="skip")
         else:
             trace = go.Heatmap(z=tile, coloraxis="coloraxis", name=name,
@@ -73,22 +96,18 @@ def image_grid_figure(tiles: np.ndarray, cols: int, titles: Sequence[str] | None
     for i in range(rows * cols):
         suffix = "" if i == 0 else str(i + 1)
         fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
-    fig.update_annotations(font_size=11)
-    top = TOOLBAR_PX + (25 if column_titles or titles else 0)
-    fig.update_layout(height=row_height * rows + top + 10, margin=dict(t=top, b=5, l=5, r=30 if row_titles else 5))
+    fig.update_annotations(font_size=12)
+    top = TOOLBAR_PX + 16 * max(_lines(titles), _lines(column_titles)) + (8 if titles or column_titles else 0)
+    right = 25 if row_titles else 5
+    if colorbar is not None and rgb:
+        _colour_bar(fig, colorscale, colorbar)
     if not rgb:
         fig.update_layout(coloraxis=dict(colorscale=colorscale, cmin=0, cmax=1,
-                                         colorbar=dict(title="scaled", thickness=10, len=0.8)))
+                                         colorbar=dict(title=colorbar or "scaled", thickness=10, len=0.8)))
+    fig.update_layout(height=plot_height + top + 10, margin=dict(t=top, b=5, l=5, r=right))
     return fig
 
 
 def filters_unchanged(difference: np.ndarray) -> bool:
     """Whether a ``run_filter_grid(run, "difference")`` is uniformly mid-grey, i.e. the first layer did not change."""
     return bool(np.all(np.asarray(difference) == 0.5))
-
-
-def sample_rows(predictions: pd.DataFrame, split: str, label: int, n: int, seed: int) -> list[int]:
-    """Up to ``n`` seeded random ``run.predictions`` rows of one split and true class, in row order."""
-    rows = np.flatnonzero((predictions["split"] == split).to_numpy() & (predictions["y"] == label).to_numpy())
-    picked = np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False)
-    return sorted(int(r) for r in picked)

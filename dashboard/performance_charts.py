@@ -187,9 +187,12 @@ def depth_figure(curve: pd.DataFrame, metric: str) -> go.Figure:
                                              line=dict(width=1, color="#854d0e")),
                                  hoverinfo="skip"))
         mean = "mean " if folds else ""
+        # Off to the side that has room, clear of the point's own error bar.
+        right = b["depth"] < curve["depth"].max()
         fig.add_annotation(x=b["depth"], y=b["value"],
                            text=f"best: {b['backbone']} depth {b['depth']} ({mean}{b['value']:.3f})",
-                           showarrow=True, arrowhead=0, ay=-36, bgcolor="rgba(255,255,255,0.8)")
+                           showarrow=True, arrowhead=0, ax=40 if right else -40, ay=-30,
+                           xanchor="left" if right else "right", bgcolor="rgba(255,255,255,0.8)")
     fig.update_layout(height=400, margin=dict(t=30, b=40, l=60, r=20))
     fig.update_xaxes(title_text="Fine-tuned convolutional blocks (depth)", dtick=1)
     fig.update_yaxes(title_text=f"Test {metric}" + (" (mean over folds)" if folds else ""))

@@ -1,9 +1,11 @@
-"""Support Regions page helpers: heatmap figures with the support contour and mask outlines (Wan §3.5, figs. 11-12),
-consistency-degree charts, class probabilities, and the message on whether an upload is like the training data."""
+"""Support Regions page helpers: grids of heatmaps on one colour scale with the support contour and mask outlines
+(Wan §3.5, figs. 11-12), consistency-degree charts, class probabilities, and the message on whether an upload is
+like the training data."""
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine.explain import lime_overlay
+from engine.explain.overlay import LIME_AGAINST, LIME_FOR
 from engine.ood import METHOD_LABELS
 
 #: Which test images the image picker lists.
@@ -36,11 +39,17 @@ def filter_test_rows(rows: pd.DataFrame, classes: Sequence[str], true_classes: S
     return rows[keep]
 
 
+def short_name(file: str) -> str:
+    """A file's name without its folders (for labels and panel titles)."""
+    return str(file).replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def image_label(row: pd.Series, classes: Sequence[str]) -> str:
-    """One line naming a test image with its true and predicted class."""
+    """One short line naming a test image (its file name without folders) with its true and predicted class and the
+    predicted class's probability: ``cov_003.png · covid → normal ✗ 0.62``."""
     true, pred = classes[int(row["y"])], classes[int(row["pred"])]
     verdict = "✓" if true == pred else "✗"
-    return f"{row['file']} · true {true} · predicted {pred} {verdict} (p = {float(row[f'prob_{pred}']):.2f})"
+    return f"{short_name(row['file'])} · {true} → {pred} {verdict} {float(row[f'prob_{pred}']):.2f}"
 
 
 def probability_figure(probabilities: Mapping[str, float], true_class: str | None = None) -> go.Figure:
@@ -73,95 +82,96 @@ def _outline(field: np.ndarray, level: float, name: str, color: str, dash: str =
     )
 
 
-def _layers(image: np.ndarray, heatmap: np.ndarray | None, threshold: float, opacity: float,
-            lesion: np.ndarray | None, lung: np.ndarray | None, base_rgb: np.ndarray | None, colorbar: bool,
-            legend: bool) -> list[go.BaseTraceType]:
-    """The traces of one panel: the image (or a ready RGB overlay), the heatmap, its support contour, mask outlines."""
-    if base_rgb is not None:
-        traces: list[go.BaseTraceType] = [go.Image(z=base_rgb, hoverinfo="skip")]
+@dataclass(frozen=True)
+class Panel:
+    """One image of a grid: the image with its [0, 1] map (None: the image alone), LIME's signed superpixels
+    (``segments`` and ``map``: drawn red / blue instead of the jet map), mask outlines and a title (2 lines at most)."""
+
+    image: np.ndarray
+    heatmap: np.ndarray | None = None
+    lime: Mapping[str, np.ndarray] | None = None
+    lesion: np.ndarray | None = None
+    lung: np.ndarray | None = None
+    title: str = ""
+
+
+#: The shared colour scales: every map on one jet scale (0 to 1), LIME's weights on one diverging scale.
+HEATMAP_AXIS, LIME_AXIS = "coloraxis", "coloraxis2"
+#: Pixels a grid row keeps above its panels for a two-line title, and below the grid for the scales and legend.
+TITLE_PX, FOOTER_PX, TOP_PX = 50, 140, 84
+
+
+def _rgb(colour: np.ndarray) -> str:
+    return "rgb({:.0f},{:.0f},{:.0f})".format(*(255 * np.asarray(colour)))
+
+
+def _panel_traces(p: Panel, threshold: float, opacity: float) -> list[go.BaseTraceType]:
+    """The traces of one panel: the image (LIME: its tinted superpixels), the map, its support contour, outlines."""
+    if p.lime is not None:
+        traces: list[go.BaseTraceType] = [
+            go.Image(z=lime_overlay(p.image, dict(p.lime), opacity), hoverinfo="skip"),
+            # invisible, for the hover and the shared LIME scale: each pixel's weight, scaled by the largest
+            go.Heatmap(z=p.lime["map"] / max(float(np.abs(p.lime["map"]).max()), 1e-12), coloraxis=LIME_AXIS,
+                       opacity=0, hovertemplate="LIME weight %{z:.2f} (of the largest)<extra></extra>")]
     else:
-        traces = [go.Heatmap(z=image, colorscale="gray", zmin=0, zmax=255, showscale=False, hoverinfo="skip")]
-        if heatmap is not None:
-            scale = dict(title=dict(text="heatmap", side="right"), tickvals=[0, threshold, 1], len=0.8,
-                         ticktext=["0", f"{threshold:g} (support)", "1"], thickness=12)
-            traces.append(go.Heatmap(
-                z=heatmap, zmin=0, zmax=1, colorscale="Jet", opacity=opacity, showscale=colorbar, colorbar=scale,
-                hovertemplate="x %{x}, y %{y}<br>heatmap %{z:.2f}<extra></extra>"))
-    if heatmap is not None and np.nanmax(heatmap) > threshold:
-        traces.append(_outline(heatmap, threshold, f"support (heatmap > {threshold:g})", SUPPORT_COLOR,
-                               showlegend=legend))
-    if lesion is not None and lesion.any():
-        traces.append(_outline(lesion, 0.5, "lesion mask", LESION_COLOR, showlegend=legend))
-    if lung is not None and lung.any():
-        traces.append(_outline(lung, 0.5, "lung mask", LUNG_COLOR, dash="dot", showlegend=legend))
+        traces = [go.Heatmap(z=p.image, colorscale="gray", zmin=0, zmax=255, showscale=False, hoverinfo="skip")]
+        if p.heatmap is not None:
+            traces.append(go.Heatmap(z=p.heatmap, coloraxis=HEATMAP_AXIS, opacity=opacity,
+                                     hovertemplate="x %{x}, y %{y}<br>heatmap %{z:.2f}<extra></extra>"))
+    if p.heatmap is not None and np.nanmax(p.heatmap) > threshold:
+        traces.append(_outline(p.heatmap, threshold, f"support (heatmap > {threshold:g})", SUPPORT_COLOR))
+    if p.lesion is not None and p.lesion.any():
+        traces.append(_outline(p.lesion, 0.5, "lesion mask", LESION_COLOR))
+    if p.lung is not None and p.lung.any():
+        traces.append(_outline(p.lung, 0.5, "lung mask", LUNG_COLOR, dash="dot"))
     return traces
 
 
-def _image_axes(fig: go.Figure, n: int = 1) -> None:
-    """Square pixels, rows downwards, no ticks, for ``n`` side-by-side panels."""
-    for i in range(1, n + 1):
-        suffix = "" if i == 1 else str(i)
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{suffix}", visible=False, row=1, col=i)
-        fig.update_xaxes(visible=False, constrain="domain", row=1, col=i)
-
-
-def support_figure(image: np.ndarray, heatmap: np.ndarray | None = None, *, threshold: float = 0.7,
-                   opacity: float = 0.5, lesion: np.ndarray | None = None, lung: np.ndarray | None = None,
-                   base_rgb: np.ndarray | None = None, title: str = "", height: int = 420,
-                   colorbar: bool = True, legend: bool = True) -> go.Figure:
-    """The image with the [0, 1] heatmap (jet, at ``opacity``), the support contour at ``threshold`` and mask outlines.
-
-    ``base_rgb`` replaces the image and heatmap layers by a ready overlay (LIME's red/blue superpixels); the support
-    contour is still drawn from ``heatmap``.
-    """
-    fig = make_subplots(rows=1, cols=1)
-    for trace in _layers(image, heatmap, threshold, opacity, lesion, lung, base_rgb, colorbar, legend):
-        fig.add_trace(trace)
-    _image_axes(fig)
-    fig.update_layout(height=height, margin=dict(t=40 if title else 10, b=10, l=10, r=10), showlegend=legend,
-                      title=dict(text=title, font=dict(size=14)), plot_bgcolor="rgba(0,0,0,0)",
-                      legend=dict(orientation="h", y=-0.02, x=0, yanchor="top", font=dict(size=11)))
-    return fig
-
-
-def lime_figure(image: np.ndarray, lime: Mapping[str, np.ndarray], *, threshold: float = 0.7, opacity: float = 0.5,
-                lesion: np.ndarray | None = None, lung: np.ndarray | None = None, title: str = "",
-                height: int = 420, legend: bool = True) -> go.Figure:
-    """LIME's superpixels tinted red (support) or blue (against) as in Cheng et al. fig. 7, with the same outlines."""
-    rgb = lime_overlay(image, dict(lime), opacity)
-    return support_figure(image, lime["heatmap"], threshold=threshold, opacity=opacity, lesion=lesion, lung=lung,
-                          base_rgb=rgb, title=title, height=height, colorbar=False, legend=legend)
-
-
-def depth_strip_figure(image: np.ndarray, maps: Mapping[int, np.ndarray | None], titles: Mapping[int, str], *,
-                       threshold: float = 0.7, opacity: float = 0.5, lesion: np.ndarray | None = None,
-                       lung: np.ndarray | None = None, height: int = 360) -> go.Figure:
-    """One panel per fine-tuning depth, left to right: the same image with that depth's heatmap (None: the image
-    alone, for a map the page reports as empty instead of drawing it)."""
-    depths = sorted(maps)
-    fig = make_subplots(rows=1, cols=len(depths), subplot_titles=[titles[d] for d in depths],
-                        horizontal_spacing=0.01)
-    for i, d in enumerate(depths, start=1):
-        for trace in _layers(image, maps[d], threshold, opacity, lesion, lung, None, colorbar=i == len(depths),
-                             legend=i == 1):
-            fig.add_trace(trace, row=1, col=i)
-    _image_axes(fig, len(depths))
-    fig.update_annotations(yshift=10, font=dict(size=13))  # panel titles above the images, not over them
-    fig.update_layout(height=height, margin=dict(t=60, b=10, l=10, r=10), plot_bgcolor="rgba(0,0,0,0)",
-                      legend=dict(orientation="h", y=-0.02, x=0, yanchor="top", font=dict(size=11)))
-    return fig
-
-
-def colour_scale_figure(threshold: float = 0.7) -> go.Figure:
-    """A horizontal jet colour bar from 0 to 1 with the support threshold marked: the one scale of every map panel."""
-    ramp = np.linspace(0, 1, 101, dtype=np.float32)[None, :]
-    fig = go.Figure(go.Heatmap(z=ramp, x=ramp[0], zmin=0, zmax=1, colorscale="Jet", showscale=False,
-                               hovertemplate="heatmap %{x:.2f}<extra></extra>"))
-    fig.add_vline(x=threshold, line=dict(color=SUPPORT_COLOR, width=3))
-    fig.update_yaxes(visible=False)
-    fig.update_xaxes(range=[0, 1], tickvals=[0, threshold, 1], ticktext=["0", f"{threshold:g} (support)", "1"])
-    fig.update_layout(height=90, margin=dict(t=28, b=26, l=10, r=10),
-                      title=dict(text="Colour scale of every map (one scale for all methods)", font=dict(size=12)))
+def grid_figure(panels: Sequence[Panel], *, columns: int, threshold: float = 0.7, opacity: float = 0.5,
+                panel_px: int = 340, title_size: int = 14) -> go.Figure:
+    """Image panels in a grid, row by row, about ``panel_px`` square: one jet colour scale (0 to 1, the support
+    threshold marked) for every map, one diverging scale for LIME's weights when a panel has them, and one legend
+    of the outlines, all below the grid; panel titles in ``title_size`` px."""
+    columns = max(1, min(columns, len(panels)))
+    rows = -(-len(panels) // columns)
+    height = TOP_PX + rows * panel_px + (rows - 1) * TITLE_PX + FOOTER_PX
+    plot_px = height - TOP_PX - FOOTER_PX
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=[p.title for p in panels],
+                        horizontal_spacing=0.02 if columns > 1 else 0.0,
+                        vertical_spacing=TITLE_PX / plot_px if rows > 1 else 0.0)
+    shown: set[str] = set()
+    for k, p in enumerate(panels):
+        row, col = divmod(k, columns)
+        for trace in _panel_traces(p, threshold, opacity):
+            if isinstance(trace, go.Contour):  # one legend entry per outline across the grid
+                trace.showlegend = trace.name not in shown
+                shown.add(trace.name)
+            fig.add_trace(trace, row=row + 1, col=col + 1)
+    for k in range(rows * columns):
+        axis = "" if k == 0 else str(k + 1)
+        row, col = divmod(k, columns)
+        # a panel narrower than its cell hangs from the top, under its title
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{axis}", constrain="domain", constraintoward="top",
+                         visible=False, row=row + 1, col=col + 1)
+        fig.update_xaxes(visible=False, constrain="domain", row=row + 1, col=col + 1)
+    below = -12 / plot_px  # the scales sit in the bottom margin, the legend under them (wrapping when narrow)
+    bar = dict(orientation="h", thickness=12, lenmode="fraction", y=below, yanchor="top", xanchor="left",
+               title=dict(side="top"))
+    fig.update_layout(coloraxis=dict(
+        colorscale="Jet", cmin=0, cmax=1,
+        colorbar=dict(bar, x=0.0, len=0.3, tickvals=[0, threshold, 1], ticktext=["0", f"{threshold:g} support", "1"],
+                      title_text="Heatmap (every method)")))
+    if any(p.lime is not None for p in panels):
+        ramp = [[0.0, _rgb(LIME_AGAINST)], [0.5, "rgb(247,247,247)"], [1.0, _rgb(LIME_FOR)]]
+        fig.update_layout(coloraxis2=dict(
+            colorscale=ramp, cmin=-1, cmax=1,
+            colorbar=dict(bar, x=0.34, len=0.26, tickvals=[-1, 0, 1], ticktext=["against", "0", "for"],
+                          title_text="LIME weight (superpixels)")))
+    fig.update_annotations(yshift=4, font_size=title_size)
+    # fixed margins: the scales and the legend must not shrink the panels (Plotly would widen the margins for them)
+    fig.update_layout(height=height, margin=dict(t=TOP_PX, b=FOOTER_PX, l=4, r=4, autoexpand=False),
+                      plot_bgcolor="rgba(0,0,0,0)",
+                      legend=dict(orientation="h", x=0, xanchor="left", y=-90 / plot_px, yanchor="top"))
     return fig
 
 
@@ -190,18 +200,6 @@ def consistency_histogram(df: pd.DataFrame, summary: Mapping[str, Any], method_l
                      tickformat=".0%")
     fig.update_yaxes(title_text="Test images")
     return fig
-
-
-#: Columns of ``consistency_depth_table``.
-DEPTH_TABLE_COLUMNS = ["depth", "n", "n_empty", "consistency", "lung_area_matched_baseline", "random_baseline",
-                       "pointing_game", "pointing_chance", "support_area", "beats_chance"]
-
-
-def consistency_depth_table(summaries: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per fine-tuning depth from the engine's ``localisation_summary`` of each depth's run."""
-    rows = [{"depth": d, **{c: s.get(c) for c in DEPTH_TABLE_COLUMNS[1:]}} for d, s in sorted(summaries.items())
-            if s.get("n")]
-    return pd.DataFrame(rows, columns=DEPTH_TABLE_COLUMNS)
 
 
 def consistency_depth_figure(table: pd.DataFrame) -> go.Figure:

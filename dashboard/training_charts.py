@@ -1,17 +1,13 @@
 """Plotly figures of training dynamics (Wan et al. fig. 4-5): loss and the five criteria per epoch, with epoch marks."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative, sequential
+from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
-
-if TYPE_CHECKING:
-    from engine import Run
 
 #: The five criteria of Wan et al. (eq. 1-5), as the history names its columns, with their display names.
 CRITERIA = {"acc": "ACC", "sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV"}
@@ -22,8 +18,6 @@ SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 SPLIT_DASH = {"train": "solid", "val": "dot", "test": "dash"}
 SPLIT_COLOR = {"train": "#0f766e", "val": "#64748b", "test": "#c2410c"}
 BEST_COLOR, STOP_COLOR, LR_COLOR = "#16a34a", "#dc2626", "#94a3b8"
-#: Config fields that must agree for two runs to be compared: same initialisation, budget, input size and split.
-SAME_EXPERIMENT = ("init", "epochs", "image_size", "clahe", "seed", "test_fraction", "val_fraction", "folds", "fold")
 
 
 def lr_drops(history: pd.DataFrame) -> list[tuple[int, float]]:
@@ -127,21 +121,26 @@ def criteria_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool,
     return fig
 
 
-#: A colour family per backbone in the compare chart; within one, deeper fine-tuning is darker.
-COLOUR_FAMILIES = (sequential.Blues, sequential.Oranges, sequential.Greens, sequential.Purples, sequential.Reds,
-                   sequential.Greys)
+#: The compare chart's colours: one per depth, the same in every panel, from light (shallow) to dark (deep) along
+#: Viridis (its lightest tenth, yellow, vanishes on white).
+DEPTH_SCALE, DEPTH_LIGHTEST = "Viridis", 0.85
+#: At most this many backbones in the compare chart (a row of panels each): more rows get too short to read.
+MAX_BACKBONES = 3
+#: Height (px) of one row of compare panels, and the space under them for the x title and the legend.
+ROW_PX, LEGEND_PX = 300, 110
 
 
-def run_colours(runs: Sequence[tuple[str, int]]) -> dict[tuple[str, int], str]:
-    """A colour per (backbone, depth): a colour family per backbone (in order of appearance), darker for deeper."""
-    backbones = list(dict.fromkeys(b for b, _ in runs))
-    out: dict[tuple[str, int], str] = {}
-    for i, backbone in enumerate(backbones):
-        family = COLOUR_FAMILIES[i % len(COLOUR_FAMILIES)]
-        depths = sorted({d for b, d in runs if b == backbone})
-        for k, depth in enumerate(depths):  # the family's 4th to 9th shade: the lightest ones vanish on white
-            out[(backbone, depth)] = family[3 + (round(5 * k / (len(depths) - 1)) if len(depths) > 1 else 3)]
-    return out
+def depth_colours(depths: Sequence[int]) -> dict[int, str]:
+    """A colour per fine-tuning depth: darker for deeper, evenly spread over the scale (one depth: the middle)."""
+    ordered = sorted(set(depths))
+    n = len(ordered)
+    where = [DEPTH_LIGHTEST * (1 - k / (n - 1)) if n > 1 else DEPTH_LIGHTEST / 2 for k in range(n)]
+    return dict(zip(ordered, sample_colorscale(DEPTH_SCALE, where), strict=True))
+
+
+def run_label(backbone: str, depth: int) -> str:
+    """A compared run's name in hovers and tables: ``alexnet d5``."""
+    return f"{backbone} d{depth}"
 
 
 def compare_table(histories: Mapping[str, pd.DataFrame], quantity: str, splits: Sequence[str]) -> pd.DataFrame:
@@ -155,65 +154,53 @@ def compare_table(histories: Mapping[str, pd.DataFrame], quantity: str, splits: 
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
-def compare_figure(histories: Mapping[str, pd.DataFrame], quantity: str, splits: Sequence[str],
-                   best_epochs: Mapping[str, int], colours: Mapping[str, str] | None = None) -> go.Figure:
-    """``quantity`` per epoch of several runs: a panel per split (its dash as elsewhere on the page), a colour per run
-    (``colours``: label -> colour; D3's palette by default) with one legend entry each, stars at best epochs."""
+def compare_figure(histories: Mapping[tuple[str, int], pd.DataFrame], quantity: str, splits: Sequence[str],
+                   best_epochs: Mapping[tuple[str, int], int]) -> go.Figure:
+    """``quantity`` per epoch of several runs keyed by (backbone, depth): a row of panels per backbone, a panel per
+    split (its dash as elsewhere on the page), a colour per depth shared by every panel with one legend entry per
+    depth under the plot (clicking it hides that depth everywhere), stars at best epochs."""
     if quantity not in QUANTITIES:
         raise ValueError(f"Unknown quantity {quantity!r}; choose one of {', '.join(QUANTITIES)}.")
-    fig = make_subplots(rows=1, cols=len(splits), shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=[SPLIT_NAMES[s].capitalize() for s in splits])
-    palette = qualitative.D3
+    backbones = list(dict.fromkeys(b for b, _ in histories))
+    several = len(backbones) > 1
+    titles = [f"{b} · {SPLIT_NAMES[s]}" if several else SPLIT_NAMES[s].capitalize() for b in backbones for s in splits]
+    fig = make_subplots(rows=len(backbones), cols=len(splits), shared_yaxes="all", shared_xaxes="all",
+                        horizontal_spacing=0.03, vertical_spacing=0.12 / len(backbones), subplot_titles=titles)
+    colours = depth_colours([d for _, d in histories])
     name = QUANTITIES[quantity]
-    for i, (label, history) in enumerate(histories.items()):
-        color = colours[label] if colours else palette[i % len(palette)]
-        in_legend = True
+    in_legend: set[int] = set()
+    for (backbone, depth), history in sorted(histories.items(), key=lambda kv: (kv[0][1], backbones.index(kv[0][0]))):
+        label, color, row = run_label(backbone, depth), colours[depth], backbones.index(backbone) + 1
         for col, split in enumerate(splits, start=1):
             column = f"{split}_{quantity}"
             if not _has(history, column):
                 continue
-            fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines", name=label, meta=split,
-                                     legendgroup=label, showlegend=in_legend,
-                                     line=dict(color=color, dash=SPLIT_DASH[split], width=2),
+            group = dict(legendgroup=f"depth {depth}", meta={"run": label, "split": split})
+            fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines", name=f"depth {depth}",
+                                     showlegend=depth not in in_legend, line=dict(color=color, dash=SPLIT_DASH[split],
+                                                                                  width=2),
                                      hovertemplate=f"{label} · {SPLIT_NAMES[split]}<br>epoch %{{x}}: {name} "
-                                                   "%{y:.3f}<extra></extra>"), row=1, col=col)
-            in_legend = False
-            best = history[history["epoch"] == best_epochs[label]]
-            fig.add_trace(go.Scatter(x=best["epoch"], y=best[column], mode="markers", legendgroup=label, meta=split,
-                                     showlegend=False, name=f"{label} · best epoch",
+                                                   "%{y:.3f}<extra></extra>", **group), row=row, col=col)
+            in_legend.add(depth)
+            best = history[history["epoch"] == best_epochs[(backbone, depth)]]
+            fig.add_trace(go.Scatter(x=best["epoch"], y=best[column], mode="markers", showlegend=False,
+                                     name=f"{label} · best epoch",
                                      marker=dict(symbol="star", size=12, color=color,
                                                  line=dict(width=1, color="white")),
                                      hovertemplate=f"{label}: best epoch %{{x}}<br>{SPLIT_NAMES[split]} "
-                                                   f"{name} %{{y:.3f}}<extra></extra>"), row=1, col=col)
-    # One legend entry per run, in rows under the panels: it wraps instead of scrolling.
-    fig.update_layout(height=460, margin=dict(t=40, b=40, l=60, r=20),
-                      legend=dict(orientation="h", yanchor="top", y=-0.16, x=0, font=dict(size=12)))
-    fig.update_xaxes(title_text="Epoch")
+                                                   f"{name} %{{y:.3f}}<extra></extra>", **group), row=row, col=col)
+    height = ROW_PX * len(backbones)
+    # One legend entry per depth, in one row under the panels (six depths at most: it never scrolls).
+    fig.update_layout(height=height + 40 + LEGEND_PX, margin=dict(t=40, b=LEGEND_PX, l=60, r=20),
+                      legend=dict(orientation="h", yanchor="top", y=-80 / height, x=0,
+                                  title=dict(text="Fine-tuning depth (star: best epoch)", side="left")))
+    longest = max(len(h) for h in histories.values())
+    fig.update_xaxes(dtick=1 if longest <= 20 else None)  # whole epochs
+    fig.update_xaxes(title_text="Epoch", row=len(backbones))
     fig.update_yaxes(range=None if quantity == "loss" else [-0.02, 1.02])
-    fig.update_yaxes(title_text=name, row=1, col=1)
+    for row in range(1, len(backbones) + 1):
+        fig.update_yaxes(title_text=name, row=row, col=1)
     return fig
-
-
-def related_runs(base: Run, candidates: Iterable[Run]) -> dict[tuple[str, int], Run]:
-    """Runs comparable with ``base`` by (backbone, depth): same data fingerprint and ``SAME_EXPERIMENT`` fields.
-
-    Runs of ``base``'s own backbone must match its whole config but the depth (the same sweep); of another backbone,
-    only the experiment fields (its head width or optimiser may differ). The first candidate wins a (backbone, depth),
-    so pass the selection's own runs first and the rest newest first.
-    """
-    out: dict[tuple[str, int], Run] = {}
-    cfg = base.config
-    for run in candidates:
-        other = run.config
-        if run.meta["data_fingerprint"] != base.meta["data_fingerprint"]:
-            continue
-        if other.backbone == cfg.backbone:
-            same = other.key_dict() | {"depth": 0} == cfg.key_dict() | {"depth": 0}
-        else:
-            same = all(getattr(other, f) == getattr(cfg, f) for f in SAME_EXPERIMENT)
-        if same:
-            out.setdefault((other.backbone, other.depth), run)
-    return out
 
 
 #: The line of the mean over folds, drawn over the per-fold lines.

@@ -6,7 +6,7 @@ falls back to the default, silently) and writes its value back on every run. Par
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import streamlit as st
@@ -19,7 +19,10 @@ T = TypeVar("T")
 PAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "training": ("compare", "quantity", "splits", "runs", "backbones", "average", "fold_quantity", "fold_split"),
     "features": ("method", "dims", "colour", "image"),
-    "layers": ("filters", "image", "layer", "neurons", "seed", "gray", "class", "draw", "maps"),
+    "performance": ("section", "metric", "normalise", "temperature", "preset", "cutoff", "external_metric"),
+    "layers": ("filters", "view", "image", "layer", "neurons", "seed", "gray", "class", "draw", "maps", "show",
+               "opacity"),
+    "support_regions": ("section", "image", "method", "target", "threshold", "layer"),
 }
 #: Widgets that take no ``options`` argument (their ``options`` are only the values a URL may set).
 _NO_OPTIONS = frozenset({"toggle", "checkbox", "number_input", "slider"})
@@ -102,6 +105,18 @@ def publish(param: str, value: Any, default: Any, encode: Callable[[Any], str] =
         url_set(param, SEP.join(encode(v) for v in value))
     else:
         url_set(param, encode(value))
+
+
+def url_tabs(sections: Mapping[str, str], key: str, param: str = "section") -> tuple[dict[str, Any], str]:
+    """``st.tabs`` of ``sections`` (code -> label) whose open tab is kept in the URL as ``param`` (its code); they
+    rerun the page on a switch, so only the open one need be drawn. Returns the tabs by code and the open code."""
+    codes, labels = list(sections), list(sections.values())
+    if st.session_state.get(key) not in labels:
+        st.session_state[key] = sections[decode(url_get(param), codes, codes[0])]
+    tabs = st.tabs(labels, key=key, on_change="rerun")
+    code = codes[labels.index(st.session_state[key])]
+    publish(param, code, codes[0])
+    return dict(zip(codes, tabs, strict=True)), code
 
 
 def keep_page_params(page: str) -> None:

@@ -211,10 +211,3 @@ def runs_table(df: pd.DataFrame) -> None:
                                 for k in ("acc", "sensitivity", "specificity", "ppv", "npv", "auc")}
                  | {"seconds": st.column_config.NumberColumn("train s", format="%.0f")})
 
-
-def time_left(job: Any) -> str:
-    """A background job's time left in words (``engine.jobs.Job.seconds_left``), or that it is being estimated."""
-    left = job.seconds_left
-    if left is None:
-        return "estimating the time left…"
-    return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"

@@ -29,6 +29,9 @@ _EXPORTS: dict[str, str] = {
     "RUN_DONE": "sweep", "SweepRow": "sweep", "executor_from_env": "sweep", "run_sweep": "sweep",
     "sweep_configs": "sweep",
     "Progress": "training",
+    "DataSummary": "data_summary", "data_summary": "data_summary",
+    "TrainingEstimate": "estimate", "duration": "estimate", "estimate_training": "estimate",
+    "train_missing": "train_job",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

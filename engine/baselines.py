@@ -19,6 +19,7 @@ from .errors import DataError
 from .evaluation import METRICS, bootstrap_ci, split_predictions
 from .lbp import lbp_histograms
 from .models.backbones import StagedNet
+from .progress import CancelCheck, Progress, step
 from .store import cached_arrays, cached_json
 
 if TYPE_CHECKING:
@@ -153,11 +154,14 @@ def _row(method: str, y_test: np.ndarray, pred: np.ndarray, proba: np.ndarray, r
     return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in row.items()}
 
 
-def compare_methods(run: Run, *, seed: int = 0, cv: int = 5, n_boot: int = 1000, alpha: float = 0.05) -> pd.DataFrame:
+def compare_methods(run: Run, *, seed: int = 0, cv: int = 5, n_boot: int = 1000, alpha: float = 0.05,
+                    progress: Progress | None = None, cancel: CancelCheck | None = None) -> pd.DataFrame:
     """Wan et al.'s Table 1 for a run: LBP + SVM, deep features + SVM and the fine-tuned CNN on the same test split.
 
     Columns: method, each metric with ``_low``/``_high`` bootstrap bounds (same resamples for every method), and
-    the SVMs' chosen C, CV score and fold note. Cached in the run's folder.
+    the SVMs' chosen C, CV score and fold note. Cached in the run's folder (the features too, each as soon as it is
+    extracted). ``progress(fraction, text)`` hears of each feature kind and fit; ``cancel()`` returning True stops
+    between them (LungLensError).
     """
 
     def compute() -> list[dict[str, Any]]:
@@ -166,11 +170,17 @@ def compare_methods(run: Run, *, seed: int = 0, cv: int = 5, n_boot: int = 1000,
         train_y = split_predictions(run, "train")[0]
         y_test, cnn_pred, cnn_proba = split_predictions(run, "test")
         rows = []
-        for method, feats in (("LBP + SVM", lbp_features(run)), ("Deep features + SVM", run_deep_features(run))):
+        kinds = (("LBP + SVM", "LBP features", lbp_features), ("Deep features + SVM", "deep features",
+                                                                 run_deep_features))
+        for i, (method, what, extract) in enumerate(kinds):
+            step(progress, cancel, 0.45 * i, f"extracting {what}")
+            feats = extract(run)
+            step(progress, cancel, 0.45 * i + 0.2, f"fitting the SVM on {what}")
             pred, proba, info = svm_baseline(
                 feats["train"], train_y, feats["test"], seed=seed, cv=cv, n_classes=len(run.classes)
             )
             rows.append(_row(method, y_test, pred, proba, run, info, n_boot, alpha, seed))
+        step(progress, cancel, 0.9, "bootstrapping the fine-tuned CNN's intervals")
         rows.append(_row("Fine-tuned CNN", y_test, cnn_pred, cnn_proba, run, {}, n_boot, alpha, seed))
         return rows
 

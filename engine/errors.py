@@ -23,3 +23,7 @@ class StoreError(LungLensError):
 
 class DamagedRunError(LungLensError):
     """A stored run whose files are missing, truncated or altered since it was written; it is never served."""
+
+
+class Cancelled(LungLensError):
+    """The caller asked a long computation to stop; nothing partial was cached."""

@@ -20,6 +20,7 @@ from sklearn.metrics import (
 
 from .errors import ConfigError, DataError
 from .metrics import classification_metrics
+from .progress import CancelCheck, Progress, step
 from .store import cached_json
 
 if TYPE_CHECKING:
@@ -221,15 +222,18 @@ def evaluate_run(run: Run, *, n_boot: int = 1000, alpha: float = 0.05, seed: int
     )
 
 
-def depth_curve(runs: Sequence[Run], metric: str) -> pd.DataFrame:
+def depth_curve(runs: Sequence[Run], metric: str, *, progress: Progress | None = None,
+                cancel: CancelCheck | None = None) -> pd.DataFrame:
     """One row per run (run, backbone, depth, value, low, high, best) for "metric vs fine-tuning depth" (Lee fig. 5).
 
-    ``best`` marks the run with the highest value (the first one on ties).
+    ``best`` marks the run with the highest value (the first one on ties). ``progress(fraction, text)`` hears of each
+    run evaluated; ``cancel()`` returning True stops between runs (LungLensError; the runs done stay cached).
     """
     if metric not in METRICS:
         raise ConfigError(f"Unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
     rows = []
-    for run in runs:
+    for i, run in enumerate(runs):
+        step(progress, cancel, i / max(len(runs), 1), f"evaluating {run.config.backbone} depth {run.config.depth}")
         row = next(m for m in evaluate_run(run)["metrics"] if m["metric"] == metric)
         rows.append({"run": run.id, "backbone": run.config.backbone, "depth": run.config.depth,
                      **{k: np.nan if row[k] is None else row[k] for k in ("value", "low", "high")}})

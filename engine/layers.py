@@ -5,14 +5,18 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
+import cv2
 import numpy as np
+import pandas as pd
 import torch
 from captum.attr import NeuronGuidedBackprop
 from torch import nn
 
 from .data.transforms import IMAGENET_STD, to_model_input
 from .errors import ConfigError, DataError
+from .explain.overlay import heatmap_overlay
 from .models.backbones import conv_layers
+from .progress import CancelCheck, Progress, step
 from .store import cached_arrays
 
 if TYPE_CHECKING:
@@ -21,6 +25,11 @@ if TYPE_CHECKING:
 ChannelPick = Literal["top", "random"]
 FilterView = Literal["before", "after", "difference"]
 FILTER_VIEWS: tuple[str, ...] = ("before", "after", "difference")
+#: Guided-backprop display: this percentile of an image's non-zero |gradient| is drawn black / white (SmoothGrad's
+#: 99th-percentile cap, Smilkov et al. 2017); the few stronger pixels are clipped.
+STRETCH_PERCENTILE = 99.0
+#: Neurons reconstructed per backward pass: progress is reported, and a cancel honoured, between passes.
+NEURON_CHUNK = 4
 
 
 # ---- display scaling -------------------------------------------------------------------------------------------
@@ -32,12 +41,25 @@ def _minmax(a: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
     return np.where(span > 0, (a - lo) / np.where(span > 0, span, 1), 0.5).astype(np.float32)
 
 
-def _display(attributions: np.ndarray, grayscale: bool) -> np.ndarray:
-    """(..., 3, H, W) gradients -> (..., H, W, 3) images in [0, 1], each image min-max scaled on its own."""
-    maps = np.moveaxis(attributions, -3, -1)
+def _stretch(maps: np.ndarray) -> np.ndarray:
+    """One (H, W, 3) gradient image -> [0, 1] around mid-grey: 0 is 0.5, and +/- the ``STRETCH_PERCENTILE``-th
+    percentile of its non-zero |values| are white / black (beyond it clipped); an all-zero image is mid-grey."""
+    nonzero = np.abs(maps[maps != 0])
+    scale = float(np.percentile(nonzero, STRETCH_PERCENTILE)) if nonzero.size else 0.0
+    if scale == 0:
+        return np.full(maps.shape, 0.5, np.float32)
+    return np.clip(0.5 + 0.5 * maps / scale, 0.0, 1.0).astype(np.float32)
+
+
+def gradient_images(attributions: np.ndarray, grayscale: bool = False) -> np.ndarray:
+    """(..., 3, H, W) gradients -> (..., H, W, 3) images in [0, 1], each stretched on its own around mid-grey
+    (``_stretch``); ``grayscale``: the mean of the three channels, stretched, in all three."""
+    maps = np.moveaxis(np.asarray(attributions, np.float64), -3, -1)
     if grayscale:
-        maps = np.repeat(maps.mean(axis=-1, keepdims=True), 3, axis=-1)
-    return _minmax(maps, axis=(-3, -2, -1))
+        maps = maps.mean(axis=-1, keepdims=True)
+    flat = maps.reshape(-1, *maps.shape[-3:])
+    images = np.stack([_stretch(m) for m in flat]).reshape(maps.shape) if len(flat) else maps.astype(np.float32)
+    return np.repeat(images, 3, axis=-1) if grayscale else images
 
 
 # ---- layers ----------------------------------------------------------------------------------------------------
@@ -50,13 +72,37 @@ def _conv(model: nn.Module, layer_name: str) -> nn.Conv2d:
     return layers[layer_name]
 
 
+def _conv_label(arch: str, name: str, nth: int) -> str:
+    """The human name of conv layer ``name``, the ``nth`` conv of its block, as the architecture's papers name it
+    (``"conv5 (block 5)"``, ``"layer2 unit 1 · conv2 (block 3)"``), with its block among LungLens's five."""
+    parts = name.split(".")
+    block = int(parts[1]) + 1
+    where = f"(block {block})"
+    if arch == "alexnet":
+        return f"conv{block} {where}"
+    if arch.startswith("vgg"):
+        return f"conv{block}_{nth} {where}"
+    if block == 1 and (arch.startswith("resnet") or arch.startswith("densenet")):
+        return f"stem {'conv1' if arch.startswith('resnet') else 'conv0'} {where}"
+    if arch.startswith("resnet") and len(parts) >= 4:
+        conv = "shortcut conv" if parts[3] == "downsample" else parts[3]
+        return f"layer{block - 1} unit {int(parts[2]) + 1} · {conv} {where}"
+    if arch.startswith("densenet") and len(parts) >= 4:
+        if parts[2] == "1":  # the transition after the dense block
+            return f"transition {block - 1} {where}"
+        layer = parts[3].removeprefix("denselayer")
+        return f"dense block {block - 1} · layer {layer} · {parts[-1]} {where}"
+    return f"block {block} · conv {nth}"
+
+
 def layer_choices(model: nn.Module) -> list[tuple[str, str]]:
-    """Every conv layer as (qualified name, label such as ``"block 3 · conv 1 (blocks.2.0)"``), input to output."""
+    """Every conv layer as (qualified name, human label such as ``"conv5 (block 5)"``), input to output."""
+    arch = str(getattr(model, "arch", ""))
     choices, count = [], {}
     for name, _ in conv_layers(model):
         block = int(name.split(".")[1])  # StagedNet names its conv layers "blocks.<i>...."
         count[block] = count.get(block, 0) + 1
-        choices.append((name, f"block {block + 1} · conv {count[block]} ({name})"))
+        choices.append((name, _conv_label(arch, name, count[block])))
     return choices
 
 
@@ -171,15 +217,21 @@ def _neuron_guided_backprop(model: nn.Module, layer: nn.Conv2d, inputs: torch.Te
 
 
 def _neuron_attributions(model: nn.Module, image: torch.Tensor, layer_name: str, n: int, mode: ChannelPick,
-                         seed: int) -> tuple[np.ndarray, list[int]]:
-    """Raw (n, 3, H, W) guided-backprop gradients of ``n`` channels of one layer for one image, and the channels."""
+                         seed: int, progress: Progress | None = None,
+                         cancel: CancelCheck | None = None) -> tuple[np.ndarray, list[int]]:
+    """Raw (n, 3, H, W) guided-backprop gradients of ``n`` channels of one layer for one image, and the channels;
+    ``NEURON_CHUNK`` neurons per backward pass, with ``progress`` / ``cancel`` between passes."""
     _check_one_image(image)
     layer = _conv(model, layer_name)
     image = image.to(_device(model))
     out = _layer_output(model, layer, image)[0]
     channels = _pick_channels(out.mean(dim=(1, 2)), n, mode, np.random.default_rng(seed))
-    attr = _neuron_guided_backprop(model, layer, image.expand(len(channels), -1, -1, -1), channels)
-    return attr, channels
+    parts = []
+    for start in range(0, len(channels), NEURON_CHUNK):
+        chunk = channels[start : start + NEURON_CHUNK]
+        step(progress, cancel, start / len(channels), f"neurons {start + 1}-{start + len(chunk)} of {len(channels)}")
+        parts.append(_neuron_guided_backprop(model, layer, image.expand(len(chunk), -1, -1, -1), chunk))
+    return np.concatenate(parts), channels
 
 
 def guided_backprop_neurons(
@@ -190,19 +242,23 @@ def guided_backprop_neurons(
 
     Channels are the ``n`` with the highest mean activation (``mode="top"``, highest first) or ``n`` random ones
     (``"random"``, seeded, as in the paper); each channel's neuron is its most activated position. Returns
-    (n, H, W, 3) images in [0, 1] (``grayscale``: mean over RGB) and the channel indices.
+    (n, H, W, 3) images in [0, 1], zero gradient mid-grey, each stretched on its own (``_stretch``; ``grayscale``:
+    mean over RGB) and the channel indices.
     """
     attr, channels = _neuron_attributions(model, image, layer_name, n, mode, seed)
-    return _display(attr, grayscale), channels
+    return gradient_images(attr, grayscale), channels
 
 
 def _across_layer_attributions(model: nn.Module, images: torch.Tensor, layer_names: Sequence[str], mode: ChannelPick,
-                               seed: int) -> tuple[np.ndarray, list[int]]:
-    """Raw (n_layers, B, 3, H, W) gradients of one channel per layer for every image, and the channel per layer."""
+                               seed: int, progress: Progress | None = None,
+                               cancel: CancelCheck | None = None) -> tuple[np.ndarray, list[int]]:
+    """Raw (n_layers, B, 3, H, W) gradients of one channel per layer for every image, and the channel per layer;
+    ``progress`` / ``cancel`` between layers."""
     images = images.to(_device(model))
     rng = np.random.default_rng(seed)
     attrs, channels = [], []
-    for name in layer_names:
+    for i, name in enumerate(layer_names):
+        step(progress, cancel, i / len(layer_names), f"layer {i + 1} of {len(layer_names)} on {len(images)} images")
         layer = _conv(model, name)
         out = _layer_output(model, layer, images)
         channel = _pick_channels(out.mean(dim=(0, 2, 3)), 1, mode, rng)[0]
@@ -214,7 +270,8 @@ def _across_layer_attributions(model: nn.Module, images: torch.Tensor, layer_nam
 def guided_backprop_across_layers(model: nn.Module, images: torch.Tensor, *, layer_names: Sequence[str] | None = None,
                                   mode: ChannelPick = "top", seed: int = 0,
                                   grayscale: bool = False) -> tuple[np.ndarray, list[int]]:
-    """Wan fig. 10: one neuron per layer reconstructed on each image -> (n_layers, B, H, W, 3) in [0, 1], channels.
+    """Wan fig. 10: one neuron per layer reconstructed on each image -> (n_layers, B, H, W, 3) in [0, 1] (each
+    stretched as in ``guided_backprop_neurons``), and the channel per layer.
 
     Per layer one channel is used for all images (the highest mean activation over the images, or a seeded random
     one), at each image's most activated position. ``layer_names`` defaults to the last conv layer of each block.
@@ -222,7 +279,7 @@ def guided_backprop_across_layers(model: nn.Module, images: torch.Tensor, *, lay
     if images.ndim != 4 or images.shape[1] != 3:
         raise DataError(f"Expected model input images of shape (B, 3, H, W), got {tuple(images.shape)}.")
     attr, channels = _across_layer_attributions(model, images, layer_names or block_output_layers(model), mode, seed)
-    return _display(attr, grayscale), channels
+    return gradient_images(attr, grayscale), channels
 
 
 # ---- activation maps -------------------------------------------------------------------------------------------
@@ -236,6 +293,30 @@ def activation_maps(model: nn.Module, image: torch.Tensor, layer_name: str) -> t
     return _minmax(out[order].cpu().numpy(), axis=(1, 2)), order.tolist()
 
 
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(n, h, w) maps -> (n, H, W) for ``size`` = (H, W) by bilinear interpolation (pixel centres aligned, as
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``)."""
+    height, width = size
+    return np.stack([cv2.resize(np.asarray(m, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+                     for m in maps])
+
+
+def activation_overlays(image: np.ndarray, maps: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(n, h, w) activation maps in [0, 1], each upsampled bilinearly to the gray uint8 ``image``'s size and blended
+    on it in jet colours with opacity ``alpha`` (as Support Regions' heatmaps) -> (n, H, W, 3) uint8 RGB."""
+    up = upsample(maps, image.shape[:2])
+    return np.stack([heatmap_overlay(image, m, alpha) for m in up])
+
+
+# ---- images of the fig. 10 view ----------------------------------------------------------------------------------
+
+def sample_rows(predictions: pd.DataFrame, split: str, label: int, n: int, seed: int) -> list[int]:
+    """Up to ``n`` seeded random ``run.predictions`` rows of one split and true class, in row order."""
+    rows = np.flatnonzero((predictions["split"] == split).to_numpy() & (predictions["y"] == label).to_numpy())
+    picked = np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False)
+    return sorted(int(r) for r in picked)
+
+
 # ---- cached wrappers for the pages -----------------------------------------------------------------------------
 
 def _run_image(run: Run, image_index: int) -> torch.Tensor:
@@ -246,34 +327,51 @@ def _run_image(run: Run, image_index: int) -> torch.Tensor:
     return to_model_input(images[image_index : image_index + 1])
 
 
+def run_layer_choices(run: Run) -> tuple[list[tuple[str, str]], list[str]]:
+    """The run's model's ``layer_choices`` and ``block_output_layers`` (what the Layers page offers)."""
+    model = run.load_model()
+    return layer_choices(model), block_output_layers(model)
+
+
 def run_guided_backprop(run: Run, image_index: int, layer_name: str, n: int = 8, mode: ChannelPick = "top",
-                        seed: int = 0, grayscale: bool = False) -> tuple[np.ndarray, list[int]]:
+                        seed: int = 0, grayscale: bool = False, *, progress: Progress | None = None,
+                        cancel: CancelCheck | None = None) -> tuple[np.ndarray, list[int]]:
     """``guided_backprop_neurons`` of the run's trained model on image ``image_index`` (a row of run.predictions).
 
-    The raw gradients are cached, so switching ``grayscale`` costs nothing.
+    The raw gradients are cached, so switching ``grayscale`` costs nothing. ``progress(fraction, text)`` hears of
+    each backward pass; ``cancel()`` returning True stops between them (nothing partial is cached).
     """
     def compute() -> dict[str, np.ndarray]:
-        attr, channels = _neuron_attributions(run.load_model(), _run_image(run, image_index), layer_name, n, mode, seed)
+        step(progress, cancel, 0.0, "loading the model")
+        attr, channels = _neuron_attributions(run.load_model(), _run_image(run, image_index), layer_name, n, mode, seed,
+                                              progress, cancel)
         return {"attributions": attr, "channels": np.asarray(channels)}
 
     cached = cached_arrays(run.artifact(f"gbp-img{image_index}-{layer_name}-n{n}-{mode}-seed{seed}.npz"), compute)
-    return _display(cached["attributions"], grayscale), cached["channels"].tolist()
+    return gradient_images(cached["attributions"], grayscale), cached["channels"].tolist()
 
 
 def run_guided_backprop_across_layers(run: Run, image_indices: Sequence[int], mode: ChannelPick = "top", seed: int = 0,
-                                      grayscale: bool = False) -> tuple[np.ndarray, list[int]]:
-    """``guided_backprop_across_layers`` of the run's trained model on the given images (rows of run.predictions)."""
+                                      grayscale: bool = False, *, progress: Progress | None = None,
+                                      cancel: CancelCheck | None = None) -> tuple[np.ndarray, list[int]]:
+    """``guided_backprop_across_layers`` of the run's trained model on the given images (rows of run.predictions).
+
+    ``progress(fraction, text)`` hears of each layer; ``cancel()`` returning True stops between layers (nothing
+    partial is cached).
+    """
     indices = [int(i) for i in image_indices]
 
     def compute() -> dict[str, np.ndarray]:
+        step(progress, cancel, 0.0, "loading the model")
         model = run.load_model()
         images = torch.cat([_run_image(run, i) for i in indices])
-        attr, channels = _across_layer_attributions(model, images, block_output_layers(model), mode, seed)
+        attr, channels = _across_layer_attributions(model, images, block_output_layers(model), mode, seed, progress,
+                                                    cancel)
         return {"attributions": attr, "channels": np.asarray(channels)}
 
     name = f"gbp-layers-img{'_'.join(map(str, indices))}-{mode}-seed{seed}.npz"
     cached = cached_arrays(run.artifact(name), compute)
-    return _display(cached["attributions"], grayscale), cached["channels"].tolist()
+    return gradient_images(cached["attributions"], grayscale), cached["channels"].tolist()
 
 
 def run_activation_maps(run: Run, image_index: int, layer_name: str) -> tuple[np.ndarray, list[int]]:

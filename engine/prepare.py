@@ -24,7 +24,8 @@ from .errors import ConfigError, DamagedRunError, LungLensError, StoreError
 from .evaluation import METRICS, depth_curve, evaluate_run
 from .explain.consistency import SUPPORT_THRESHOLD
 from .explain.methods import METHODS
-from .explain.report import Cancelled, ReportSettings, method_report, run_localisation
+from .errors import Cancelled
+from .explain.report import ReportSettings, method_report, run_localisation
 from .explain.runs_explain import run_heatmaps, run_image_explanation, run_masks, split_rows
 from .external import internal_scores
 from .layers import (
@@ -34,6 +35,7 @@ from .layers import (
     run_filter_grid,
     run_guided_backprop,
     run_guided_backprop_across_layers,
+    sample_rows,
 )
 from .ood import ood_reference
 from .projections import FEATURE_SETS, run_features, run_projection
@@ -163,12 +165,9 @@ def default_layer(run: Run) -> str:
 
 def fig10_rows(run: Run, n: int = N_IMAGES, draw: int = 0) -> list[int]:
     """The Layers page's fig. 10 images: ``n`` seeded random test rows (train without a test split) of the positive
-    class, in row order (as ``dashboard.layers_charts.sample_rows`` draws them)."""
+    class, in row order (``engine.layers.sample_rows``)."""
     preds = run.predictions
-    split = "test" if (preds["split"] == "test").any() else "train"
-    rows = np.flatnonzero((preds["split"] == split).to_numpy() & (preds["y"] == run.positive).to_numpy())
-    picked = np.random.default_rng(draw).choice(rows, size=min(n, len(rows)), replace=False)
-    return sorted(int(r) for r in picked)
+    return sample_rows(preds, "test" if (preds["split"] == "test").any() else "train", run.positive, n, draw)
 
 
 def method_defaults(method: str) -> dict[str, Any]:

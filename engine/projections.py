@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError, DataError
+from .progress import CancelCheck, Progress, step
 from .store import cached_arrays
 
 if TYPE_CHECKING:
@@ -155,13 +156,19 @@ def run_features(run: Run, feature_set: FeatureSet) -> np.ndarray:
     return features
 
 
-def run_projection(run: Run, feature_set: FeatureSet, method: Method, dims: Literal[2, 3],
-                   seed: int = 0) -> pd.DataFrame:
+def feature_dims(run: Run, feature_set: FeatureSet) -> int:
+    """The length of one image's ``feature_set`` features in the run (e.g. 9216 for AlexNet's deep features)."""
+    return int(run_features(run, feature_set).shape[1])
+
+
+def run_projection(run: Run, feature_set: FeatureSet, method: Method, dims: Literal[2, 3], seed: int = 0, *,
+                   progress: Progress | None = None, cancel: CancelCheck | None = None) -> pd.DataFrame:
     """Every image of the run as a projected point, with its file, split, true and predicted class.
 
     Columns: x, y (, z), file, path, split, label, pred, correct; one row per ``run.predictions`` row, same order.
     ``df.attrs["separability"]`` holds ``separability()`` of the points against the true classes. Cached per run,
-    feature set, method, dims and seed.
+    feature set, method, dims and seed (the features too, once extracted). ``progress(fraction, text)`` hears of
+    each step (features, projection, scores); ``cancel()`` returning True stops between them (LungLensError).
     """
     _check(method, dims)
     if feature_set not in FEATURE_SETS:
@@ -170,7 +177,11 @@ def run_projection(run: Run, feature_set: FeatureSet, method: Method, dims: Lite
     y = preds["y"].to_numpy()
 
     def compute() -> dict[str, np.ndarray]:
-        points = project(run_features(run, feature_set), method, dims, seed)
+        step(progress, cancel, 0.0, f"{feature_set} features of {len(y)} images")
+        features = run_features(run, feature_set)
+        step(progress, cancel, 0.3, f"{method} to {dims}-D")
+        points = project(features, method, dims, seed)
+        step(progress, cancel, 0.9, "silhouette and k-NN scores")
         scores = separability(points, y, seed)
         return {"points": points, **{k: np.asarray(v) for k, v in scores.items()}}
 

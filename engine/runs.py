@@ -6,7 +6,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -425,3 +425,33 @@ def delete_run(run_id_: str) -> None:
         raise LungLensError(f"No run {run_id_!r} in {runs_root()}: list them with `python -m engine runs`.")
     shutil.rmtree(path)
 
+
+
+#: Config fields that must agree for runs of two backbones to be compared: same initialisation, budget, input size
+#: and split.
+SAME_EXPERIMENT = ("init", "epochs", "image_size", "clahe", "seed", "test_fraction", "val_fraction", "folds", "fold")
+
+
+def related_runs(base: Run, candidates: Iterable[Run] | None = None) -> dict[tuple[str, int], Run]:
+    """Runs comparable with ``base`` by (backbone, depth): same data fingerprint and ``SAME_EXPERIMENT`` fields.
+
+    Runs of ``base``'s own backbone must match its whole config but the depth (the same sweep); of another
+    backbone, only the experiment fields (its head width or optimiser may differ). The first candidate wins a
+    (backbone, depth), so pass the selection's own runs first and the rest newest first; ``candidates`` None:
+    ``base``, then every cached run newest first.
+    """
+    if candidates is None:
+        candidates = [base, *(Run(runs_root() / r) for r in list_runs().get("run", []))]
+    out: dict[tuple[str, int], Run] = {}
+    cfg = base.config
+    for run in candidates:
+        other = run.config
+        if run.meta["data_fingerprint"] != base.meta["data_fingerprint"]:
+            continue
+        if other.backbone == cfg.backbone:
+            same = other.key_dict() | {"depth": 0} == cfg.key_dict() | {"depth": 0}
+        else:
+            same = all(getattr(other, f) == getattr(cfg, f) for f in SAME_EXPERIMENT)
+        if same:
+            out.setdefault((other.backbone, other.depth), run)
+    return out

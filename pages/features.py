@@ -7,28 +7,24 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 import engine
+from dashboard.background import background, cached
 from dashboard.exports import csv_button, export_name
-from dashboard.features_charts import METHOD_LABELS, image_labels, projection_figure, score_text, selected_row
+from dashboard.features_charts import (
+    IMAGE_LABEL_HELP,
+    METHOD_LABELS,
+    image_labels,
+    projection_figure,
+    score_text,
+    selected_row,
+)
 from dashboard.url_state import url_widget
 from dashboard.widgets import caption, depth_slider, figure, require_runs, run_images
 from engine.lbp import LBP_BINS, LBP_P, LBP_R
-from engine.projections import KNN_FOLDS, KNN_K, METHODS, TSNE_PCA_DIMS, run_features, run_projection
+from engine.projections import KNN_FOLDS, KNN_K, METHODS, TSNE_PCA_DIMS, feature_dims, run_projection
 
 FEATURE_SETS = {"lbp": "LBP features", "deep": "Deep features"}
 IMAGE_KEY = "features_image"
 LAST_PICK_KEY = "features_last_pick"
-
-
-# ``finished`` keys the caches so that a run trained again under the same id is not served stale.
-@st.cache_data(show_spinner=False, max_entries=128)
-def _projection(run_id: str, finished: float, feature_set: str, method: str, dims: int) -> tuple[pd.DataFrame, dict]:
-    df = run_projection(engine.load_run(run_id), feature_set, method, dims)
-    return df, dict(df.attrs["separability"])
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _deep_dims(run_id: str, finished: float) -> int:
-    return int(run_features(engine.load_run(run_id), "deep").shape[1])
 
 
 def _sync_pick_from_charts() -> None:
@@ -43,19 +39,24 @@ def _sync_pick_from_charts() -> None:
                 st.session_state[IMAGE_KEY] = row
 
 
-def _image_panel(run: engine.Run) -> int | None:
-    """The picked image (clicked in a 2-D chart or chosen by name) with its classes; returns its row."""
+def _image_picker(run: engine.Run) -> int | None:
+    """The image picker (a point clicked in a 2-D chart sets it too), wide enough for its labels; returns its row."""
     preds = run.predictions
     labels = image_labels(preds, run.classes)
     _sync_pick_from_charts()
     files = preds["file"].astype(str).to_numpy()
-    row = url_widget(st.selectbox, "Image", list(labels), key=IMAGE_KEY, param="image", default=None,
-                     encode=lambda r: files[r], index=None, format_func=labels.get,
-                     placeholder="Click a point (2-D) or pick a file")
+    return url_widget(st.columns([3, 2])[0].selectbox, "Image", list(labels), key=IMAGE_KEY, param="image",
+                      default=None, encode=lambda r: files[r], index=None, format_func=labels.get,
+                      placeholder="Click a point in a 2-D chart, or pick an image here", help=IMAGE_LABEL_HELP)
+
+
+def _image_panel(run: engine.Run, row: int | None) -> None:
+    """The picked image with its file, split and classes (a hint while none is picked)."""
     if row is None:
-        st.caption("Click a point in a 2-D chart (or pick a file here) to see the image; it is ringed in both charts. "
-                   "Hover a point for its file and classes.")
-        return None
+        st.caption("Click a point in a 2-D chart (or pick an image above) to see the image; it is ringed in both "
+                   "charts. Hover a point for its file and classes.")
+        return
+    preds = run.predictions
     image = run_images(run)[row]
     r = preds.iloc[row]
     true, pred = run.classes[int(r["y"])], run.classes[int(r["pred"])]
@@ -63,7 +64,6 @@ def _image_panel(run: engine.Run) -> int | None:
     verdict = "correct" if true == pred else "**wrong**"
     st.markdown(f"`{r['file']}` ({r['split']} split)  \ntrue **{true}** · predicted **{pred}** ({verdict}), "
                 f"p = {float(r[f'prob_{pred}']):.2f}")
-    return row
 
 
 def _scores(col: DeltaGenerator, scores: dict, reference: dict | None) -> None:
@@ -100,30 +100,38 @@ by_correct = url_widget(c3.toggle, "Colour by correct / wrong prediction", (Fals
                         param="colour", default=False, encode=lambda b: "correct" if b else "class",
                         help="Off: colour by true class. On: green where the fine-tuned CNN is right, red where wrong.")
 
-try:
-    with st.spinner(f"Projecting LBP and deep features with {METHOD_LABELS[method]} (once per run and method, then "
-                    "cached; t-SNE can take a while)…"):
-        results = {fs: _projection(run.id, finished, fs, method, dims) for fs in FEATURE_SETS}
-        deep_dims = _deep_dims(run.id, finished)
-except engine.LungLensError as exc:
-    st.error(f"The features of this run cannot be projected: {exc}")
-    st.stop()
-
-left, right, side = st.columns([5, 5, 3])
+picked = _image_picker(run)
+left, right, side = st.columns([4, 4, 3])
+results: dict[str, pd.DataFrame | None] = {}
+for col, fs in zip((left, right), FEATURE_SETS, strict=True):
+    col.markdown(f"**{FEATURE_SETS[fs]}** · {METHOD_LABELS[method]}, {dims}-D")
+    with col:
+        try:
+            results[fs] = background(run_projection, run, fs, method, dims, reports=True, name=f"features_{fs}_job",
+                                     label=f"{FEATURE_SETS[fs]}: {METHOD_LABELS[method]} to {dims}-D")
+        except engine.LungLensError as exc:
+            st.error(f"The {FEATURE_SETS[fs]} of this run cannot be projected: {exc}")
+            st.stop()
 with side:
     st.markdown("**Selected image**")
-    picked = _image_panel(run)
+    _image_panel(run, picked)
 for col, fs in zip((left, right), FEATURE_SETS, strict=True):
-    points, scores = results[fs]
-    col.markdown(f"**{FEATURE_SETS[fs]}** · {METHOD_LABELS[method]}, {dims}-D")
-    _scores(col, scores, results["lbp"][1] if fs == "deep" else None)
+    points = results[fs]
+    if points is None:  # its progress panel is drawn in the column; the page reruns when it is ready
+        continue
+    reference = results["lbp"]
+    _scores(col, points.attrs["separability"], reference.attrs["separability"] if fs == "deep" and
+            reference is not None else None)
     fig = projection_figure(points, run.classes, method, "correct" if by_correct else "class", picked)
     name = export_name(run, f"{fs}-{method}-{dims}d")
     figure(fig, name, key=f"features_{fs}", where=col, on_select="rerun", selection_mode="points")
     with col:
         csv_button(points.drop(columns="path"), name, key=f"features_{fs}_csv")  # a server path means nothing here
 
-lbp_points = results["lbp"][0]
+if results["lbp"] is None or results["deep"] is None:
+    st.stop()
+lbp_points = results["lbp"]
+deep_dims = cached(feature_dims, run, "deep")
 caption(
     f"Wan et al. fig. 6 (2-D) and fig. 7 (3-D): the same {len(lbp_points)} images (train, val and test) of run "
     f"`{run.id}` ({run.config.backbone}, depth {depth}), one point each. LBP: the {LBP_BINS}-bin uniform LBP "
@@ -131,7 +139,7 @@ caption(
     f"{deep_dims}-d flattened output of the fine-tuned network's last conv stage (9216-d for AlexNet, as in Wan). "
     "Each feature is standardised before projecting; kernel PCA uses the linear or RBF kernel as in Wan; t-SNE runs "
     f"on a PCA-{TSNE_PCA_DIMS} reduction of the standardised features. The scores are measured in the projected "
-    f"space against the true classes; chance = {score_text(results['lbp'][1]['chance'])} (majority class). Moving "
-    "the fine-tuning depth switches to the run trained at that depth, showing how fine-tuning reshapes the deep "
+    f"space against the true classes; chance = {score_text(lbp_points.attrs['separability']['chance'])} (majority "
+    "class). Moving the fine-tuning depth switches to the run trained at that depth, showing how fine-tuning reshapes the deep "
     "feature space (the LBP side does not depend on the network)."
 )

@@ -1,64 +1,56 @@
 """CNN layers (Wan et al. sec. 3.4, fig. 8-10): first-layer filters, hidden neurons by guided backpropagation and
-activation maps."""
+activation maps on the image."""
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 import engine
+from dashboard.background import background, cached
 from dashboard.exports import export_name
 from dashboard.features_charts import image_labels
-from dashboard.layers_charts import filter_figure, filters_unchanged, image_grid_figure, sample_rows
-from dashboard.url_state import flag, url_widget
+from dashboard.layers_charts import filter_figure, filters_unchanged, gray_as_rgb, image_grid_figure
+from dashboard.url_state import flag, url_tabs, url_widget
 from dashboard.widgets import caption, depth_slider, figure, require_runs, run_images
 from engine.layers import (
     FILTER_VIEWS,
-    block_output_layers,
-    layer_choices,
+    STRETCH_PERCENTILE,
+    activation_overlays,
     run_activation_maps,
     run_filter_grid,
     run_guided_backprop,
     run_guided_backprop_across_layers,
+    run_layer_choices,
+    sample_rows,
 )
 
 FILTER_LABELS = {"before": "Before fine-tuning", "after": "After fine-tuning",
                  "difference": "Difference (after − before)"}
 PICK_LABELS = {"top": "8 most activated", "random": "8 random"}
+#: The hidden-layer views: URL code -> tab label (only the open tab is computed).
+VIEWS = {"neurons": "Neurons of one layer (fig. 9)", "across": "One neuron per layer (fig. 10)",
+         "activations": "Activation maps"}
+VIEW_KEY = "layers_view"
+SHOW_LABELS = {"overlay": "Overlay", "raw": "Raw maps"}
+OPACITIES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 N_NEURONS = 8  # Wan fig. 9: eight neurons per layer
 N_IMAGES = 8  # Wan fig. 10: eight example images
-
-
-# ``finished`` keys the caches so that a run trained again under the same id is not served stale.
-@st.cache_data(show_spinner=False, max_entries=64)
-def _filters(run_id: str, finished: float, which: str) -> np.ndarray:
-    return run_filter_grid(engine.load_run(run_id), which)
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _layers(run_id: str, finished: float) -> tuple[dict[str, str], list[str]]:
-    model = engine.load_run(run_id).load_model()
-    return dict(layer_choices(model)), block_output_layers(model)
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _neurons(run_id: str, finished: float, row: int, layer: str, mode: str, seed: int,
-             gray: bool) -> tuple[np.ndarray, list[int]]:
-    return run_guided_backprop(engine.load_run(run_id), row, layer, N_NEURONS, mode, seed, gray)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _across_layers(run_id: str, finished: float, rows: tuple[int, ...], mode: str, seed: int,
-                   gray: bool) -> tuple[np.ndarray, list[int]]:
-    return run_guided_backprop_across_layers(engine.load_run(run_id), rows, mode, seed, gray)
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _activations(run_id: str, finished: float, row: int, layer: str) -> tuple[np.ndarray, list[int]]:
-    return run_activation_maps(engine.load_run(run_id), row, layer)
+#: Grid columns: few, so that every tile is large.
+NEURON_COLS, OVERLAY_COLS, RAW_COLS = 5, 6, 8
+#: Column widths of each tab's second row of pickers (fig. 9 and 10: neurons, seed, grayscale; activation maps:
+#: number, overlay or raw, opacity); the first row holds the image (or class) and the layer (or draw).
+PICKER_WIDTHS = [2, 1, 1.5]
+#: Wrap width (characters) of fig. 10's column titles.
+TITLE_WIDTH = 22
+STRETCH = (f"Drawn around mid-grey: zero gradient is mid-grey, positive brighter, negative darker; each "
+           f"reconstruction on its own scale, its {STRETCH_PERCENTILE:g}th percentile of non-zero |gradient| at "
+           "white / black (the few stronger pixels clipped), as SmoothGrad caps its maps (Smilkov et al. 2017).")
 
 
 def _file(run: engine.Run, row: int) -> str:
@@ -66,15 +58,9 @@ def _file(run: engine.Run, row: int) -> str:
     return str(run.predictions["file"].iloc[row])
 
 
-def _short(label: str) -> str:
-    """``"block 3 · conv 1 (blocks.2.6)"`` -> ``"block 3 · conv 1"``."""
-    return label.split(" (")[0]
-
-
-def _gray_as_rgb(tiles: np.ndarray) -> np.ndarray:
-    """(n, k, k) gray tiles as (n, k, k, 3) with R = G = B, so that 0.5 (no change) is drawn mid-grey: a 2-D mosaic
-    would be contrast-stretched to its own min and max by plotly."""
-    return np.repeat(tiles[..., None], 3, axis=-1) if tiles.ndim == 3 else tiles
+def _input_tiles(run: engine.Run, rows: list[int]) -> np.ndarray:
+    """The run's gray images at ``rows`` as (n, S, S, 3) RGB tiles in [0, 1]."""
+    return gray_as_rgb(run_images(run)[rows]) / 255.0
 
 
 def _filters_section(run: engine.Run, depth: int) -> None:
@@ -82,9 +68,8 @@ def _filters_section(run: engine.Run, depth: int) -> None:
     view = url_widget(st.radio, "Filters", FILTER_VIEWS, key="layers_filter_view", param="filters",
                       default=FILTER_VIEWS[0], format_func=FILTER_LABELS.get, horizontal=True)
     try:
-        with st.spinner("Reading the first-layer weights…"):
-            filters = _filters(run.id, run.result["finished"], view)
-            difference = filters if view == "difference" else _filters(run.id, run.result["finished"], "difference")
+        filters = cached(run_filter_grid, run, view)
+        difference = filters if view == "difference" else cached(run_filter_grid, run, "difference")
     except engine.ConfigError as exc:
         st.info(f"First-layer filters cannot be shown for {run.config.backbone}: {exc}")
         return
@@ -93,8 +78,7 @@ def _filters_section(run: engine.Run, depth: int) -> None:
         return
     n, k = filters.shape[:2]
     chart, notes = st.columns([3, 2])
-    figure(filter_figure(_gray_as_rgb(filters)), export_name(run, f"filters-{view}"), key="layers_filters",
-           where=chart)
+    figure(filter_figure(filters), export_name(run, f"filters-{view}"), key="layers_filters", where=chart)
     with notes:
         if filters_unchanged(difference):
             trained = ("no conv block trains" if depth == 0
@@ -116,111 +100,172 @@ def _filters_section(run: engine.Run, depth: int) -> None:
         )
 
 
-def _neurons_tab(run: engine.Run, row: int, layer: str, label: str, mode: str, seed: int, gray: bool) -> None:
-    finished = run.result["finished"]
-    with st.spinner("Guided backpropagation of 8 neurons…"):
-        recon, channels = _neurons(run.id, finished, row, layer, mode, seed, gray)
-    image_col, grid_col = st.columns([1, 6])
-    image_col.image(run_images(run)[row], caption="input", width="stretch")
-    figure(image_grid_figure(recon, cols=N_NEURONS, titles=[f"ch {c}" for c in channels], row_height=110),
-           export_name(run, f"neurons-{layer}-{_file(run, row)}"), key="layers_neurons", where=grid_col)
+# --- pickers (each tab draws the ones it uses; shared ones keep their value through the URL) -------------------------
+
+def _image_picker(run: engine.Run, where: DeltaGenerator) -> int:
+    """A test image (any image when there is no test split), kept in the URL as ``image``; returns its row."""
+    preds = run.predictions
+    test_rows = [int(r) for r in np.flatnonzero((preds["split"] == "test").to_numpy())] or list(range(len(preds)))
+    labels = image_labels(preds, run.classes)
+    return url_widget(where.selectbox, "Image (test split)", test_rows, key="layers_image", param="image",
+                      default=test_rows[0], encode=lambda r: _file(run, r), format_func=labels.get)
+
+
+def _layer_picker(choices: dict[str, str], where: DeltaGenerator) -> str:
+    """A conv layer by its human name, kept in the URL as ``layer``; returns its module name."""
+    return url_widget(where.selectbox, "Conv layer", list(choices), key="layers_layer", param="layer",
+                      default=list(choices)[len(choices) // 2], format_func=choices.get,
+                      help="Conv layers from input to output, named as in the backbone's paper; the block is "
+                           f"LungLens's fine-tuning block (1-{engine.N_BLOCKS}).")
+
+
+def _neuron_pickers(c_mode: DeltaGenerator, c_seed: DeltaGenerator, c_gray: DeltaGenerator) -> tuple[str, int, bool]:
+    """How neurons are chosen (top / random), the random seed (0 for top) and the grayscale toggle."""
+    mode = url_widget(c_mode.radio, "Neurons", tuple(PICK_LABELS), key="layers_pick", param="neurons", default="top",
+                      format_func=PICK_LABELS.get, horizontal=True,
+                      help="Wan picked neurons at random; the most activated ones show what the layer sees most.")
+    seed = int(url_widget(c_seed.number_input, "Seed", range(1000), key="layers_seed", param="seed", default=0,
+                          min_value=0, max_value=999, disabled=mode != "random",
+                          help="Seed of the random choice of neurons."))
+    gray = url_widget(c_gray.toggle, "Grayscale", (False, True), key="layers_gray", param="gray", default=False,
+                      encode=flag, help="Average the reconstructions' colour channels.")
+    return mode, (seed if mode == "random" else 0), gray  # the top channels do not depend on the seed
+
+
+# --- the views ---------------------------------------------------------------------------------------------------------
+
+def _neurons_tab(run: engine.Run, choices: dict[str, str]) -> None:
+    c1, c2 = st.columns(2)
+    row, layer = _image_picker(run, c1), _layer_picker(choices, c2)
+    mode, seed, gray = _neuron_pickers(*st.columns(PICKER_WIDTHS))
+    label = choices[layer]
+    result = background(run_guided_backprop, run, row, layer, N_NEURONS, mode, seed, gray, reports=True,
+                        label=f"Guided backpropagation of {N_NEURONS} neurons of {label}", name="layers_neurons_job")
+    if result is None:
+        return
+    recon, channels = result
+    tiles = np.concatenate([_input_tiles(run, [row]), recon])
+    fig = image_grid_figure(tiles, cols=NEURON_COLS, titles=["input image", *(f"ch {c}" for c in channels)],
+                            row_height=180)
+    figure(fig, export_name(run, f"neurons-{label}-{_file(run, row)}"), key="layers_neurons")
     how = ("the 8 channels with the highest mean activation on this image" if mode == "top"
            else f"8 channels drawn at random (seed {seed}), as in Wan")
     caption(
-        f"Wan et al. fig. 9: what 8 neurons of {label} respond to in this image. For each of {how}, the neuron at "
-        "the channel's most activated position is guided-backpropagated to the input (Springenberg et al.; Wan eq. "
-        "6: only positive activations and positive gradients pass) with Captum's NeuronGuidedBackprop; each "
-        "reconstruction is min-max scaled on its own."
+        f"Wan et al. fig. 9: what 8 neurons of {label} respond to in this image (first tile). For each of {how}, "
+        "the neuron at the channel's most activated position is guided-backpropagated to the input (Springenberg et "
+        "al.; Wan eq. 6: only positive activations and positive gradients pass) with Captum's NeuronGuidedBackprop. "
+        + STRETCH + (" Grayscale: the mean of the three colour channels' gradients." if gray else
+                     " Colour: the gradients of the three input channels, on one scale per image.")
     )
 
 
-def _across_layers_tab(run: engine.Run, choices: dict[str, str], block_layers: list[str], mode: str, seed: int,
-                       gray: bool) -> None:
+def _across_layers_tab(run: engine.Run, choices: dict[str, str], block_layers: list[str]) -> None:
     preds = run.predictions
     split = "test" if (preds["split"] == "test").any() else "train"
-    c1, c2, _ = st.columns([2, 1, 3])
+    c1, c2 = st.columns(2)
     label = url_widget(c1.selectbox, "Images of class", range(len(run.classes)), key="layers_fig10_class",
                        param="class", default=run.positive, encode=lambda i: run.classes[i],
                        format_func=lambda i: run.classes[i])
     draw = url_widget(c2.number_input, "Image draw", range(1000), key="layers_fig10_draw", param="draw", default=0,
                       min_value=0, max_value=999, help="Seed of the random choice of images, as Wan chose them at "
                                                        "random.")
+    mode, seed, gray = _neuron_pickers(*st.columns(PICKER_WIDTHS))
     rows = sample_rows(preds, split, label, N_IMAGES, int(draw))
     if not rows:
         st.info(f"The {split} split has no image of class {run.classes[label]}.")
         return
-    with st.spinner(f"Guided backpropagation of one neuron per layer on {len(rows)} images…"):
-        recon, channels = _across_layers(run.id, run.result["finished"], tuple(rows), mode, seed, gray)
+    result = background(run_guided_backprop_across_layers, run, tuple(rows), mode, seed, gray, reports=True,
+                        label=f"Guided backpropagation of one neuron per layer on {len(rows)} images",
+                        name="layers_across_job")
+    if result is None:
+        return
+    recon, channels = result
     n_layers, n_images = recon.shape[:2]
-    row_titles = [f"{_short(choices[name])} · ch {c}" for name, c in zip(block_layers, channels, strict=True)]
-    fig = image_grid_figure(recon.reshape(n_layers * n_images, *recon.shape[2:]), cols=n_images, row_titles=row_titles,
-                            column_titles=[Path(preds["file"].iloc[r]).stem for r in rows], row_height=120)
+    # One row per image: the image, then its reconstruction by each layer's neuron.
+    tiles = np.concatenate([_input_tiles(run, rows)[:, None], recon.swapaxes(0, 1)], axis=1)
+    columns = ["input image"] + ["<br>".join(textwrap.wrap(f"{choices[name]} · ch {c}", TITLE_WIDTH))
+                                 for name, c in zip(block_layers, channels, strict=True)]
+    fig = image_grid_figure(tiles.reshape(-1, *tiles.shape[2:]), cols=n_layers + 1, column_titles=columns,
+                            row_titles=[Path(_file(run, r)).stem for r in rows], row_height=150)
     figure(fig, export_name(run, f"one-neuron-per-layer-{run.classes[label]}-draw{draw}"), key="layers_across")
     pick = "the highest mean activation over these images" if mode == "top" else f"drawn at random (seed {seed})"
     caption(
-        f"Wan et al. fig. 10: rows are the last conv layer of each of the {n_layers} blocks (low to high level), "
-        f"columns {n_images} {split} images of class {run.classes[label]} drawn at random. Per layer one channel "
-        f"({pick}) is reconstructed on every image, at each image's most activated position. Wan drew these in colour "
-        "'to clearly show the patterns'; the Grayscale toggle averages the colour channels."
+        f"Wan et al. fig. 10: rows are {n_images} {split} images of class {run.classes[label]} drawn at random (draw "
+        f"{draw}); after each image, one column per block: its last conv layer, low to high level. Per layer one "
+        f"channel ({pick}) is reconstructed on every image, at each image's most activated position. " + STRETCH
+        + " Wan drew these in colour 'to clearly show the patterns'; the Grayscale toggle averages the channels."
     )
 
 
-def _activations_tab(run: engine.Run, row: int, layer: str, label: str) -> None:
-    with st.spinner("Computing the layer's activations…"):
-        maps, channels = _activations(run.id, run.result["finished"], row, layer)
+def _activations_tab(run: engine.Run, choices: dict[str, str]) -> None:
+    c1, c2 = st.columns(2)
+    row, layer = _image_picker(run, c1), _layer_picker(choices, c2)
+    c3, c4, c5 = st.columns(PICKER_WIDTHS)
+    show = url_widget(c4.radio, "Show", tuple(SHOW_LABELS), key="layers_show", param="show", default="overlay",
+                      format_func=SHOW_LABELS.get, horizontal=True, help="Each map upsampled onto the image, or the maps as they are.")
+    opacity = url_widget(c5.select_slider, "Opacity", OPACITIES, key="layers_opacity", param="opacity", default=0.5,
+                         disabled=show != "overlay", help="Opacity of the maps over the image.")
+    label = choices[layer]
+    result = background(run_activation_maps, run, row, layer, label=f"Activations of {label}",
+                        name="layers_activations_job")
+    if result is None:
+        return
+    maps, channels = result
     upper = min(64, len(maps))
-    n = url_widget(st.slider, "Maps shown (highest mean activation first)", range(1, upper + 1), key="layers_top_n",
-                   param="maps", default=min(16, upper), min_value=1, max_value=upper)
-    fig = image_grid_figure(maps[:n], cols=8, titles=[f"ch {c}" for c in channels[:n]], row_height=130)
-    figure(fig, export_name(run, f"activations-{layer}-{_file(run, row)}"), key="layers_activations")
+    n = url_widget(c3.slider, "Maps shown", range(1, upper + 1), key="layers_top_n", param="maps",
+                   default=min(16, upper), min_value=1, max_value=upper,
+                   help="The channels with the highest mean activation on this image, highest first.")
+    titles = [f"ch {c}" for c in channels[:n]]
+    h, w = maps.shape[1:]
+    if show == "overlay":
+        overlays = cached(activation_overlays, run_images(run)[row], maps[:n], opacity)
+        fig = image_grid_figure(overlays, cols=OVERLAY_COLS, titles=titles, row_height=150, colorscale="Jet",
+                                colorbar="activation<br>(scaled)")
+        drawn = (f"each upsampled bilinearly from {h} × {w} to the image's {overlays.shape[1]} × "
+                 f"{overlays.shape[2]} pixels and drawn over it in jet colours at opacity {opacity:g} (red = the "
+                 "map's strongest response, blue = its weakest)")
+    else:
+        fig = image_grid_figure(maps[:n], cols=RAW_COLS, titles=titles, row_height=115)
+        drawn = f"each drawn as its {h} × {w} grid of values (bright = strong response)"
+    figure(fig, export_name(run, f"activations-{label}-{_file(run, row)}"), key="layers_activations")
     caption(
-        f"The output of {label} ({maps.shape[1]} × {maps.shape[2]} per channel, {len(maps)} channels) for the chosen "
-        f"image: the {n} channels with the highest mean activation, each map min-max scaled on its own (bright = "
-        "strong response). The conv layer's output is taken before its ReLU."
+        f"The output of {label} ({h} × {w} per channel, {len(maps)} channels) for the chosen image: the {n} channels "
+        f"with the highest mean activation, each map min-max scaled on its own, {drawn}. The conv layer's output is "
+        "taken before its ReLU."
     )
+
+
+def _view_tabs() -> list[tuple[Any, str]]:
+    """The hidden-layer tabs (the open one kept in the URL as ``view``) with their codes; only the open one runs."""
+    return [(tab, code) for code, tab in url_tabs(VIEWS, VIEW_KEY, "view")[0].items()]
 
 
 def _hidden_section(run: engine.Run) -> None:
     st.subheader("Hidden layers (Wan et al., fig. 9-10)")
     try:
-        choices, block_layers = _layers(run.id, run.result["finished"])
+        layer_list, block_layers = cached(run_layer_choices, run)
     except engine.LungLensError as exc:
         st.error(f"The model of this run cannot be loaded: {exc}")
         return
+    choices = dict(layer_list)
     if not choices:
         st.info(f"{run.config.backbone} has no convolutional layer to visualise.")
         return
-    preds = run.predictions
-    test_rows = [int(r) for r in np.flatnonzero((preds["split"] == "test").to_numpy())] or list(range(len(preds)))
-    labels = image_labels(preds, run.classes)
-    c1, c2, c3, c4, c5 = st.columns([4, 3, 2, 1, 2])
-    row = url_widget(c1.selectbox, "Image (test split)", test_rows, key="layers_image", param="image",
-                     default=test_rows[0], encode=lambda r: _file(run, r), format_func=labels.get)
-    layer = url_widget(c2.selectbox, "Conv layer", list(choices), key="layers_layer", param="layer",
-                       default=list(choices)[len(choices) // 2], format_func=choices.get)
-    mode = url_widget(c3.radio, "Neurons", tuple(PICK_LABELS), key="layers_pick", param="neurons", default="top",
-                      format_func=PICK_LABELS.get,
-                      help="Wan picked neurons at random; the most activated ones show what the layer sees most.")
-    seed = int(url_widget(c4.number_input, "Seed", range(1000), key="layers_seed", param="seed", default=0,
-                          min_value=0, max_value=999, disabled=mode != "random",
-                          help="Seed of the random choice of neurons."))
-    gray = url_widget(c5.toggle, "Grayscale", (False, True), key="layers_gray", param="gray", default=False,
-                      encode=flag, help="Average the reconstructions' colour channels.")
-    fig9, fig10, activations = st.tabs(["Neurons of one layer (fig. 9)", "One neuron per layer (fig. 10)",
-                                        "Activation maps"])
-    seed = seed if mode == "random" else 0  # the top channels do not depend on it: one cache entry
-    with fig9:
-        _guarded(run, _neurons_tab, run, row, layer, choices[layer], mode, seed, gray)
-    with fig10:
-        _guarded(run, _across_layers_tab, run, choices, block_layers, mode, seed, gray)
-    with activations:
-        _guarded(run, _activations_tab, run, row, layer, choices[layer])
+    draw: dict[str, Callable[[], None]] = {
+        "neurons": lambda: _neurons_tab(run, choices),
+        "across": lambda: _across_layers_tab(run, choices, block_layers),
+        "activations": lambda: _activations_tab(run, choices),
+    }
+    for tab, view in _view_tabs():
+        if tab.open:
+            with tab:
+                _guarded(run, draw[view])
 
 
-def _guarded(run: engine.Run, view: Callable[..., None], *args: Any) -> None:
+def _guarded(run: engine.Run, view: Callable[[], None]) -> None:
     """Draw one view; a view that does not apply becomes an info box, another engine error an error box."""
     try:
-        view(*args)
+        view()
     except engine.ConfigError as exc:
         st.info(f"This view does not apply to {run.config.backbone}: {exc}")
     except engine.LungLensError as exc:

@@ -5,8 +5,10 @@ from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
+from streamlit.elements.lib.mutable_tab_container import TabContainer
 
 import engine
+from dashboard.background import background, cached, job_panel, start
 from dashboard.calibration_section import calibration_section
 from dashboard.exports import csv_button, export_name
 from dashboard.external_section import external_section
@@ -23,45 +25,18 @@ from dashboard.performance_charts import (
     table1_caption,
     tied_metrics,
 )
-from dashboard.training_charts import related_runs
-from dashboard.widgets import (all_runs, caption, depth_slider, figure, fold_runs_of, require_runs, time_left,
-                               trained_folds)
+from dashboard.url_state import flag, url_tabs, url_widget
+from dashboard.widgets import all_runs, caption, depth_slider, figure, fold_runs_of, require_runs, trained_folds
 from engine.baselines import compare_methods
 from engine.crossval import SD_DDOF, fold_depth_curve, fold_metric_summary, fold_metrics, fold_roc
 from engine.evaluation import METRICS, depth_curve, evaluate_run
-from engine.jobs import JobFn, Progress, get_job, start_job
+from engine.jobs import Job, JobFn, Progress
+from engine.runs import related_runs
 
-#: How often the report panel redraws itself while its job runs.
-POLL_SECONDS = 1.0
-
-
-# ``finished`` keys the caches below so that a run trained again under the same id is not served stale.
-@st.cache_data(show_spinner=False, max_entries=64)
-def _methods(run_id: str, finished: float) -> pd.DataFrame:
-    return compare_methods(engine.load_run(run_id))
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _evaluation(run_id: str, finished: float) -> dict:
-    return evaluate_run(engine.load_run(run_id))
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _depth_curve(run_ids: tuple[str, ...], finished: tuple[float, ...], metric: str) -> pd.DataFrame:
-    return depth_curve([engine.load_run(r) for r in run_ids], metric)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _fold_views(run_ids: tuple[str, ...], finished: tuple[float, ...]) -> tuple[dict, pd.DataFrame]:
-    runs = [engine.load_run(r) for r in run_ids]
-    table = fold_metrics(runs)
-    return fold_roc(runs), fold_table(table, fold_metric_summary(table))
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _fold_depth_curve(run_ids: tuple[tuple[str, ...], ...], finished: tuple[tuple[float, ...], ...],
-                      metric: str) -> pd.DataFrame:
-    return fold_depth_curve([[engine.load_run(r) for r in group] for group in run_ids], metric)
+#: The page's sections, a lazy tab each (only the open one computes): URL code -> tab label.
+SECTIONS = {"table1": "Table 1: CNN vs baselines", "test": "Test split", "folds": "Cross-validation",
+            "depth": "Metric vs depth", "calibration": "Calibration", "external": "External test"}
+SECTION_KEY, SECTION_PARAM = "performance_section", "section"
 
 
 def _report_key(run: engine.Run) -> str:
@@ -79,69 +54,53 @@ def _build_report(run_id: str) -> JobFn:
 def _report_panel(run: engine.Run) -> None:
     """Build the run's self-contained HTML report in the background (progress, cancel), then offer it for download."""
     key = _report_key(run)
-    job = get_job(key)
-    was_running = job is not None and job.running
 
-    def panel() -> None:
-        current = get_job(key)
-        if current is not None and current.running:
-            st.progress(current.fraction, text=f"HTML report: {current.text} · {current.fraction:.0%} · "
-                                               f"{time_left(current)}")
-            if current.cancel_requested:
-                st.caption("Cancelling after the current section…")
-            elif st.button("Cancel", key="performance_report_cancel", icon=":material/stop:"):
-                current.cancel()
-            return
-        if was_running:
-            st.rerun()  # it finished while this panel polled: redraw the page once, so the panel stops polling
-        done = current is not None and current.status == "done"
-        left, right = st.columns(2)
-        if done:
-            left.download_button("Download HTML report", current.result,
-                                 file_name=f"{export_name(run, 'report')}.html", mime="text/html",
-                                 key="performance_report_download", on_click="ignore", icon=":material/download:",
-                                 type="primary",
-                                 help="One file with this run's provenance, curves, tables and figures; it opens "
-                                      "offline in any browser.")
-        elif current is not None and current.status == "failed":
-            st.error(f"The HTML report could not be built: {current.error}")
-        elif current is not None and current.status == "cancelled":
-            st.info("Cancelled: no HTML report was built.")
-        if (right if done else left).button(
-                "Build the HTML report again" if done else "Build HTML report", key="performance_report_build",
-                icon=":material/description:",
-                help=f"The same file as `python -m engine report --run {run.id} --out report.html`; it is built in "
-                     "the background while the page stays usable."):
-            start_job(key, f"HTML report of {run.id}", _build_report(run.id))
-            st.rerun()
-        if done:
-            st.caption(f"Built in {current.elapsed:.0f} s ({len(current.result) / 1e6:.1f} MB). Build it again after "
-                       "computing more views (e.g. the explanation report on Support Regions) to include them.")
+    def done(job: Job) -> None:
+        st.download_button("Download HTML report", job.result, file_name=f"{export_name(run, 'report')}.html",
+                           mime="text/html", key="performance_report_download", on_click="ignore",
+                           icon=":material/download:", type="primary",
+                           help="One file with this run's provenance, curves, tables and figures; it opens offline "
+                                "in any browser.")
+        st.caption(f"Built in {job.elapsed:.0f} s ({len(job.result) / 1e6:.1f} MB). Build it again after computing "
+                   "more views (e.g. the explanation report on Support Regions) to include them.")
 
-    st.fragment(panel, run_every=POLL_SECONDS if was_running else None)()
+    job = job_panel(key, "performance_report", done=done, what="the HTML report")
+    if job is not None and job.running:
+        return
+    built = job is not None and job.status == "done"
+    if st.button("Build the HTML report again" if built else "Build HTML report", key="performance_report_build",
+                 icon=":material/description:",
+                 help=f"The same file as `python -m engine report --run {run.id} --out report.html`; it is built in "
+                      "the background while the page stays usable."):
+        start(key, f"HTML report of {run.id}", _build_report(run.id))
+        st.rerun()
 
 
 def _comparison(run: engine.Run, n_test: int) -> None:
     st.subheader("Fine-tuned CNN vs classical baselines (Wan et al., Table 1)")
     try:
-        with st.spinner("Fitting the SVM baselines on LBP and deep features (once per run, then cached)…"):
-            table = _methods(run.id, run.result["finished"])
+        table = background(compare_methods, run, label="Table 1: SVM baselines on LBP and deep features",
+                           name="performance_methods", reports=True)
     except engine.LungLensError as exc:
         st.error(f"The baselines cannot be computed for this run: {exc}")
+        return
+    if table is None:  # computing in the background: its panel is drawn, the other tabs stay usable
         return
     st.table(comparison_styler(table))  # a static table wraps its cells: seven "value [low, high]" columns fit
     csv_button(table, export_name(run, "table-1"), key="performance_table1_csv")
     caption(table1_caption(n_test, run.classes[run.positive], run.config.backbone, tied_metrics(table)))
     for note in sorted({n for n in table["cv_note"] if n}):
-        st.caption(f"Cross-validation: {note}.")
+        caption(f"Cross-validation: {note}.", label="About the cross-validation")
 
 
 def _detail(run: engine.Run, ev: dict) -> None:
     st.subheader("The fine-tuned CNN on the test split")
     classes, positive = ev["classes"], ev["classes"][ev["positive"]]
+    # Above both columns, so that the confusion matrix and the ROC curves start level.
+    normalised = url_widget(st.toggle, "Normalise the confusion matrix's rows (share of each true class)",
+                            (False, True), key="performance_normalise", param="normalise", default=False, encode=flag)
     left, right = st.columns(2)
     with left:
-        normalised = st.toggle("Normalise rows (share of each true class)", key="performance_normalise")
         matrix = ev["confusion"]["normalised" if normalised else "counts"]
         figure(confusion_figure(matrix, classes, normalised),
                export_name(run, "confusion-normalised" if normalised else "confusion"), key="performance_confusion")
@@ -167,6 +126,17 @@ def _detail(run: engine.Run, ev: dict) -> None:
                 "predicted).")
 
 
+def _test_split(run: engine.Run) -> None:
+    """The test split's views once ``evaluate_run`` is in (computed in the background the first time)."""
+    try:
+        evaluation = background(evaluate_run, run, label="Evaluating the test split", name="performance_eval")
+    except engine.LungLensError as exc:
+        st.error(f"This run cannot be evaluated: {exc}")
+        return
+    if evaluation is not None:
+        _detail(run, evaluation)
+
+
 def _crossval(run: engine.Run) -> None:
     k = run.config.folds
     st.subheader(f"Cross-validation: {k} folds on the same test split (Ouyang et al., fig. 4)")
@@ -174,8 +144,9 @@ def _crossval(run: engine.Run) -> None:
     if runs is None:
         return
     try:
-        with st.spinner(f"Scoring the {k} folds on the test split…"):
-            roc, table = _fold_views(tuple(r.id for r in runs), tuple(r.result["finished"] for r in runs))
+        roc = cached(fold_roc, runs)
+        per_fold = cached(fold_metrics, runs)
+        table = fold_table(per_fold, fold_metric_summary(per_fold))
     except engine.LungLensError as exc:
         st.warning(str(exc))
         return
@@ -192,30 +163,31 @@ def _crossval(run: engine.Run) -> None:
         f"({roc['positive']}) one-vs-rest, one per fold (numbered from 0, as in the runs table). Title and the table's "
         f"last rows: mean and standard deviation over the {k} folds, the sample sd (ddof = {SD_DDOF}, numpy.std(..., "
         "ddof=1)), as Ouyang et al. report mean ± std of their five fold models. A metric undefined in a fold (e.g. "
-        "PPV when nothing is predicted positive) is left out of its mean and sd. The views above this section are "
-        "fold 0's."
+        "PPV when nothing is predicted positive) is left out of its mean and sd. The other tabs show fold 0's run."
     )
 
 
 def _depth(run: engine.Run, runs: dict[int, engine.Run]) -> None:
     st.subheader("Test metric vs fine-tuning depth (Lee et al., fig. 5)")
-    metric = st.selectbox("Metric", METRICS, key="performance_metric")
+    metric = url_widget(st.columns([1, 3])[0].selectbox, "Metric", METRICS, key="performance_metric", param="metric",
+                        default=METRICS[0])
     related = related_runs(run, [*runs.values(), *all_runs()])
     ordered = [related[k] for k in sorted(related)]
     k = run.config.folds
-    with st.spinner(f"Evaluating {len(ordered) * k} runs…"):
-        if k > 1:
-            groups = [(r, fold_runs_of(r)) for r in ordered]
-            complete = [g for _, g in groups if all(g)]
-            left_out = [f"{r.config.backbone} depth {r.config.depth}" for r, g in groups if not all(g)]
-            if left_out:
-                st.info(f"Left out, as not all {k} folds are trained: {', '.join(left_out)}. Train them on Home.")
-            if not complete:
-                return
-            curve = _fold_depth_curve(tuple(tuple(r.id for r in g) for g in complete),
-                                      tuple(tuple(r.result["finished"] for r in g) for g in complete), metric)
-        else:
-            curve = _depth_curve(tuple(r.id for r in ordered), tuple(r.result["finished"] for r in ordered), metric)
+    label = f"Test {metric} of {len(ordered) * k} runs"
+    if k > 1:
+        groups = [(r, fold_runs_of(r)) for r in ordered]
+        complete = [g for _, g in groups if all(g)]
+        left_out = [f"{r.config.backbone} depth {r.config.depth}" for r, g in groups if not all(g)]
+        if left_out:
+            st.info(f"Left out, as not all {k} folds are trained: {', '.join(left_out)}. Train them on Home.")
+        if not complete:
+            return
+        curve = background(fold_depth_curve, complete, metric, label=label, name="performance_depth_job")
+    else:
+        curve = background(depth_curve, ordered, metric, label=label, name="performance_depth_job", reports=True)
+    if curve is None:
+        return
     if curve["depth"].nunique() < 2:
         st.info("Only one fine-tuning depth is trained for this experiment: add depths on Home to see the curve.")
     figure(depth_figure(curve, metric), export_name(run, f"{metric}-vs-depth"), key="performance_depth_curve")
@@ -231,23 +203,27 @@ def _depth(run: engine.Run, runs: dict[int, engine.Run]) -> None:
     )
 
 
+def _sections(run: engine.Run) -> dict[str, TabContainer]:
+    """The section tabs by URL code (the open one kept in the URL as ``section``; its ``.open`` is True). Only the
+    open tab's section is drawn: the others compute nothing until opened."""
+    return url_tabs({c: label for c, label in SECTIONS.items() if c != "folds" or run.config.folds > 1}, SECTION_KEY,
+                    SECTION_PARAM)[0]
+
+
 st.title("Performance")
 sel, runs = require_runs("Performance")
 depth = depth_slider(runs, key="performance_depth")
 run = runs[depth]
-try:
-    with st.spinner("Evaluating the test split…"):
-        evaluation = _evaluation(run.id, run.result["finished"])
-except engine.LungLensError as exc:
-    st.error(f"This run cannot be evaluated: {exc}")
-    st.stop()
-st.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, init {run.config.init}; n_test = "
-           f"{evaluation['n_test']} test images.")
+n_test = int((run.predictions["split"] == "test").sum())
+st.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, init {run.config.init}; n_test = {n_test} test "
+           "images.")
 _report_panel(run)
-_comparison(run, evaluation["n_test"])
-_detail(run, evaluation)
-if run.config.folds > 1:
-    _crossval(run)
-_depth(run, runs)
-calibration_section(run)
-external_section(run, runs)
+draw: dict[str, Callable[[], None]] = {
+    "table1": lambda: _comparison(run, n_test), "test": lambda: _test_split(run), "folds": lambda: _crossval(run),
+    "depth": lambda: _depth(run, runs), "calibration": lambda: calibration_section(run),
+    "external": lambda: external_section(run, runs),
+}
+for code, tab in _sections(run).items():
+    if tab.open:
+        with tab:
+            draw[code]()

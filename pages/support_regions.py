@@ -2,20 +2,23 @@
 the model looks by every registered explanation method, how much of the lesion that covers against baselines that
 mean something, whether the maps are faithful and pass the sanity check, which decisions rest on the wrong region,
 and a new image (with a warning when it is unlike the training data). The image sections work on the run's test split
-or on an external folder. Methods, labels, knobs and citations all come from ``engine.explain.METHODS``."""
+or on an external folder. Methods, labels, knobs and citations all come from ``engine.explain.METHODS``; every number
+comes from the engine, and what may take long runs in the background (progress, Cancel) while the page stays usable.
+The section, image, methods, target, layer and threshold live in the URL, so a shared link reopens the same view."""
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 import engine
-from dashboard.exports import png_config
+from dashboard.background import background, cached, job_panel, start
+from dashboard.exports import export_name
 from dashboard.external_picker import external_picker
 from dashboard.report_charts import (
     DEPTH_SCORES,
@@ -32,75 +35,69 @@ from dashboard.report_charts import (
 )
 from dashboard.support_charts import (
     OUTCOMES,
-    colour_scale_figure,
+    Panel,
     consistency_depth_figure,
-    consistency_depth_table,
     consistency_histogram,
-    depth_strip_figure,
     filter_test_rows,
+    grid_figure,
     image_label,
-    lime_figure,
     markdown_literal,
     probability_figure,
-    support_figure,
+    short_name,
     unlike_message,
 )
-from dashboard.widgets import depth_slider, require_runs, time_left
+from dashboard.url_state import decode, publish, url_get, url_tabs, url_widget
+from dashboard.widgets import caption, depth_slider, figure, presenter, require_runs
 from engine.data.imageio import IMAGE_SUFFIXES
-from engine.explain import (
-    METHODS,
-    SUPPORT_THRESHOLD,
-    consistency_degree,
-    is_empty,
-    layer_choices,
-    outside_share,
-    pointing_game,
-    run_heatmaps,
-    run_image_explanation,
-    run_masks,
-    split_rows,
-    support_area,
-    wrong_reason_gallery,
-)
-from engine.explain.localisation import localisation_scores
+from engine.explain import (METHODS, SUPPORT_THRESHOLD, is_empty, run_heatmaps, run_image_explanation, run_masks,
+                            split_rows)
+from engine.explain.gallery import wrong_reason_gallery
 from engine.explain.report import (
     REPORT_COLUMNS,
     ReportSettings,
     best_per_column,
     cached_method_report,
     latest_method_report,
-    localisation_summary,
-    method_report,
+    method_reports,
     report_across_depths,
-    run_localisation,
 )
-from engine.explain.upload import MAX_UPLOAD_BYTES, MAX_UPLOAD_SIDE, diagnose_upload
+from engine.explain.support import (
+    cam_layer_choices,
+    image_scores,
+    localisation_by_depth,
+    localisation_view,
+    row_masks,
+    same_image_across_depths,
+    split_images,
+    target_index,
+)
+from engine.explain.upload import MAX_UPLOAD_BYTES, MAX_UPLOAD_SIDE, diagnose_run_upload
 from engine.external import ExternalRun
-from engine.jobs import Job, get_job, start_job
-from engine.models.backbones import StagedNet
 from engine.store import stable_hash
 
-SECTIONS = ("Explain an image", "Explanation report", "Consistency degree", "Wrong-reason gallery",
-            "Same image across depths", "Diagnose a new image")
+#: The page's sections (tabs) and their codes in the URL (``section``).
+SECTIONS = {"Explain an image": "explain", "Explanation report": "report", "Consistency degree": "consistency",
+            "Wrong-reason gallery": "gallery", "Same image across depths": "depths", "Diagnose a new image": "diagnose"}
 #: Where the image sections' images come from; EXTERNAL_SECTIONS work on an external folder as on the test split.
 IMAGE_SOURCES = ("This run's test split", "An external folder")
 EXTERNAL_SECTIONS = ("Explain an image", "Consistency degree", "Wrong-reason gallery", "Same image across depths")
-#: Methods scored over a whole test split on this page, where they run while the page waits: only the fast ones.
-#: Medium and slow ones (occlusion: minutes per split on a CPU) are scored by the explanation report, in the
-#: background with a cancel button.
+#: Methods offered where every test image is explained (consistency, gallery, across depths): the fast ones (seconds
+#: per split; in the background when not cached). Medium and slow ones (occlusion: minutes per split on a CPU) are
+#: scored by the explanation report on a sample.
 SPLIT_METHODS = tuple(name for name, m in METHODS.items() if m.cost == "fast")
-#: Image panels and bar charts: no Plotly toolbar over their titles (drag still zooms, double-click resets).
-NO_TOOLBAR = {"displayModeBar": False}
+#: The class a map explains (URL ``target``: pred, true or a class name).
 TARGETS = {"Predicted": "pred", "True": "true"}
+OTHER_CLASS = "Another class"
+#: Support thresholds offered (URL ``threshold``).
+THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 #: Gallery filter: both kinds, or only images classified wrongly / rightly (the value of the ``correct`` column).
 GALLERY_KINDS = {"Both": None, "Misclassified (Lee fig. 9)": False, "Right for the wrong reason (Lee fig. 10)": True}
-OUTLINES_CAPTION = ("Heatmaps in jet colours, red high and blue low (Wan fig. 11), one colour scale (0 to 1) for "
-                    "every map. Magenta line: support region (heatmap above the threshold). Green: annotated lesion. "
-                    "Dotted cyan: lungs (where the data has these masks).")
+OUTLINES_CAPTION = ("Heatmaps in jet colours, red high and blue low (Wan fig. 11), on one colour scale (0 to 1) for "
+                    "every map; LIME's superpixels on a red (for the class) / blue (against) scale of their weights. "
+                    "Magenta line: support region (heatmap above the threshold). Green: annotated lesion. Dotted "
+                    "cyan: lungs (where the data has these masks).")
 #: Session-state key of the explanation-report job this session started (the job itself lives in engine.jobs).
 REPORT_JOB = "support_report_job"
-#: How often the progress panel of a running job redraws itself.
-POLL_SECONDS = 1.0
 
 
 def _label(name: str) -> str:
@@ -113,114 +110,35 @@ def _note(name: str) -> str:
     return f"**{m.label}** ({m.citation}): {m.description}"
 
 
-# Runs are keyed by id (an external view by its ``cache_key``) and ``finished`` so that a run trained again under the
-# same id is not served stale; the run object itself is passed unhashed (``_run``). Arrays go through cache_resource
-# (shared, not copied on every rerun); the engine caches them on disk as well.
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _model(run_id: str, finished: float) -> StagedNet:
-    return engine.load_run(run_id).load_model()
+def _percent(value: Any) -> str:
+    """A share as a percentage, "n/a" for NaN."""
+    return "n/a" if value is None or np.isnan(value) else f"{value:.1%}"
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _test_images(key: str, finished: float, _run: engine.Run) -> np.ndarray:
-    return _run.images("test")
+def _masks(run: engine.Run) -> dict[str, np.ndarray]:
+    """The lesion and lung masks of the run's test split (``run_masks``)."""
+    return cached(run_masks, run, "test")
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _masks(key: str, finished: float, _run: engine.Run) -> dict[str, np.ndarray]:
-    return run_masks(_run, "test")
-
-
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _split_maps(key: str, finished: float, _run: engine.Run, method: str, target: str,
-                layer: str | None = None) -> np.ndarray:
-    return run_heatmaps(_run, method, "test", target, layer)
-
-
-@st.cache_data(show_spinner=False, max_entries=128)
-def _image_map(key: str, finished: float, _run: engine.Run, row: int, method: str, target: str | int,
-               params: tuple[tuple[str, Any], ...]) -> dict[str, np.ndarray]:
-    return run_image_explanation(_run, row, "test", method, target, **dict(params))
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _localisation(key: str, finished: float, _run: engine.Run, threshold: float, method: str,
-                  target: str) -> tuple[pd.DataFrame, dict[str, Any]]:
-    table = run_localisation(_run, threshold, method, target)
-    return table, localisation_summary(table)
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _gallery(key: str, finished: float, _run: engine.Run, threshold: float, mostly: float, method: str,
-             layer: str | None) -> pd.DataFrame:
-    params = {"layer": layer} if layer is not None else {}
-    return wrong_reason_gallery(_run, threshold, method, mostly=mostly, **params)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _diagnose(run_id: str, finished: float, digest: str, _data: bytes, name: str, lime_samples: int) -> Any:
-    # ``digest`` stands for the bytes in the cache key; the cache lives in memory only, nothing goes to disk.
-    run = engine.load_run(run_id)
-    return diagnose_upload(_data, name, _model(run_id, finished), run.classes, run.config.image_size,
-                           run.config.clahe, lime_samples, run=run)
-
-
-def _key(run: engine.Run) -> tuple[str, float, engine.Run]:
-    """The cache key of a run or external view, its finish time, and the object (passed to caches unhashed)."""
-    return run.cache_key, run.result["finished"], run
-
-
-def _run_model(run: engine.Run) -> StagedNet:
-    """The trained model of a run or of the run behind an external view (one cached copy for both)."""
-    base = run.trained_run
-    return _model(base.id, base.result["finished"])
-
-
-def _masks_of(masks: dict[str, np.ndarray], row: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The lesion and lung masks of one test image, None where the data has none (or the lesion mask is empty)."""
-    lesion, lung = masks["lesion"][row], masks["lung"][row]
-    return (lesion if masks["has_lesion"][row] and lesion.any() else None,
-            lung if masks["has_lung"][row] and lung.any() else None)
-
-
-def _scores(heatmap: np.ndarray, lesion: np.ndarray | None, lung: np.ndarray | None, threshold: float,
-            row: int) -> dict:
-    """The engine's scores of one heatmap against the image's masks, with baselines (NaN where a mask is missing)."""
-    nan = float("nan")
-    local = localisation_scores(heatmap, lesion, lung, threshold, seed=row) if lesion is not None else {}
-    return {
-        "consistency degree": consistency_degree(heatmap, lesion, threshold) if lesion is not None else nan,
-        "baseline: lungs, same area": local.get("lung_area_matched_baseline", nan),
-        "baseline: random map": local.get("random_baseline", nan),
-        "pointing game": ("hit" if pointing_game(heatmap, lesion) else "miss") if lesion is not None else "n/a",
-        "relevance mass": local.get("relevance_mass", nan),
-        "support area": support_area(heatmap, threshold),
-        "support outside lesion": outside_share(heatmap, lesion, threshold) if lesion is not None else nan,
-        "support outside lungs": outside_share(heatmap, lung, threshold) if lung is not None else nan,
-    }
-
-
-def _target_picker(classes: tuple[str, ...], key: str, column: Any) -> str | int:
-    """Predicted, true or any class, as the engine's target ('pred', 'true' or a class index)."""
-    kind = column.radio("Explain the class", (*TARGETS, "Another class"), horizontal=True, key=key)
-    if kind in TARGETS:
-        return TARGETS[kind]
-    return classes.index(column.selectbox("Class to explain", classes, key=f"{key}_class"))
+def _images(run: engine.Run) -> np.ndarray:
+    """The run's preprocessed test images."""
+    return cached(split_images, run, "test")
 
 
 def _layers(run: engine.Run) -> dict[str, str]:
     """Module name -> human label of every CAM layer of the run's model, input to output."""
-    return dict(layer_choices(_run_model(run)))
+    return dict(cached(cam_layer_choices, run.trained_run))
 
 
-def _layer_picker(run: engine.Run, key: str, column: Any) -> str | None:
-    """A CAM layer of the run's model; None for the last one, the default (Wan et al.'s A^k)."""
+def _layer_picker(run: engine.Run, key: str, column: DeltaGenerator) -> str | None:
+    """A CAM layer of the run's model (URL ``layer``); None for the last one, the default (Wan et al.'s A^k)."""
     layers = _layers(run)
     names = list(layers)
-    layer = column.selectbox("Layer (CAM methods)", names, index=len(names) - 1, key=key, format_func=layers.get,
-                             help="Wan et al. use the last convolutional layer (the default), after its ReLU: it "
-                                  "holds the most semantic information but is coarse. Earlier layers localise small "
-                                  "objects (a marker, a device) more sharply and are less class-specific.")
+    layer = url_widget(column.selectbox, "Layer (CAM methods)", names, key=key, param="layer", default=names[-1],
+                       format_func=layers.get,
+                       help="Wan et al. use the last convolutional layer (the default), after its ReLU: it holds the "
+                            "most semantic information but is coarse. Earlier layers localise small objects (a "
+                            "marker, a device) more sharply and are less class-specific.")
     return None if layer == names[-1] else layer  # the default stays implicit: its cache is shared with other views
 
 
@@ -232,25 +150,54 @@ def _layer_label(run: engine.Run, name: str, layer: str | None) -> str | None:
     return layers[layer] if layer is not None else list(layers.values())[-1]
 
 
-def _grid(n: int, per_row: int) -> Iterator[Any]:
-    """Containers for ``n`` panels laid out row by row, so that the panels of a row line up."""
-    for start in range(0, n, per_row):
-        yield from st.columns(per_row)[: min(per_row, n - start)]
+def _method_picker(key: str, column: DeltaGenerator, help: str | None = None) -> str:
+    """One of the fast methods (URL ``method``)."""
+    return url_widget(column.selectbox, "Method", SPLIT_METHODS, key=key, param="method", default="gradcam",
+                      format_func=_label, help=help)
 
 
-def _target_index(row: pd.Series, target: str | int) -> int:
-    """The class index a target names for one test row."""
-    return int(row["pred"] if target == "pred" else row["y"] if target == "true" else target)
+def _target_picker(classes: tuple[str, ...], key: str, column: DeltaGenerator, kinds: Sequence[str],
+                   default: str = "Predicted", help: str | None = None) -> str | int:
+    """The class to explain as the engine's target ('pred', 'true' or a class index), kept in the URL as ``target``
+    (pred, true or a class name); ``kinds``: the choices offered (TARGETS' keys, OTHER_CLASS)."""
+    state, code = st.session_state, url_get("target")
+    if key not in state:
+        if OTHER_CLASS in kinds and code in classes:
+            state[key], state[f"{key}_class"] = OTHER_CLASS, code
+        else:
+            state[key] = decode(code, kinds, default, lambda k: TARGETS.get(k, k))
+    kind = column.radio("Explain the class", kinds, horizontal=True, key=key, help=help)
+    if kind != OTHER_CLASS:
+        publish("target", TARGETS[kind], TARGETS[default])
+        return TARGETS[kind]
+    name = column.selectbox("Class to explain", classes, key=f"{key}_class")
+    publish("target", name, None)
+    return classes.index(name)
 
 
-def _sanity_note(run: engine.Run, name: str) -> None:
-    """The method's sanity verdict from its newest cached report row: a warning when it fails, a note otherwise."""
+def _image_picker(column: DeltaGenerator, label: str, rows: pd.DataFrame, options: list[int],
+                  classes: tuple[str, ...], key: str) -> int:
+    """A test image among ``options`` (rows of ``split_rows``), kept in the URL as ``image`` (its file name)."""
+    files = rows["file"].astype(str)
+    return url_widget(column.selectbox, label, options, key=key, param="image", default=options[0], always=True,
+                      encode=lambda i: files[i], format_func=lambda i: image_label(rows.loc[i], classes))
+
+
+def _sanity_notes(run: engine.Run, names: Sequence[str]) -> None:
+    """The methods' sanity verdicts from their newest cached report rows: a warning for each that fails, one note
+    for the others."""
     # A property of the model and the method, not of the images: read from the run behind an external view.
-    level, text = sanity_message(_label(name), latest_method_report(run.trained_run, name))
-    if level == "warning":
-        st.warning(text, icon=":material/warning:")
-    else:
-        st.caption(text)
+    verdicts = {n: sanity_message(_label(n), latest_method_report(run.trained_run, n)) for n in names}
+    for level, text in verdicts.values():
+        if level == "warning":
+            st.warning(text, icon=":material/warning:")
+    passed = [text for level, text in verdicts.values() if level == "ok"]
+    missing = [_label(n) for n, (level, _) in verdicts.items() if level == "missing"]
+    if missing:
+        passed.append(f"{', '.join(missing)}: sanity check (Adebayo et al. 2018) not computed yet; the Explanation "
+                      "report tab computes it.")
+    if passed:
+        caption(" ".join(passed), label="Sanity check")
 
 
 def _empty_count(n_empty: int, n: int, label: str, where: str) -> None:
@@ -261,20 +208,38 @@ def _empty_count(n_empty: int, n: int, label: str, where: str) -> None:
                    "blank.", icon=":material/visibility_off:")
 
 
+def _grid(run: engine.Run, panels: list[Panel], what: str, key: str, *, columns: int, threshold: float,
+          opacity: float, panel_px: int) -> None:
+    """Image panels in one figure: one colour scale and one legend below them, PNG export in the toolbar."""
+    if panels:
+        fig = grid_figure(panels, columns=columns, threshold=threshold, opacity=opacity, panel_px=panel_px,
+                          title_size=18 if presenter() else 14)
+        figure(fig, export_name(run, what), key=key)
+
+
+def _split_maps(run: engine.Run, name: str, target: str | int, layer: str | None, job: str) -> np.ndarray | None:
+    """Every test image's map by ``name``, from the cache or computed in the background (None while it runs)."""
+    return background(run_heatmaps, run, name, "test", target, layer, reports=True, name=job,
+                      label=f"{_label(name)} of every test image (depth {run.config.depth})")
+
+
+# --- explain an image -----------------------------------------------------------------------------------------------
+
 def _pick_image(rows: pd.DataFrame, classes: tuple[str, ...]) -> int | None:
     """A test image (row of ``split_rows``), filterable by true class and by correct / wrong; None if none matches."""
-    c1, c2 = st.columns(2)
-    chosen = c1.multiselect("True class", classes, key="support_classes", placeholder="All classes")
+    c1, c2, c3 = st.columns([3, 3, 6])
+    chosen = c1.pills("True class", classes, selection_mode="multi", key="support_classes",
+                      help="Only images of these true classes (none chosen: every class).")
     outcome = c2.radio("Classification", OUTCOMES, horizontal=True, key="support_outcome")
     shown = filter_test_rows(rows, classes, chosen, outcome)
     if shown.empty:
-        st.info("No test image matches these filters: widen the class or classification filter.")
+        c3.info("No test image matches these filters: widen the class or classification filter.")
         return None
-    return st.selectbox(f"Test image ({len(shown)} of {len(rows)} match)", shown.index.tolist(),
-                        format_func=lambda i: image_label(rows.loc[i], classes), key="support_image")
+    return _image_picker(c3, f"Test image ({len(shown)} of {len(rows)} match)", rows, shown.index.tolist(), classes,
+                         "support_image")
 
 
-def _knobs(name: str, column: Any) -> dict[str, Any]:
+def _knobs(name: str, column: DeltaGenerator) -> dict[str, Any]:
     """The method's parameters from the registry's knobs (label, choices, default), rendered generically."""
     values = {}
     for knob, (label, choices, default) in METHODS[name].knobs.items():
@@ -286,13 +251,14 @@ def _knobs(name: str, column: Any) -> dict[str, Any]:
 
 
 def _pick_methods(run: engine.Run) -> tuple[list[str], str | int, str | None, dict[str, dict[str, Any]]]:
-    """The chosen methods, the class to explain, the CAM layer and each method's parameters."""
-    c1, c2, c3 = st.columns(3)
-    names = c1.multiselect("Methods", list(METHODS), default=["gradcam"], format_func=_label, key="support_methods",
-                           help="Every registered explanation method; several are shown side by side on one colour "
-                                "scale.")
-    target = _target_picker(run.classes, "support_target", c2)
-    layer = _layer_picker(run, "support_layer", c3) if any(METHODS[n].uses_layer for n in names) else None
+    """The chosen methods (URL ``method``), the class to explain, the CAM layer and each method's parameters."""
+    names = url_widget(st.pills, "Methods", list(METHODS), key="support_methods", param="method",
+                       default=["gradcam"], format_func=_label, selection_mode="multi",
+                       help="Every registered explanation method (click to add or remove one); several are drawn "
+                            "side by side on one colour scale.")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    target = _target_picker(run.classes, "support_target", c1, (*TARGETS, OTHER_CLASS))
+    layer = _layer_picker(run, "support_layer", c2) if any(METHODS[n].uses_layer for n in names) else None
     params: dict[str, dict[str, Any]] = {}
     for name in names:
         params[name] = _knobs(name, c3)
@@ -301,22 +267,26 @@ def _pick_methods(run: engine.Run) -> tuple[list[str], str | int, str | None, di
     return names, target, layer, params
 
 
-def _map_panel(run: engine.Run, image: np.ndarray, name: str, result: dict[str, np.ndarray], *, title: str,
-               class_name: str, layer: str | None, threshold: float, opacity: float, lesion: np.ndarray | None,
-               lung: np.ndarray | None, height: int, key: str, colorbar: bool) -> None:
-    """One method's map over the image, or what an empty map means instead of a blank picture."""
+def _method_panel(image: np.ndarray, result: dict[str, np.ndarray], title: str, lesion: np.ndarray | None,
+                  lung: np.ndarray | None) -> Panel:
+    """One method's panel: LIME-like results (signed superpixels) tinted red / blue, other maps in jet; an empty
+    map is not drawn (the page says what it means instead)."""
     heatmap = result["heatmap"]
+    if "segments" in result and "map" in result:
+        return Panel(image, heatmap, lime=result, lesion=lesion, lung=lung, title=title)
     empty = bool(is_empty(heatmap[None])[0])
-    if "segments" in result and "map" in result:  # LIME-like: signed superpixels
-        fig = lime_figure(image, result, threshold=threshold, opacity=opacity, lesion=lesion, lung=lung,
-                          title=title, height=height, legend=False)
-    else:
-        fig = support_figure(image, None if empty else heatmap, threshold=threshold, opacity=opacity, lesion=lesion,
-                             lung=lung, title=title, height=height, colorbar=colorbar, legend=False)
-    st.plotly_chart(fig, width="stretch", key=key, config=png_config(key))
-    if empty:
-        st.warning(empty_map_message(_label(name), class_name, _layer_label(run, name, layer), heatmap),
-                   icon=":material/visibility_off:")
+    return Panel(image, None if empty else heatmap, lesion=lesion, lung=lung,
+                 title=title + (" · empty map" if empty else ""))
+
+
+def _scores_table(scores: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """The engine's per-method scores as display strings, one column per method (pointing game: hit / miss)."""
+    table = pd.DataFrame(scores)
+    shown = table.map(_percent)
+    if "pointing game" in table.index:
+        shown.loc["pointing game", :] = ["n/a" if np.isnan(v) else "hit" if v else "miss"
+                                         for v in table.loc["pointing game"]]
+    return shown
 
 
 def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
@@ -325,48 +295,46 @@ def _explain_section(run: engine.Run, threshold: float, opacity: float) -> None:
     if row is None:
         return
     names, target, layer, params = _pick_methods(run)
-    image, (lesion, lung) = _test_images(*_key(run))[row], _masks_of(_masks(*_key(run)), row)
+    image, (lesion, lung) = _images(run)[row], row_masks(_masks(run), row)
     r = rows.loc[row]
-    class_name = classes[_target_index(r, target)]
-    n_columns = 4 if len(names) > 2 else len(names) + 1
-    height = 340 if n_columns <= 2 else 300 if n_columns == 3 else 250  # about square panels: no letterbox bars
-    cells = _grid(len(names) + 1, n_columns)
-    with next(cells):
-        st.plotly_chart(support_figure(image, lesion=lesion, lung=lung, title="Image", height=height),
-                        width="stretch", key="support_image_figure", config=png_config("support_image"))
-    scores, empties = {}, 0
-    for cell, name in zip(cells, names):
-        with cell, st.spinner(f"Computing {_label(name)}…"):
-            result = _image_map(*_key(run), row, name, target, tuple(sorted(params[name].items())))
-            _map_panel(run, image, name, result, title=f"{_label(name)} · {class_name}", class_name=class_name,
-                       layer=layer, threshold=threshold, opacity=opacity, lesion=lesion, lung=lung, height=height,
-                       key=f"support_overlay_{name}", colorbar=len(names) == 1)
-            _sanity_note(run, name)
-        empties += bool(is_empty(result["heatmap"][None])[0])
-        scores[_label(name)] = _scores(result["heatmap"], lesion, lung, threshold, row)
-    if len(names) > 1:
-        st.plotly_chart(colour_scale_figure(threshold), width="stretch", key="support_colour_scale",
-                        config=NO_TOOLBAR)
-        _empty_count(empties, len(names), "method", "of this image")
-    st.caption(OUTLINES_CAPTION)
-    with st.expander("What each method computes", expanded=len(names) <= 2):
+    class_name = classes[target_index(r, target)]
+    panels = [Panel(image, lesion=lesion, lung=lung, title=f"Image<br>{short_name(r['file'])}")]
+    scores, done = {}, []
+    for name in names:
+        result = background(run_image_explanation, run, row, "test", name, target, reports=True,
+                            name=f"support_job_{name}", label=f"{_label(name)} of {r['file']}", **params[name])
+        if result is None:
+            continue  # its progress panel is drawn; the page reruns when it is in
+        done.append((name, result))
+        panels.append(_method_panel(image, result, f"{_label(name)}<br>explaining {class_name}", lesion, lung))
+        scores[_label(name)] = cached(image_scores, result["heatmap"], lesion, lung, threshold, row)
+    columns = min(len(panels), 3)
+    _grid(run, panels, "support-regions", "support_grid", columns=columns, threshold=threshold, opacity=opacity,
+          panel_px={1: 520, 2: 440}.get(columns, 300))
+    empty = [n for n, res in done if is_empty(res["heatmap"][None])[0]]
+    for name in empty:
+        st.warning(empty_map_message(_label(name), class_name, _layer_label(run, name, layer),
+                                     dict(done)[name]["heatmap"]), icon=":material/visibility_off:")
+    if len(done) > 1:
+        _empty_count(len(empty), len(done), "method", "of this image")
+    _sanity_notes(run, [n for n, _ in done])
+    caption(OUTLINES_CAPTION)
+    with st.expander("What each method computes", expanded=len(names) <= 2 and not presenter()):
         st.markdown("\n".join(f"- {_note(n)}" for n in names) or "No method chosen.")
 
     left, right = st.columns(2)
     with left:
         probabilities = {c: float(r[f"prob_{c}"]) for c in classes}
-        st.plotly_chart(probability_figure(probabilities, classes[int(r["y"])]), width="stretch",
-                        key="support_probabilities", config=png_config("class_probabilities"))
+        figure(probability_figure(probabilities, classes[int(r["y"])]), export_name(run, "class-probabilities"),
+               key="support_probabilities")
     with right:
         if scores:
-            table = pd.DataFrame(scores)  # one column per method
-            st.dataframe(table.map(lambda v: v if isinstance(v, str) else "n/a" if np.isnan(v) else f"{v:.1%}"),
-                         width="stretch")
-            st.caption(f"Scores of each map at threshold {threshold:g}: consistency degree = share of the lesion "
-                       "covered by support (Wan §3.5), next to support of the same area spread uniformly in the "
-                       "lungs and a smooth random map; pointing game = whether the map's peak lies in the lesion; "
-                       "relevance mass = share of the map's total inside the lesion (Arras et al.); support "
-                       "outside = share of the support pixels outside the lesion or the lungs.")
+            st.dataframe(_scores_table(scores), width="stretch", key="support_scores")
+            caption(f"Scores of each map at threshold {threshold:g}: consistency degree = share of the lesion "
+                    "covered by support (Wan §3.5), next to support of the same area spread uniformly in the lungs "
+                    "and a smooth random map; pointing game = whether the map's peak lies in the lesion; relevance "
+                    "mass = share of the map's total inside the lesion (Arras et al.); support outside = share of "
+                    "the support pixels outside the lesion or the lungs.", label="About these scores")
 
 
 # --- the explanation report -----------------------------------------------------------------------------------------
@@ -388,93 +356,53 @@ def _report_settings(threshold: float) -> ReportSettings:
     return ReportSettings(split="test", threshold=threshold, **values)
 
 
-def _report_work(work: list[tuple[str, list[str]]], settings: ReportSettings) -> Callable[..., int]:
-    """The job computing the report rows of ``work`` ((run id, method names) pairs) one method at a time."""
-    def compute(progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> int:
-        total, done = sum(len(methods) for _, methods in work), 0
-        for run_id, methods in work:
-            run = engine.load_run(run_id)
-            for name in methods:
-                def step(fraction: float, text: str, done: int = done, depth: int = run.config.depth) -> None:
-                    progress((done + fraction) / total, f"depth {depth} · {text}")
-
-                method_report(run, name, settings, progress=step, cancel=cancelled)
-                done += 1
-        return done
-
-    return compute
-
-
-def _start_report(work: list[tuple[str, list[str]]], settings: ReportSettings) -> None:
-    """Start (or find, when the same work is already running) the report job and remember it for this session."""
+def _start_report(work: list[tuple[engine.Run, list[str]]], settings: ReportSettings) -> None:
+    """Start (or join, when the same work is already running) the report job; this session follows it."""
     n = sum(len(m) for _, m in work)
-    key = "explanation-report:" + stable_hash({"work": work, "settings": asdict(settings)}, 16)
-    start_job(key, f"Explanation report: {n} method row(s)", _report_work(work, settings))
+    key = "explanation-report:" + stable_hash({"work": [(r.id, m) for r, m in work], "settings": asdict(settings)}, 16)
+
+    def compute(progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> int:
+        return method_reports(work, settings, progress=progress, cancel=cancelled)
+
+    start(key, f"Explanation report: {n} method row(s)", compute)
     st.session_state[REPORT_JOB] = key
-    st.session_state.pop("support_report_seen", None)
 
 
-def _job_panel() -> Job | None:
-    """Progress of this session's report job (polled every POLL_SECONDS while it runs), Cancel, and its outcome."""
+def _report_job() -> bool:
+    """This session's report job (progress, time left and Cancel while it runs; how it ended); whether it runs."""
     key = st.session_state.get(REPORT_JOB)
-    job = get_job(key) if key else None
-    if job is None:
-        return None
-
-    def panel() -> None:
-        current = get_job(key)
-        if current is None:
-            return
-        if current.running:
-            st.progress(current.fraction, text=f"{current.label}: {current.text} · {current.fraction:.0%} · "
-                                               f"{time_left(current)}")
-            if current.cancel_requested:
-                st.caption("Cancelling after the current chunk…")
-            elif st.button("Cancel", key="support_report_cancel", icon=":material/stop:"):
-                current.cancel()
-                st.caption("Cancelling after the current chunk…")
-            st.caption("It runs in the background: the rest of the page (and the other tabs) stay usable.")
-            return
-        seen = f"{key}@{current.started}"
-        if st.session_state.get("support_report_seen") != seen:
-            st.session_state["support_report_seen"] = seen
-            st.rerun()  # the whole page, so the table shows what the job computed
-        if current.status == "done":
-            st.success(f"{current.label}: computed in {current.elapsed:.0f} s.")
-        elif current.status == "cancelled":
-            st.info("Cancelled: the method rows finished before the cancel are cached, the interrupted one is not.")
-        else:
-            st.error(f"The report stopped with an error: {current.error}")
-
-    st.fragment(panel, run_every=POLL_SECONDS if job.running else None)()
-    return job
+    job = job_panel(key, "support_report", what="the explanation report",
+                    done=lambda j: st.success(f"{j.label}: computed in {j.elapsed:.0f} s.")) if key else None
+    return job is not None and job.running
 
 
 def _report_section(run: engine.Run, runs: dict[int, engine.Run], threshold: float) -> None:
     depth = run.config.depth
     sampled = [f"{m.label} ({m.cost}, {m.report_images} images)" for m in METHODS.values()
                if m.report_images is not None]
-    names = st.multiselect("Methods", list(METHODS), default=list(METHODS), format_func=_label,
-                           key="support_report_methods")
-    st.caption("Slow and medium methods are scored on a sample of the test split, the first images of a fixed "
-               f"seeded order (lesion images first): {', '.join(sampled)}. The slow ones are "
-               f"{', '.join(m.label for m in METHODS.values() if m.cost == 'slow')}.")
+    st.session_state.setdefault("support_report_methods", list(METHODS))  # a state default: a preset value wins
+    names = st.pills("Methods", list(METHODS), format_func=_label, selection_mode="multi",
+                     key="support_report_methods")
+    caption("Slow and medium methods are scored on a sample of the test split, the first images of a fixed seeded "
+            f"order (lesion images first): {', '.join(sampled)}. The slow ones are "
+            f"{', '.join(m.label for m in METHODS.values() if m.cost == 'slow')}.", label="Which images are scored")
     settings = _report_settings(threshold)
     if not names:
         st.info("Choose at least one method.")
         return
     rows = {n: cached_method_report(run, n, settings) for n in names}
     missing = [n for n, r in rows.items() if r is None]
-    job = _job_panel()
-    busy = job is not None and job.running
+    busy = _report_job()
     c1, c2 = st.columns(2)
     if c1.button(f"Compute ({len(missing)} of {len(names)} method(s) not cached at depth {depth})",
                  key="support_report_compute", disabled=busy or not missing, type="primary",
                  icon=":material/play_arrow:"):
-        _start_report([(run.id, missing)], settings)
+        _start_report([(run, missing)], settings)
         st.rerun()
     if not missing:
-        c2.caption(f"Every chosen method is computed for depth {depth} (read from the run's cache).")
+        with c2:
+            caption(f"Every chosen method is computed for depth {depth} (read from the run's cache).",
+                    label="Cached")
 
     done = [r for r in rows.values() if r is not None]
     if not done:
@@ -494,7 +422,7 @@ def _report_table(run: engine.Run, report: pd.DataFrame, threshold: float) -> No
     st.download_button("Download the table (CSV)", report_csv(report), mime="text/csv", key="support_report_csv",
                        file_name=f"explanation-report-{run.id}-depth{run.config.depth}.csv",
                        icon=":material/download:")
-    st.caption(
+    caption(
         f"★ bold green: the best mean of a column (every tied method is marked). Consistency: Wan §3.5's share of "
         f"the lesion covered by support (heatmap > {threshold:g}); Wan et al. report 60.02% on 500 CT images. Next "
         "to it the **lung-area baseline** (support of the same area spread uniformly in the lungs: support area in "
@@ -509,8 +437,8 @@ def _report_table(run: engine.Run, report: pd.DataFrame, threshold: float) -> No
     for _, r in failed.iterrows():
         st.warning(sanity_message(r["label"], r.to_dict())[1], icon=":material/warning:")
     if len(failed):
-        st.caption("Guided backpropagation and Guided Grad-CAM were expected to fail (Adebayo et al. 2018): these "
-                   "are the verdicts as measured on this run.")
+        caption("Guided backpropagation and Guided Grad-CAM were expected to fail (Adebayo et al. 2018): these "
+                "are the verdicts as measured on this run.")
     empty = report[report["empty_share"] > 0]
     if len(empty):
         st.warning("Empty maps (all zero or constant) counted in the report: " + ", ".join(
@@ -519,15 +447,16 @@ def _report_table(run: engine.Run, report: pd.DataFrame, threshold: float) -> No
     left, right = st.columns(2)
     with left:
         st.markdown("**Sanity check: cascading randomisation**")
-        st.plotly_chart(sanity_figure(report), width="stretch", key="support_report_sanity")
-        st.caption("Adebayo et al. 2018, fig. 2 style: similarity of each method's maps to the original maps as "
-                   "the weights are re-initialised from the classifier head down to block 1 (cumulatively). A "
-                   "method that explains the model falls towards 0; one that stays near 1 shows image structure.")
+        figure(sanity_figure(report), export_name(run, "sanity-check"), key="support_report_sanity")
+        caption("Adebayo et al. 2018, fig. 2 style: similarity of each method's maps to the original maps as "
+                "the weights are re-initialised from the classifier head down to block 1 (cumulatively). A "
+                "method that explains the model falls towards 0; one that stays near 1 shows image structure.")
     with right:
         st.markdown("**Consistency degree against the support threshold**")
-        st.plotly_chart(consistency_curve_figure(report, threshold), width="stretch", key="support_report_curve")
-        st.caption("Mean consistency degree (Wan §3.5) at thresholds 0.1 to 0.9; the dotted line is the page's "
-                   "threshold. A map that only reaches the lesion at low thresholds has weak evidence there.")
+        figure(consistency_curve_figure(report, threshold), export_name(run, "consistency-vs-threshold"),
+               key="support_report_curve")
+        caption("Mean consistency degree (Wan §3.5) at thresholds 0.1 to 0.9; the dotted line is the page's "
+                "threshold. A map that only reaches the lesion at low thresholds has weak evidence there.")
 
 
 def _report_depths(runs: dict[int, engine.Run], names: list[str], settings: ReportSettings, busy: bool) -> None:
@@ -543,48 +472,54 @@ def _report_depths(runs: dict[int, engine.Run], names: list[str], settings: Repo
             f"{', …' if len(m) > 4 else ''})" for d, m in missing.items()))
         if c2.button(f"Compute the missing depths ({n} method row(s), in the background)",
                      key="support_report_compute_depths", disabled=busy, icon=":material/play_arrow:"):
-            _start_report([(runs[d].id, m) for d, m in missing.items()], settings)
+            _start_report([(runs[d], m) for d, m in missing.items()], settings)
             st.rerun()
     if long.empty:
         st.info("No depth has a computed report at these settings yet.")
         return
-    st.plotly_chart(depth_score_figure(long, score), width="stretch", key="support_report_depths")
+    figure(depth_score_figure(long, score), f"explanation-scores-by-depth-{score}", key="support_report_depths")
     empty = long[(long["score"] == "empty_share") & (long["value"].astype(float) > 0)]
     if len(empty):
-        st.caption("Empty maps by depth: " + "; ".join(f"{r['label']} at depth {r['depth']}: {r['value']:.0%}"
-                                                       for _, r in empty.iterrows()) + ".")
-    st.caption("How explanation quality changes with fine-tuning depth: each point is one depth's run scored on its "
-               "own test split with the same settings (cached rows only; compute the missing depths above).")
+        caption("Empty maps by depth: " + "; ".join(f"{r['label']} at depth {r['depth']}: {r['value']:.0%}"
+                                                    for _, r in empty.iterrows()) + ".")
+    caption("How explanation quality changes with fine-tuning depth: each point is one depth's run scored on its "
+            "own test split with the same settings (cached rows only; compute the missing depths above).")
+
+
 
 
 # --- consistency degree -------------------------------------------------------------------------------------------
 
 def _consistency_section(run: engine.Run, runs: dict[int, engine.Run], threshold: float, opacity: float) -> None:
-    masks = _masks(*_key(run))
+    masks = _masks(run)
     if not masks["has_lesion"].any():
         st.info("This data has no lesion masks (for example covidct, which has labels only), so the consistency "
                 "degree cannot be measured. Lesion masks go in ROOT/masks/<class>/<same name>.png; the other "
                 "sections of this page work without them.")
         return
     c1, c2 = st.columns(2)
-    name = c1.selectbox("Method", SPLIT_METHODS, format_func=_label, key="support_consistency_method",
-                        help="Only the fast methods are offered here, where the page waits for every test image; "
-                             "the Explanation report tab scores the others (occlusion, LIME, Integrated Gradients, "
-                             "...) in the background, with progress and a cancel button.")
-    kind = c2.radio("Explain the class", tuple(TARGETS), horizontal=True, key="support_consistency_target",
-                    help="Wan et al. explain the model's decision (predicted). The true class asks whether the "
-                         "evidence for the right answer lies on the lesion.")
-    target, label = TARGETS[kind], _label(name)
-    with st.spinner(f"Scoring {label} against the lesion masks of every test image (once per run, then cached)…"):
-        df, s = _localisation(*_key(run), threshold, name, target)
-    _sanity_note(run, name)
+    name = _method_picker("support_consistency_method", c1,
+                          help="Only the fast methods are offered here, where every test image is explained; the "
+                               "Explanation report tab scores the others (occlusion, LIME, Integrated Gradients, "
+                               "...) in the background, with progress and a cancel button.")
+    target = _target_picker(run.classes, "support_consistency_target", c2, tuple(TARGETS),
+                            help="Wan et al. explain the model's decision (predicted). The true class asks whether "
+                                 "the evidence for the right answer lies on the lesion.")
+    label = _label(name)
+    found = background(localisation_view, run, threshold, name, target, reports=True,
+                       name="support_job_localisation",
+                       label=f"Scoring {label} against the lesion masks of every test image (depth "
+                             f"{run.config.depth})")
+    if found is None:
+        return
+    df, s = found
+    _sanity_notes(run, [name])
     _empty_count(s["n_empty"], s["n"], label, "of the test images with a lesion")
     cols = st.columns(4)
     cols[0].metric("Mean consistency degree", f"{s['consistency']:.1%}",
                    help=f"{label}; 95% interval {format_ci(s['consistency'], s['consistency_ci'])}; median "
                         f"{s['median']:.1%}; {s['n']} test images with a lesion mask.")
-    cols[1].metric("Baseline: lungs, same area",
-                   "n/a" if np.isnan(s["lung_area_matched_baseline"]) else f"{s['lung_area_matched_baseline']:.1%}",
+    cols[1].metric("Baseline: lungs, same area", _percent(s["lung_area_matched_baseline"]),
                    help="The expected consistency of support pixels spread uniformly inside the lungs with the same "
                         f"area as the map's support ({s['n_lung']} images with a lung mask).")
     cols[2].metric("Baseline: random map", f"{s['random_baseline']:.1%}",
@@ -598,8 +533,9 @@ def _consistency_section(run: engine.Run, runs: dict[int, engine.Run], threshold
         f"{format_ci(s['lung_area_matched_baseline'], s['lung_area_matched_baseline_ci'])} (lungs, same area) and "
         f"{format_ci(s['random_baseline'], s['random_baseline_ci'])} (random map); it beats chance only where its "
         "mean is above both and the 95% bootstrap intervals do not overlap.")
-    st.plotly_chart(consistency_histogram(df, s, label), width="stretch", key="support_consistency_histogram")
-    st.caption(
+    figure(consistency_histogram(df, s, label), export_name(run, f"consistency-{name}"),
+           key="support_consistency_histogram")
+    caption(
         f"Consistency degree (Wan §3.5): the share of the annotated lesion covered by support pixels (heatmap > "
         f"{threshold:g}). Wan et al. report a mean of 60.02% on 500 CT images for a modified AlexNet's Grad-CAM at "
         f"0.7; here the mean is {s['consistency']:.1%} on {s['n']} test images. The degree grows with the support "
@@ -620,59 +556,66 @@ def _consistency_section(run: engine.Run, runs: dict[int, engine.Run], threshold
     _consistency_by_depth(runs, threshold, name, target)
 
 
-def _top_consistency(run: engine.Run, df: pd.DataFrame, name: str, target: str, threshold: float, opacity: float,
-                     masks: dict[str, np.ndarray]) -> None:
+def _top_consistency(run: engine.Run, df: pd.DataFrame, name: str, target: str | int, threshold: float,
+                     opacity: float, masks: dict[str, np.ndarray]) -> None:
     """The six images of highest consistency with their maps (Wan fig. 12)."""
     st.markdown("**Highest consistency degree (Wan et al., fig. 12)**")
     top = df.sort_values("consistency", ascending=False, kind="stable").head(6)
-    maps, images = _split_maps(*_key(run), name, target), _test_images(*_key(run))
+    maps = _split_maps(run, name, target, None, "support_job_top")
+    if maps is None:
+        return
+    images = _images(run)
     _empty_count(int(top["empty"].sum()), len(top), _label(name), "shown here")
-    rows = split_rows(run, "test")
-    for k, (cell, (_, r)) in enumerate(zip(_grid(len(top), 3), top.iterrows())):
+    panels = []
+    for _, r in top.iterrows():
         row = int(r["row"])
-        lesion, lung = _masks_of(masks, row)
-        with cell:
-            _map_panel(run, images[row], name, {"heatmap": maps[row]}, title=f"{r['consistency']:.0%} of the lesion",
-                       class_name=run.classes[_target_index(rows.loc[row], target)], layer=None, threshold=threshold,
-                       opacity=opacity, lesion=lesion, lung=lung, height=300, key=f"support_top_{k}", colorbar=False)
-            st.caption(f"`{r['file']}`")
-    st.caption(OUTLINES_CAPTION)
+        lesion, lung = row_masks(masks, row)
+        heatmap = None if r["empty"] else maps[row]
+        panels.append(Panel(images[row], heatmap, lesion=lesion, lung=lung,
+                            title=f"{r['consistency']:.0%} of the lesion<br>{short_name(r['file'])}"))
+    _grid(run, panels, f"highest-consistency-{name}", "support_top_grid", columns=3, threshold=threshold,
+          opacity=opacity, panel_px=300)
+    caption(OUTLINES_CAPTION)
 
 
-def _consistency_by_depth(runs: dict[int, engine.Run], threshold: float, name: str, target: str) -> None:
+def _consistency_by_depth(runs: dict[int, engine.Run], threshold: float, name: str, target: str | int) -> None:
     st.markdown("**Consistency degree vs fine-tuning depth**")
-    summaries = {}
-    with st.spinner(f"Scoring {_label(name)} for {len(runs)} trained depth(s)…"):
-        for depth, r in sorted(runs.items()):
-            summaries[depth] = _localisation(*_key(r), threshold, name, target)[1]
-    table = consistency_depth_table(summaries)
+    table = background(localisation_by_depth, runs, threshold, name, target, reports=True,
+                       name="support_job_consistency_depths",
+                       label=f"Scoring {_label(name)} for {len(runs)} trained depth(s)")
+    if table is None:
+        return
     if len(table) < 2:
         st.info("Only one fine-tuning depth is trained for this experiment: add depths on Home to compare them.")
-    st.plotly_chart(consistency_depth_figure(table), width="stretch", key="support_consistency_depth")
-    empties = [f"depth {d}: {s['n_empty']} of {s['n']}" for d, s in summaries.items() if s["n_empty"]]
+    figure(consistency_depth_figure(table), f"consistency-by-depth-{name}", key="support_consistency_depth")
+    empties = [f"depth {r['depth']}: {r['n_empty']} of {r['n']}" for _, r in table.iterrows() if r["n_empty"]]
     if empties:
-        st.caption(f"Empty {_label(name)} maps (all zero or constant) among the images with a lesion: "
-                   + "; ".join(empties) + ".")
-    st.caption(f"One point per trained depth, each run scored on its own test split with {_label(name)} at "
-               f"threshold {threshold:g}. Does fine-tuning more blocks move the support onto the lesions (Lee et al. "
-               "compare depths by accuracy only)?")
+        caption(f"Empty {_label(name)} maps (all zero or constant) among the images with a lesion: "
+                + "; ".join(empties) + ".", label="Empty maps")
+    caption(f"One point per trained depth, each run scored on its own test split with {_label(name)} at threshold "
+            f"{threshold:g}. Does fine-tuning more blocks move the support onto the lesions (Lee et al. compare "
+            "depths by accuracy only)?")
 
 
 # --- gallery, depths, upload ----------------------------------------------------------------------------------------
 
 def _gallery_section(run: engine.Run, threshold: float, opacity: float) -> None:
-    masks = _masks(*_key(run))
+    masks = _masks(run)
     c1, c2, c3, c4 = st.columns(4)
     kind = c1.radio("Show", tuple(GALLERY_KINDS), key="support_gallery_kind")
-    name = c2.selectbox("Method", SPLIT_METHODS, format_func=_label, key="support_gallery_method")
+    name = _method_picker("support_gallery_method", c2)
     layer = _layer_picker(run, "support_gallery_layer", c2) if METHODS[name].uses_layer else None
-    mostly = c3.slider("'Mostly outside' means more than this share of the support", 0.3, 0.9, 0.5, 0.05,
-                       key="support_mostly")
+    mostly = c3.slider("Mostly-outside cut", 0.3, 0.9, 0.5, 0.05, key="support_mostly",
+                       help="An image's support lies 'mostly outside' the lesion or the lungs when more than this "
+                            "share of its support pixels does.")
     n_show = c4.slider("Images shown", 4, 32, 12, 4, key="support_gallery_size")
-    with st.spinner(f"Explaining every test image with {_label(name)} (once per run and layer, then cached)…"):
-        gallery = _gallery(*_key(run), threshold, mostly, name, layer)
+    gallery = background(wrong_reason_gallery, run, threshold, name, mostly=mostly, reports=True,
+                         name="support_job_gallery", label=f"Explaining every test image with {_label(name)}",
+                         **({"layer": layer} if layer is not None else {}))
+    if gallery is None:
+        return
     n_test = len(split_rows(run, "test"))
-    _sanity_note(run, name)
+    _sanity_notes(run, [name])
     if not (masks["has_lesion"].any() or masks["has_lung"].any()):
         st.info("This data has no lesion or lung masks: the gallery can only list misclassified images, not those "
                 "right for the wrong reason.")
@@ -688,72 +631,81 @@ def _gallery_section(run: engine.Run, threshold: float, opacity: float) -> None:
     if gallery.empty:
         st.info(f"No test image of this kind ({kind.lower()}) at these settings.")
         return
-    st.caption(f"Worst first; showing {min(n_show, len(gallery))} of {len(gallery)}.")
-    maps, images = _split_maps(*_key(run), name, "pred", layer), _test_images(*_key(run))
-    shown = gallery.head(n_show)
-    _empty_count(int(is_empty(maps[shown["row"].to_numpy(int)]).sum()), len(shown), _label(name), "shown here")
-    for k, (cell, (_, g)) in enumerate(zip(_grid(len(shown), 4), shown.iterrows())):
-        row = int(g["row"])
-        lesion, lung = _masks_of(masks, row)
-        with cell:
-            _map_panel(run, images[row], name, {"heatmap": maps[row]},
-                       title=f"{k + 1}. {g['true_class']} → {g['pred_class']}", class_name=g["pred_class"],
-                       layer=layer, threshold=threshold, opacity=opacity, lesion=lesion, lung=lung, height=280,
-                       key=f"support_gallery_{k}", colorbar=False)
-            st.caption(f"`{g['file']}`: {g['reason']}.")
-    st.caption(
-        f"{_label(name)} of the predicted class. Ranked by badness = the probability given to a wrong class (0 when "
-        "correct) + the share of the support outside the lesion or the lungs when it exceeds the 'mostly' cut. Lee "
-        "et al. (figs. 9-10) found foreign bodies (ports, pacemakers) behind wrong and right-for-the-wrong-reason "
-        "calls; Ouyang et al. (fig. 6) show maps lit outside the lungs in failures. " + OUTLINES_CAPTION)
+    maps = _split_maps(run, name, "pred", layer, "support_job_gallery_maps")
+    if maps is None:
+        return
+    shown = gallery.head(n_show).reset_index(drop=True)
+    images, rows = _images(run), shown["row"].to_numpy(int)
+    empty = is_empty(maps[rows])
+    _empty_count(int(empty.sum()), len(shown), _label(name), "shown here")
+    panels = []
+    for k, g in shown.iterrows():
+        lesion, lung = row_masks(masks, int(g["row"]))
+        title = f"{k + 1}. {g['true_class']} → {g['pred_class']}<br>{short_name(g['file'])}"
+        panels.append(Panel(images[int(g["row"])], None if empty[k] else maps[int(g["row"])], lesion=lesion,
+                            lung=lung, title=title))
+    _grid(run, panels, f"wrong-reason-gallery-{name}", "support_gallery_grid", columns=4, threshold=threshold,
+          opacity=opacity, panel_px=220)
+    st.dataframe(shown.assign(**{"#": shown.index + 1})[["#", "file", "true_class", "pred_class", "p_pred", "reason"]],
+                 hide_index=True, width="stretch", key="support_gallery_table",
+                 column_config={"p_pred": st.column_config.NumberColumn("p(predicted)", format="%.2f"),
+                                "true_class": "true", "pred_class": "predicted",
+                                "reason": st.column_config.TextColumn("reason", width="large")})
+    caption(
+        f"Worst first; showing {len(shown)} of {len(gallery)}. {_label(name)} of the predicted class. Ranked by "
+        "badness = the probability given to a wrong class (0 when correct) + the share of the support outside the "
+        "lesion or the lungs when it exceeds the 'mostly' cut. Lee et al. (figs. 9-10) found foreign bodies (ports, "
+        "pacemakers) behind wrong and right-for-the-wrong-reason calls; Ouyang et al. (fig. 6) show maps lit "
+        "outside the lungs in failures. " + OUTLINES_CAPTION)
+
+
+def _depth_title(r: pd.Series) -> str:
+    """A panel title of two short lines: the depth, then its prediction and the consistency degree."""
+    second = f"{r['predicted']} {r['probability']:.2f}"
+    if r["empty"]:
+        second += " · empty map"
+    elif not np.isnan(r["consistency"]):
+        second += f" · {r['consistency']:.0%} of lesion"
+    return f"Depth {r['depth']}<br>{second}"
 
 
 def _depths_section(run: engine.Run, runs: dict[int, engine.Run], threshold: float, opacity: float) -> None:
     rows, classes = split_rows(run, "test"), run.classes
-    c1, c2, c3 = st.columns([2, 1, 1])
-    row = c1.selectbox("Test image", rows.index.tolist(), format_func=lambda i: image_label(rows.loc[i], classes),
-                       key="support_depth_image")
-    name = c2.selectbox("Method", SPLIT_METHODS, format_func=_label, key="support_depth_method")
-    kind = c3.radio("Explain the class", ("True", "Predicted"), horizontal=True, key="support_depth_target",
-                    help="The true class shows every depth's evidence for the same class; 'predicted' each run's "
-                         "own decision.")
-    target = TARGETS[kind]
-    masks = _masks(*_key(run))
-    lesion, lung = _masks_of(masks, row)
-    file = rows.loc[row, "file"]
-    maps, titles, explained, empty = {}, {}, {}, []
-    with st.spinner(f"{_label(name)} of the test split for {len(runs)} depth(s) (once per run, then cached)…"):
-        for depth, r in sorted(runs.items()):
-            other = split_rows(r, "test")
-            match = np.flatnonzero(other["file"].to_numpy() == file)
-            if not len(match):
-                continue
-            i = int(match[0])
-            maps[depth] = _split_maps(*_key(r), name, target)[i]
-            pred = classes[int(other.loc[i, "pred"])]
-            explained[depth] = classes[int(other.loc[i, "y"])] if target == "true" else pred
-            title = f"depth {depth}: {pred} ({float(other.loc[i, f'prob_{pred}']):.2f})"
-            if is_empty(maps[depth][None])[0]:
-                title += " · empty map"
-                empty.append(depth)
-            elif lesion is not None:
-                title += f" · {consistency_degree(maps[depth], lesion, threshold):.0%} of lesion"
-            titles[depth] = title
-    if len(maps) < 2:
+    c1, c2, c3 = st.columns([3, 1, 1])
+    row = _image_picker(c1, "Test image", rows, rows.index.tolist(), classes, "support_depth_image")
+    name = _method_picker("support_depth_method", c2)
+    target = _target_picker(classes, "support_depth_target", c3, ("True", "Predicted"), default="True",
+                            help="The true class shows every depth's evidence for the same class; 'predicted' each "
+                                 "run's own decision.")
+    file = str(rows.loc[row, "file"])
+    found = background(same_image_across_depths, runs, file, name, target, threshold, reports=True,
+                       name="support_job_depths", label=f"{_label(name)} of the test split for {len(runs)} depth(s)")
+    if found is None:
+        return
+    table, maps = found
+    if len(table) < 2:
         st.info("Only one fine-tuning depth of this experiment is trained with this image in its test split: add "
                 "depths on Home to compare them.")
-    _sanity_note(run, name)
-    _empty_count(len(empty), len(maps), _label(name), "across depths")
-    for depth in empty:
-        st.caption(f"Depth {depth}: " + empty_map_message(_label(name), explained[depth],
-                                                          _layer_label(runs[depth], name, None), maps[depth]))
-    strip = {d: None if d in empty else m for d, m in maps.items()}  # an empty map is said above, not drawn
-    st.plotly_chart(depth_strip_figure(_test_images(*_key(run))[row], strip, titles, threshold=threshold,
-                                       opacity=opacity, lesion=lesion, lung=lung),
-                    width="stretch", key="support_depth_strip", config=png_config("same_image_across_depths"))
-    st.caption(f"{_label(name)} of each depth's run (CAM methods on the last conv layer); panel titles give that "
-               "run's prediction, its probability and, with a lesion mask, the consistency degree. "
-               + OUTLINES_CAPTION)
+    empty = table[table["empty"]]
+    _empty_count(len(empty), len(table), _label(name), "across depths")
+    for _, r in empty.iterrows():
+        caption(f"Depth {r['depth']}: " + empty_map_message(_label(name), r["explained"],
+                                                            _layer_label(runs[r["depth"]], name, None),
+                                                            maps[r["depth"]]), label=f"Depth {r['depth']}: empty map")
+    lesion, lung = row_masks(_masks(run), row)
+    image = _images(run)[row]
+    panels = [Panel(image, None if r["empty"] else maps[r["depth"]], lesion=lesion, lung=lung, title=_depth_title(r))
+              for _, r in table.iterrows()]
+    _grid(run, panels, f"same-image-across-depths-{name}", "support_depth_strip", columns=min(len(panels), 4),
+          threshold=threshold, opacity=opacity, panel_px={1: 480, 2: 440, 3: 300}.get(len(panels), 220))
+    st.dataframe(table.drop(columns="row"), hide_index=True, width="stretch", key="support_depth_table",
+                 column_config={"probability": st.column_config.NumberColumn("p(predicted)", format="%.2f"),
+                                "explained": "class explained",
+                                "consistency": st.column_config.NumberColumn("consistency", format="percent")})
+    caption(f"{_label(name)} of each depth's run (CAM methods on the last conv layer) for the same test image "
+            f"`{file}`; panel titles give that run's prediction, its probability and, with a lesion mask, the "
+            "consistency degree (the table repeats them). " + OUTLINES_CAPTION)
+    _sanity_notes(run, [name])
 
 
 def _unlike_note(check: dict[str, Any] | str | None) -> None:
@@ -761,13 +713,13 @@ def _unlike_note(check: dict[str, Any] | str | None) -> None:
     if check is None:
         return
     if isinstance(check, str):
-        st.caption(check)
+        caption(check, label="Like the training data?")
         return
     level, text = unlike_message(check)
     if level == "warning":
         st.warning(text, icon=":material/warning:")
     else:
-        st.caption(text)
+        caption(text, label="Like the training data?")
 
 
 def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None:
@@ -779,39 +731,45 @@ def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None
     knob, (knob_label, choices, default) = next(iter(METHODS["lime"].knobs.items()))
     n_samples = st.select_slider(knob_label, choices, value=default, key="support_upload_lime_samples",
                                  help="Perturbed images LIME scores; fewer is faster and noisier.")
-    st.caption(f"At most {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_UPLOAD_SIDE} px per side. The image is read in "
-               f"memory only (nothing is saved), converted to gray and resized to {cfg.image_size} px"
-               f"{' with CLAHE' if cfg.clahe else ''}, as the training images were. A research tool, not a "
-               "diagnostic device.")
+    caption(f"At most {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_UPLOAD_SIDE} px per side. The image is read in memory "
+            f"only (nothing is saved), converted to gray and resized to {cfg.image_size} px"
+            f"{' with CLAHE' if cfg.clahe else ''}, as the training images were. A research tool, not a diagnostic "
+            "device.", label="About uploads")
     if upload is None:
         return
-    data = upload.getvalue()
-    with st.spinner("Diagnosing and explaining the image, and comparing it with the training images (these are "
-                    "summarised once per run)…"):
-        result = _diagnose(run.id, run.result["finished"], hashlib.sha256(data).hexdigest(), data, upload.name,
-                           n_samples)
+    result = background(diagnose_run_upload, run, np.frombuffer(upload.getvalue(), np.uint8), upload.name,
+                        n_samples, reports=True, name="support_job_upload",
+                        label=f"Diagnosing and explaining {upload.name}")
+    if result is None:
+        return
     if isinstance(result, str):
         st.error(markdown_literal(result))  # the message holds the uploaded file's name: shown as written
         return
-    image = result["image"]
+    image, predicted = result["image"], result["predicted"]
     maps = {"gradcam": {"heatmap": result["gradcam"]}, "lime": result["lime"]}
     n_empty = int(sum(bool(is_empty(m["heatmap"][None])[0]) for m in maps.values()))
     _empty_count(n_empty, len(maps), "method", "of this upload")
-    c1, c2, c3 = st.columns(3)
-    with c1:
-        st.plotly_chart(probability_figure(result["probabilities"]), width="stretch", key="support_upload_probs",
-                        config=png_config("upload_probabilities"))
+    left, right = st.columns([1, 2])
+    with left:
+        figure(probability_figure(result["probabilities"]), export_name(run, "upload-probabilities"),
+               key="support_upload_probs")
         _unlike_note(result.get("unlike"))
-        st.plotly_chart(support_figure(image, title="Model input", height=320, legend=False), width="stretch",
-                        key="support_upload_image", config=png_config("uploaded_image"))
-    for column, name in zip((c2, c3), maps):
-        with column:
-            _map_panel(run, image, name, maps[name], title=f"{_label(name)} · {result['predicted']}",
-                       class_name=result["predicted"], layer=None, threshold=threshold, opacity=opacity, lesion=None,
-                       lung=None, height=420, key=f"support_upload_{name}", colorbar=name == "gradcam")
-            _sanity_note(run, name)
-    st.caption(f"Both maps explain the predicted class ({result['predicted']}); magenta line: support (heatmap > "
-               f"{threshold:g}). " + " ".join(_note(n) for n in maps))
+    with right:
+        panels = [Panel(image, title="Model input<br>(as preprocessed)")]
+        panels += [_method_panel(image, maps[n], f"{_label(n)}<br>explaining {predicted}", None, None) for n in maps]
+        _grid(run, panels, "upload-explained", "support_upload_grid", columns=3, threshold=threshold,
+              opacity=opacity, panel_px=200)
+        _sanity_notes(run, list(maps))
+    caption(f"Both maps explain the predicted class ({predicted}); magenta line: support (heatmap > {threshold:g}). "
+            + " ".join(_note(n) for n in maps))
+
+
+# --- the page -------------------------------------------------------------------------------------------------------
+
+def _section() -> tuple[DeltaGenerator, str]:
+    """The open tab, kept in the URL as ``section`` (its code), and its name; only that tab's content runs."""
+    tabs, code = url_tabs({c: name for name, c in SECTIONS.items()}, "support_section")
+    return tabs[code], next(name for name, c in SECTIONS.items() if c == code)
 
 
 st.title("Support Regions")
@@ -838,16 +796,17 @@ if source == IMAGE_SOURCES[1]:
     if view is None:
         shown = None
 c1, c2 = st.columns(2)
-threshold = c1.slider("Support threshold", 0.05, 0.95, SUPPORT_THRESHOLD, 0.05, key="support_threshold",
-                      help="Pixels whose heatmap value exceeds this form the support region.")
-c1.caption(f"Default {SUPPORT_THRESHOLD:g} from Wan et al. §3.5: pixels with heatmap > 0.7 are support pixels, "
-           "drawn as a magenta contour.")
+threshold = url_widget(c1.select_slider, "Support threshold", THRESHOLDS, key="support_threshold", param="threshold",
+                       default=SUPPORT_THRESHOLD, encode=lambda v: f"{v:g}", format_func=lambda v: f"{v:g}",
+                       help=f"Pixels whose heatmap value exceeds this form the support region, drawn as a magenta "
+                            f"contour. Default {SUPPORT_THRESHOLD:g} from Wan et al. §3.5: pixels with heatmap > 0.7 "
+                            "are support pixels.")
 opacity = c2.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="support_opacity")
 c2.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, {run.config.image_size} px, "
            f"{len(split_rows(run, 'test'))} test images.")
 
 
-def _images(draw_section: Callable[[engine.Run], None]) -> Callable[[], None]:
+def _on_images(draw_section: Callable[[engine.Run], None]) -> Callable[[], None]:
     """A section drawn on the chosen images, or a note while no external folder is chosen."""
     def inner() -> None:
         if shown is None:
@@ -857,20 +816,18 @@ def _images(draw_section: Callable[[engine.Run], None]) -> Callable[[], None]:
     return inner
 
 
-tabs = st.tabs(SECTIONS, key="support_section", on_change="rerun")  # only the open tab runs
 draw = {
-    "Explain an image": _images(lambda r: _explain_section(r, threshold, opacity)),
+    "Explain an image": _on_images(lambda r: _explain_section(r, threshold, opacity)),
     "Explanation report": lambda: _report_section(run, runs, threshold),
-    "Consistency degree": _images(lambda r: _consistency_section(r, shown_runs, threshold, opacity)),
-    "Wrong-reason gallery": _images(lambda r: _gallery_section(r, threshold, opacity)),
-    "Same image across depths": _images(lambda r: _depths_section(r, shown_runs, threshold, opacity)),
+    "Consistency degree": _on_images(lambda r: _consistency_section(r, shown_runs, threshold, opacity)),
+    "Wrong-reason gallery": _on_images(lambda r: _gallery_section(r, threshold, opacity)),
+    "Same image across depths": _on_images(lambda r: _depths_section(r, shown_runs, threshold, opacity)),
     "Diagnose a new image": lambda: _diagnose_section(run, threshold, opacity),
 }
-for tab, name in zip(tabs, SECTIONS):
-    if tab.open:
-        with tab:
-            try:
-                draw[name]()
-            except engine.LungLensError as exc:
-                where = "this folder" if shown is not run and name in EXTERNAL_SECTIONS else "this run"
-                st.error(f"{name} cannot be shown for {where}: {exc}")
+tab, name = _section()
+with tab:
+    try:
+        draw[name]()
+    except engine.LungLensError as exc:
+        where = "this folder" if shown is not run and name in EXTERNAL_SECTIONS else "this run"
+        st.error(f"{name} cannot be shown for {where}: {exc}")

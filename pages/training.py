@@ -14,13 +14,14 @@ from dashboard.training_charts import (
     compare_table,
     criteria_figure,
     fold_curves_figure,
+    MAX_BACKBONES,
     loss_figure,
-    related_runs,
-    run_colours,
+    run_label,
 )
 from dashboard.url_state import flag, url_widget
 from dashboard.widgets import all_runs, caption, depth_slider, figure, require_runs, trained_folds
 from engine.crossval import SD_DDOF, fold_epoch_curve
+from engine.runs import related_runs
 
 MARKS_CAPTION = (
     "Green line: best epoch (lowest validation loss; its weights are the model kept and evaluated). Red dashed: early "
@@ -98,35 +99,43 @@ def _compare(runs: dict[int, engine.Run]) -> None:
     related = related_runs(base, [*runs.values(), *all_runs()])
     backbone = base.config.backbone
     others = sorted({b for b, _ in related} - {backbone})
-    c1, c2, c3, c4 = st.columns([3, 3, 2, 3])
-    backbones = [backbone, *url_widget(
-        c2.multiselect, "Other backbones", others, key="training_compare_backbones", param="backbones", default=[],
-        disabled=not others, placeholder="none cached" if not others else "add a backbone",
-        help="Cached runs of other backbones on the same data, init, epochs, image size and split.",
-    )]
+    # Pills, not multiselects: every choice stays readable at any width (a multiselect clips its chips).
+    c1, c2 = st.columns(2)
+    c3, c4 = st.columns([1, 2])
+    extra: list[str] = []
+    if others:
+        extra = url_widget(c2.pills, "Other backbones", others, key="training_compare_backbones", param="backbones",
+                           default=[], selection_mode="multi", width="stretch",
+                           help=f"Cached runs of other backbones on the same data, init, epochs, image size and "
+                                f"split: a row of panels each (the first {MAX_BACKBONES - 1} are drawn).")
+    else:
+        c2.caption("Other backbones: none cached on the same data and split.")
+    backbones = [backbone, *extra[:MAX_BACKBONES - 1]]
+    if len(extra) >= MAX_BACKBONES:
+        st.caption(f"Drawn: {', '.join(backbones)}; at most {MAX_BACKBONES} backbones fit one chart.")
     depths = sorted({d for b, d in related if b in backbones})
-    chosen_depths = url_widget(c1.multiselect, "Fine-tuning depths", depths, key="training_compare_depths",
-                               param="runs", default=[d for d in sorted(runs) if d in depths])
+    chosen_depths = url_widget(c1.pills, "Fine-tuning depths", depths, key="training_compare_depths", param="runs",
+                               default=[d for d in sorted(runs) if d in depths], selection_mode="multi",
+                               width="stretch")
     quantity = url_widget(c3.selectbox, "Curve", list(QUANTITIES), key="training_compare_quantity", param="quantity",
                           default="loss", format_func=QUANTITIES.get)
-    splits = url_widget(c4.multiselect, "Splits", list(SPLIT_NAMES), key="training_compare_splits", param="splits",
-                        default=["train", "test"], format_func=SPLIT_NAMES.get)
+    splits = url_widget(c4.pills, "Splits", list(SPLIT_NAMES), key="training_compare_splits", param="splits",
+                        default=["train", "test"], format_func=SPLIT_NAMES.get, selection_mode="multi",
+                        width="stretch")
     keys = [(b, d) for (b, d) in sorted(related) if b in backbones and d in chosen_depths]
     if not keys or not splits:
         st.info("Pick at least one depth and one split to compare.")
         return
-    chosen = {f"{b} d{d}": related[(b, d)] for b, d in keys}
-    colours = {f"{b} d{d}": c for (b, d), c in run_colours(keys).items()}
-    histories = {k: r.history for k, r in chosen.items()}
-    fig = compare_figure(histories, quantity, splits, {k: r.result["best_epoch"] for k, r in chosen.items()},
-                         colours)
+    histories = {k: related[k].history for k in keys}
+    fig = compare_figure(histories, quantity, splits, {k: related[k].result["best_epoch"] for k in keys})
     figure(fig, f"lunglens-training-compare-{quantity}", key="training_compare_chart")
-    caption("A panel per split (train solid, validation dotted, test dashed) and a colour per run: a colour family per "
-            "backbone, darker for deeper fine-tuning; click a run in the legend to hide or show it. A star marks each "
-            "run's best epoch (lowest validation loss). A widening gap between train and test is over-fitting; more "
-            f"trainable blocks can fit the training split faster and over-fit sooner. {DROPOUT_CAPTION}")
-    csv_button(compare_table(histories, quantity, splits), f"lunglens-training-compare-{quantity}",
-               key="training_compare_csv")
+    caption("A panel per split (train solid, validation dotted, test dashed), a row of panels per backbone and a "
+            "colour per fine-tuning depth, darker for deeper, the same in every panel; click a depth in the legend to "
+            "hide or show it everywhere. A star marks each run's best epoch (lowest validation loss). A widening gap "
+            "between train and test is over-fitting; more trainable blocks can fit the training split faster and "
+            f"over-fit sooner. {DROPOUT_CAPTION}")
+    csv_button(compare_table({run_label(*k): h for k, h in histories.items()}, quantity, splits),
+               f"lunglens-training-compare-{quantity}", key="training_compare_csv")
 
 
 def _folds(run: engine.Run) -> None:

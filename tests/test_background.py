@@ -42,8 +42,6 @@ GATE = threading.Event()
 
 def _slow_page() -> None:
     """A page with one computation that reports progress and stops when cancelled."""
-    import time
-
     import streamlit as st
 
     from dashboard.background import background

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -208,13 +209,14 @@ def _click_text(driver, selector: str, text: str) -> None:
 def test_performance_calibration_threshold_and_external_test(server, browser, tmp_path):
     from conftest import write_tiny_folder
 
-    text = _open(browser, f"{server}/performance", "Operating point")
+    text = _open(browser, f"{server}/performance?section=calibration", "Operating point")
     assert "Calibration" in text and "ECE" in text and "Brier" in text
     _click_text(browser, '[data-testid="stRadio"] label', "Youden")
     text = _settled(browser, "Youden")
     _assert_no_error(browser)
     assert "chosen on the validation split" in text
     site = write_tiny_folder(tmp_path / "site", per_class=4, seed=5)
+    _open(browser, f"{server}/performance?section=external", "External test folder")
     box = next(b for b in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]')
                if "External test folder" in b.text)
     box.find_element(By.TAG_NAME, "input").send_keys("A folder on this machine", Keys.ENTER)
@@ -230,9 +232,9 @@ def test_performance_calibration_threshold_and_external_test(server, browser, tm
 def test_cross_validation_views(fold_server, browser):
     text = _open(browser, f"{fold_server}/training", "one curve per fold")
     assert "Cross-validation: one curve per fold (3 folds)" in text
-    text = _open(browser, f"{fold_server}/performance", "folds on the same test split")
+    text = _open(browser, f"{fold_server}/performance?section=folds", "folds on the same test split")
     assert "mean ± sd" in text or "± " in text
-    assert len(browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 5
+    assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
 
 
 def test_exports_report_and_a_shared_link(server, browser, downloads):
@@ -262,3 +264,42 @@ def test_exports_report_and_a_shared_link(server, browser, downloads):
     html = report.read_text()
     assert html.startswith("<!DOCTYPE html>") or "<html" in html[:500]
     assert "depth0" in report.name
+
+
+def test_a_background_job_shows_progress_and_time_left_and_cancels(server, browser):
+    _open(browser, f"{server}/support_regions", "Support Regions")
+    tab = next(t for t in browser.find_elements(By.CSS_SELECTOR, '[role="tab"]') if "Explanation report" in t.text)
+    tab.click()
+    _settled(browser, "Every score against fine-tuning depth")
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.startswith("Compute (")).click()
+    bar = WebDriverWait(browser, 120, poll_frequency=0.2).until(
+        lambda d: next((p for p in d.find_elements(By.CSS_SELECTOR, '[data-testid="stProgress"]')
+                        if "Explanation report" in p.text), False))
+    assert "%" in bar.text and ("left" in bar.text or "estimating" in bar.text)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Every score against fine-tuning depth" in body  # the page stays drawn and usable while the job runs
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Cancel").click()
+    WebDriverWait(browser, 120, poll_frequency=0.5).until(
+        lambda d: "Cancelled" in d.find_element(By.TAG_NAME, "body").text)
+    _assert_no_error(browser)
+    assert not [p for p in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stProgress"]')
+                if "Explanation report" in p.text]
+
+
+def test_a_shared_link_reopens_the_same_depth_image_and_method(server, browser, trained_selection):
+    import engine
+
+    run = engine.get_run(trained_selection.config.replace(depth=0))
+    tests = run.predictions[run.predictions["split"] == "test"]
+    file = str(tests["file"].iloc[1])  # not the default (first) image
+    text = _open(browser, f"{server}/support_regions?depth=0&section=explain&image={file}&method=gradcam,lime",
+                 "Support Regions")
+    _settled(browser, "LIME")
+    assert browser.find_element(By.CSS_SELECTOR, SLIDER).get_attribute("aria-valuetext") == "0"
+    picker = next(b for b in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]')
+                  if "Test image" in b.text)
+    assert file in picker.text
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "Grad-CAM" in text and "LIME" in text
+    url = urllib.parse.unquote(browser.current_url)  # the page writes its state back: the link still names the same view
+    assert "depth=0" in url and f"image={file}" in url and "method=gradcam" in url and "lime" in url

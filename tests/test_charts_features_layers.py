@@ -82,8 +82,7 @@ def test_selected_row_reads_the_customdata_of_a_streamlit_selection():
 
 def test_image_labels_and_score_text():
     preds = pd.DataFrame({"file": ["a.png", "b.png"], "y": [0, 2], "pred": [0, 1], "split": ["test", "train"]})
-    assert fc.image_labels(preds, CLASSES) == {0: "a.png · true covid · pred covid (test)",
-                                               1: "b.png · true pneumonia · pred normal (train)"}
+    assert fc.image_labels(preds, CLASSES) == {0: "a.png · covid (test)", 1: "b.png · pneumonia → normal (train)"}
     assert fc.score_text(float("nan")) == "n/a" and fc.score_text(0.12345) == "0.123"
 
 
@@ -144,11 +143,22 @@ def test_filters_unchanged_only_for_a_uniformly_mid_grey_difference():
     assert not lc.filters_unchanged(diff)
 
 
-def test_sample_rows_draws_seeded_rows_of_one_split_and_class():
-    preds = pd.DataFrame({"split": ["test"] * 6 + ["train"] * 4, "y": [0, 1, 0, 0, 2, 0, 0, 0, 1, 1]})
-    covid_test = {0, 2, 3, 5}
-    rows = lc.sample_rows(preds, "test", 0, 3, seed=7)
-    assert len(rows) == 3 and set(rows) <= covid_test and rows == sorted(rows)
-    assert rows == lc.sample_rows(preds, "test", 0, 3, seed=7)
-    assert lc.sample_rows(preds, "test", 0, 8, seed=0) == sorted(covid_test)
-    assert lc.sample_rows(preds, "val", 0, 8, seed=0) == []
+def test_filter_figure_draws_gray_filters_as_they_are():
+    filters = np.linspace(0.2, 0.6, 2 * 3 * 3).reshape(2, 3, 3)
+    image = _png(lc.filter_figure(filters, cols=2, scale=1).data[0].source)
+    np.testing.assert_array_equal(image[2:5, 2:5, 0], np.rint(filters[0] * 255))  # not stretched to its min / max
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])
+
+
+def test_image_grid_uint8_tiles_colour_bar_and_room_for_the_toolbar_and_titles():
+    tiles = np.arange(4 * 5 * 5 * 3, dtype=np.uint8).reshape(4, 5, 5, 3)
+    fig = lc.image_grid_figure(tiles, cols=2, titles=["a", "b<br>two lines", "c", "d"], row_height=100,
+                               colorscale="Jet", colorbar="scaled")
+    np.testing.assert_array_equal(_png(fig.data[3].source), tiles[3])  # uint8 tiles as they are
+    bar = fig.data[-1]
+    assert len(fig.data) == 5 and bar.marker.showscale and bar.marker.colorscale[0][0] == 0
+    # toolbar row + two title lines above the first row; 2 title lines (+ 6 px) between the rows
+    assert fig.layout.margin.t == lc.TOOLBAR_PX + 2 * 16 + 8
+    gap = 2 * 16 + 6
+    assert fig.layout.yaxis.domain[0] - fig.layout.yaxis3.domain[1] == pytest.approx(gap / (2 * 100 + gap))
+    assert fig.layout.height == 2 * 100 + gap + fig.layout.margin.t + 10

@@ -16,16 +16,13 @@ from dashboard.support_charts import (
     LESION_COLOR,
     LUNG_COLOR,
     SUPPORT_COLOR,
-    colour_scale_figure,
+    Panel,
     consistency_depth_figure,
-    consistency_depth_table,
     consistency_histogram,
-    depth_strip_figure,
     filter_test_rows,
+    grid_figure,
     image_label,
-    lime_figure,
     probability_figure,
-    support_figure,
     unlike_message,
 )
 from engine.explain.upload import MAX_UPLOAD_BYTES, diagnose_upload, read_upload
@@ -64,8 +61,9 @@ def test_filter_rejects_an_unknown_outcome():
 
 def test_image_label_names_true_and_predicted_class():
     label = image_label(_rows().iloc[1], CLASSES)
-    assert label == "img1.png · true covid · predicted normal ✗ (p = 0.60)"
-    assert "✓" in image_label(_rows().iloc[0], CLASSES)
+    assert label == "img1.png · covid → normal ✗ 0.60"
+    assert image_label(_rows().iloc[0].replace("img0.png", "images/covid/img0.png"), CLASSES) == \
+        "img0.png · covid → covid ✓ 0.80"  # folders left out: short enough for a picker
 
 
 def test_probability_figure_bars_and_predicted_highlight():
@@ -82,7 +80,8 @@ def _contours(fig) -> dict[str, object]:
     return {t.name: t for t in fig.data if t.type == "contour"}
 
 
-def test_support_figure_layers_contour_and_outlines():
+def _masks64() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 64 px image, a map with one hot square, a lesion overlapping it and the lungs around both."""
     image = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
     heatmap = np.zeros((64, 64), np.float32)
     heatmap[10:20, 10:20] = 1.0
@@ -90,12 +89,27 @@ def test_support_figure_layers_contour_and_outlines():
     lesion[12:30, 12:30] = True
     lung = np.zeros((64, 64), bool)
     lung[5:60, 5:60] = True
-    fig = support_figure(image, heatmap, threshold=0.6, opacity=0.3, lesion=lesion, lung=lung)
+    return image, heatmap, lesion, lung
+
+
+def _lime64() -> dict[str, np.ndarray]:
+    """Two superpixels: the left one for the class (weight 0.4), the right one against it (-0.2)."""
+    segments = np.zeros((64, 64), np.int64)
+    segments[:, 32:] = 1
+    signed = np.where(segments == 0, 0.4, -0.2).astype(np.float32)
+    return {"map": signed, "segments": segments, "heatmap": np.where(segments == 0, 1.0, 0.0).astype(np.float32)}
+
+
+def test_grid_panel_layers_contour_and_outlines_on_the_shared_scale():
+    image, heatmap, lesion, lung = _masks64()
+    fig = grid_figure([Panel(image, heatmap, lesion=lesion, lung=lung, title="Grad-CAM")], columns=1,
+                      threshold=0.6, opacity=0.3)
     gray, hot = fig.data[0], fig.data[1]
     np.testing.assert_array_equal(np.asarray(gray.z), image)
     np.testing.assert_array_equal(np.asarray(hot.z), heatmap)
-    assert hot.opacity == 0.3 and (hot.zmin, hot.zmax) == (0, 1)
-    assert list(hot.colorbar.tickvals) == [0, 0.6, 1]  # the threshold is labelled on the colour bar (Wan fig. 12)
+    assert hot.opacity == 0.3 and hot.coloraxis == "coloraxis"
+    axis = fig.layout.coloraxis
+    assert (axis.cmin, axis.cmax) == (0, 1) and list(axis.colorbar.tickvals) == [0, 0.6, 1]  # threshold labelled
     contours = _contours(fig)
     assert set(contours) == {"support (heatmap > 0.6)", "lesion mask", "lung mask"}
     support = contours["support (heatmap > 0.6)"]
@@ -104,39 +118,55 @@ def test_support_figure_layers_contour_and_outlines():
     np.testing.assert_array_equal(np.asarray(contours["lesion mask"].z), lesion.astype(np.float32))
     assert contours["lesion mask"].line.color == LESION_COLOR and contours["lung mask"].line.color == LUNG_COLOR
     assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis.scaleanchor == "x"
+    assert "coloraxis2" not in fig.to_plotly_json()["layout"]  # no LIME panel: no LIME scale
 
 
-def test_support_figure_without_support_or_masks_draws_no_outline():
+def test_grid_without_support_or_masks_draws_no_outline():
     image = np.zeros((64, 64), np.uint8)
-    fig = support_figure(image, np.full((64, 64), 0.5, np.float32), threshold=0.7,
-                         lesion=np.zeros((64, 64), bool))
+    fig = grid_figure([Panel(image, np.full((64, 64), 0.5, np.float32), lesion=np.zeros((64, 64), bool)),
+                       Panel(image)], columns=2, threshold=0.7)
     assert not _contours(fig)  # nothing exceeds 0.7, and an empty lesion mask has no outline
-    assert [t.type for t in support_figure(image).data] == ["heatmap"]
+    assert [t.type for t in fig.data] == ["heatmap", "heatmap", "heatmap"]  # image + map, then the image alone
 
 
-def test_lime_figure_tints_support_red_and_opposition_blue():
+def test_grid_has_one_scale_one_legend_and_square_panels_row_by_row():
+    image, heatmap, lesion, lung = _masks64()
+    panels = [Panel(image, heatmap * k / 4, lesion=lesion, lung=lung, title=f"depth {k}<br>line 2")
+              for k in range(1, 6)]
+    fig = grid_figure(panels, columns=3, threshold=0.2, panel_px=300)
+    assert [a.text for a in fig.layout.annotations] == [p.title for p in panels]
+    heat = [t for t in fig.data if t.type == "heatmap" and t.coloraxis == "coloraxis"]
+    assert [t.xaxis for t in heat] == ["x", "x2", "x3", "x4", "x5"]  # row by row
+    assert np.asarray(heat[4].z).max() == pytest.approx(1.25)
+    assert all(t.showscale is None for t in heat)  # the one colour bar is the shared axis'
+    legend = [t.name for t in fig.data if t.type == "contour" and t.showlegend]
+    assert sorted(legend) == ["lesion mask", "lung mask", "support (heatmap > 0.2)"]  # each outline named once
+    for k in range(1, 6):  # every panel square (its own x scale), rows downwards
+        suffix = "" if k == 1 else str(k)
+        assert fig.layout[f"yaxis{suffix}"].scaleanchor == f"x{suffix}"
+        assert fig.layout[f"yaxis{suffix}"].autorange == "reversed"
+    rows = sorted({round(fig.layout[f"yaxis{'' if k == 1 else k}"].domain[0], 3) for k in range(1, 6)})
+    assert len(rows) == 2  # 5 panels in 3 columns: two rows
+    assert fig.layout.height == 84 + 2 * 300 + 50 + 140  # panels about 300 px, room for titles and the scales
+    assert fig.layout.margin.autoexpand is False  # the scales below do not shrink the panels
+
+
+def test_grid_lime_panel_tints_for_red_against_blue_on_its_own_scale():
     image = np.full((64, 64), 128, np.uint8)
-    segments = np.zeros((64, 64), np.int64)
-    segments[:, 32:] = 1
-    signed = np.where(segments == 0, 0.4, -0.2).astype(np.float32)
-    lime = {"map": signed, "segments": segments, "heatmap": np.where(segments == 0, 1.0, 0.0).astype(np.float32)}
-    fig = lime_figure(image, lime, threshold=0.7, opacity=0.5)
-    rgb = np.asarray(fig.data[0].z).astype(int)
-    assert fig.data[0].type == "image" and rgb.shape == (64, 64, 3)
+    lime = _lime64()
+    fig = grid_figure([Panel(image, title="Image"), Panel(image, lime["heatmap"], lime=lime, title="LIME")],
+                      columns=2, threshold=0.7, opacity=0.5)
+    picture = next(t for t in fig.data if t.type == "image")
+    rgb = np.asarray(picture.z).astype(int)
+    assert picture.xaxis == "x2" and rgb.shape == (64, 64, 3)
     left, right = rgb[20:40, 5:25], rgb[20:40, 40:60]  # away from the superpixel boundary
     assert (left[..., 0] > left[..., 2]).all() and (right[..., 2] > right[..., 0]).all()
+    weights = next(t for t in fig.data if t.type == "heatmap" and t.coloraxis == "coloraxis2")
+    np.testing.assert_allclose(np.asarray(weights.z), lime["map"] / 0.4)  # scaled by the largest weight
+    assert weights.opacity == 0  # only for the hover and the LIME scale
+    scale = fig.layout.coloraxis2
+    assert (scale.cmin, scale.cmax) == (-1, 1) and list(scale.colorbar.ticktext) == ["against", "0", "for"]
     assert "support (heatmap > 0.7)" in _contours(fig)
-
-
-def test_depth_strip_has_one_panel_per_depth_in_order():
-    image = np.zeros((32, 32), np.uint8)
-    maps = {5: np.full((32, 32), 0.9, np.float32), 0: np.zeros((32, 32), np.float32)}
-    fig = depth_strip_figure(image, maps, {0: "depth 0", 5: "depth 5"}, threshold=0.7)
-    assert [a.text for a in fig.layout.annotations] == ["depth 0", "depth 5"]
-    heat = [t for t in fig.data if t.type == "heatmap" and t.zmax == 1]
-    assert [t.xaxis for t in heat] == ["x", "x2"]
-    assert np.asarray(heat[1].z).max() == pytest.approx(0.9)
-    assert fig.layout.yaxis2.scaleanchor == "x2"
 
 
 def _consistency_frame() -> pd.DataFrame:
@@ -155,27 +185,14 @@ def test_consistency_histogram_shows_model_and_baselines_with_means():
     assert sorted(s.x0 for s in fig.layout.shapes) == pytest.approx([0.2, 0.375, 0.6])
 
 
-def test_consistency_depth_table_and_figure():
-    summaries = {5: {"n": 3, "n_empty": 0, "consistency": 0.6, "lung_area_matched_baseline": 0.375,
-                     "random_baseline": 0.2, "pointing_game": 2 / 3},
-                 0: {"n": 3, "n_empty": 2, "consistency": 0.1, "lung_area_matched_baseline": 0.3,
-                     "random_baseline": 0.2, "pointing_game": 1 / 3},
-                 3: {"n": 0}}  # a depth with no lesion image has no point
-    table = consistency_depth_table(summaries)
-    assert table["depth"].tolist() == [0, 5] and table["n_empty"].tolist() == [2, 0]
+def test_consistency_depth_figure():
+    table = pd.DataFrame({"depth": [0, 5], "consistency": [0.1, 0.6], "pointing_game": [1 / 3, 2 / 3],
+                          "lung_area_matched_baseline": [0.3, 0.375], "random_baseline": [0.2, 0.2]})
     fig = consistency_depth_figure(table)
     by_name = {t.name: t for t in fig.data}
     assert list(by_name["mean consistency degree"].y) == pytest.approx([0.1, 0.6])
     assert list(by_name["baseline: lungs, same area"].y) == pytest.approx([0.3, 0.375])
     assert list(by_name["pointing-game hit rate"].y) == pytest.approx([1 / 3, 2 / 3])
-
-
-def test_colour_scale_marks_the_threshold_on_one_zero_to_one_scale():
-    fig = colour_scale_figure(0.6)
-    ramp = fig.data[0]
-    assert (ramp.zmin, ramp.zmax) == (0, 1) and ramp.colorscale[0][1] == support_figure(
-        np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32)).data[1].colorscale[0][1]  # the maps' jet
-    assert list(fig.layout.xaxis.tickvals) == [0, 0.6, 1] and fig.layout.shapes[0].x0 == 0.6
 
 
 # --- uploads -----------------------------------------------------------------------------------------------------

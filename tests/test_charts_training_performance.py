@@ -10,8 +10,10 @@ from sklearn.metrics import auc, roc_curve
 
 from dashboard import performance_charts as pc
 from dashboard import training_charts as tc
+import engine
 from engine import RunConfig
 from engine.evaluation import METRICS
+from engine.runs import related_runs
 
 
 def _history(n: int = 5, lr: tuple[float, ...] = (1e-3, 1e-3, 1e-4, 1e-4, 1e-5)) -> pd.DataFrame:
@@ -91,13 +93,13 @@ def test_criteria_figure_macro_prefix_reads_the_macro_columns():
 def test_compare_figure_overlays_runs_and_stars_each_best_epoch():
     a, b = _history(), _history(4)
     b["test_loss"] = [0.9, 0.7, 0.8, 0.95]
-    fig = tc.compare_figure({"alexnet d0": a, "alexnet d5": b}, "loss", ["train", "test"],
-                            {"alexnet d0": 3, "alexnet d5": 2})
+    fig = tc.compare_figure({("alexnet", 0): a, ("alexnet", 5): b}, "loss", ["train", "test"],
+                            {("alexnet", 0): 3, ("alexnet", 5): 2})
     lines = [t for t in fig.data if t.mode == "lines"]
     stars = [t for t in fig.data if t.mode == "markers"]
-    # a panel per split (train left, test right), a colour and one legend entry per run
-    assert [(t.name, t.meta, t.xaxis) for t in lines] == [
-        (f"alexnet d{d}", s, axis) for d in (0, 5) for s, axis in (("train", "x"), ("test", "x2"))]
+    # a panel per split (train left, test right), a colour and one legend entry per depth
+    assert [(t.name, t.meta["run"], t.meta["split"], t.xaxis) for t in lines] == [
+        (f"depth {d}", f"alexnet d{d}", s, axis) for d in (0, 5) for s, axis in (("train", "x"), ("test", "x2"))]
     assert [a.text for a in fig.layout.annotations] == ["Train", "Test"]
     assert [t.showlegend for t in lines] == [True, False] * 2
     assert lines[0].line.color == lines[1].line.color != lines[2].line.color
@@ -106,8 +108,23 @@ def test_compare_figure_overlays_runs_and_stars_each_best_epoch():
     assert [(list(s.x), list(s.y)) for s in stars] == [
         ([3], [2.0 / 3]), ([3], [0.5]), ([2], [1.0]), ([2], [0.7])
     ]
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # one row under the panels
     with pytest.raises(ValueError, match="Unknown quantity"):
-        tc.compare_figure({"x": a}, "f1", ["test"], {"x": 1})
+        tc.compare_figure({("x", 1): a}, "f1", ["test"], {("x", 1): 1})
+
+
+def test_compare_figure_has_a_row_per_backbone_and_a_legend_entry_per_depth():
+    runs = {(b, d): _history() for b in ("alexnet", "vgg16", "resnet18") for d in range(6)}  # 18 runs
+    fig = tc.compare_figure(runs, "acc", ["train", "val", "test"], {k: 2 for k in runs})
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert len(lines) == 18 * 3
+    assert sorted(t.name for t in lines if t.showlegend) == [f"depth {d}" for d in range(6)]  # six entries, not 18
+    rows = {t.meta["run"].split()[0]: t.yaxis for t in lines if t.meta["split"] == "train"}
+    assert rows == {"alexnet": "y", "vgg16": "y4", "resnet18": "y7"}  # backbone rows, train in the first column
+    for depth in range(6):  # the same colour for a depth in every panel
+        assert len({t.line.color for t in lines if t.name == f"depth {depth}"}) == 1
+    assert len({t.line.color for t in lines}) == 6
+    assert "vgg16 · validation" in [a.text for a in fig.layout.annotations]
 
 
 def _fake_run(fingerprint: str = "fp", **cfg) -> SimpleNamespace:
@@ -122,7 +139,7 @@ def test_related_runs_matches_the_sweep_and_other_backbones_of_the_same_experime
     vgg_newer_dup = _fake_run(backbone="vgg16", depth=2, lr=1e-3)
     vgg_other_size = _fake_run(backbone="vgg16", depth=3, image_size=224)
     other_data = _fake_run("other", depth=1)
-    out = tc.related_runs(base, [base, d2, d2_other_lr, vgg, vgg_newer_dup, vgg_other_size, other_data])
+    out = related_runs(base, [base, d2, d2_other_lr, vgg, vgg_newer_dup, vgg_other_size, other_data])
     assert out == {("alexnet", 5): base, ("alexnet", 2): d2, ("vgg16", 2): vgg}
 
 
@@ -293,3 +310,13 @@ def test_depth_figure_of_fold_means_has_sd_error_bars_and_min_max_in_the_hover()
     assert "mean" in line.hovertemplate and "min" in line.hovertemplate and "folds" in line.hovertemplate
     assert fig.layout.yaxis.title.text == "Test AUC (mean over folds)"
     assert fig.layout.annotations[0].text == "best: alexnet depth 2 (mean 0.800)"
+
+
+def test_related_runs_without_candidates_queries_the_cache(trained_selection):
+    runs = {cfg.depth: engine.get_run(cfg) for cfg in trained_selection.configs()}
+    base = runs[max(runs)]
+    out = related_runs(base)  # every cached run, newest first
+    backbone = base.config.backbone
+    assert {(backbone, d): r.id for d, r in runs.items()}.items() <= {k: r.id for k, r in out.items()}.items()
+    same = base.config.key_dict() | {"depth": 0}
+    assert all(r.config.key_dict() | {"depth": 0} == same for (b, _), r in out.items() if b == backbone)

@@ -189,3 +189,106 @@ def test_wrong_reason_gallery_ranks_mistakes_and_outside_support(tmp_path, monke
     assert np.isnan(wrong["outside_lesion"])
     for _, g in gallery[gallery["correct"]].iterrows():
         assert "outside the" in g["reason"] and "misclassified" not in g["reason"]
+
+
+# --- what the Support Regions page shows (engine.explain.support) ---------------------------------------------------
+
+def test_target_index_and_row_masks_by_hand():
+    from engine.explain.support import row_masks, target_index
+
+    row = {"y": 1, "pred": 0}
+    assert (target_index(row, "pred"), target_index(row, "true"), target_index(row, 2)) == (0, 1, 2)
+    lesion = np.zeros((2, 4, 4), bool)
+    lesion[0, 1, 1] = True
+    lung = np.ones((2, 4, 4), bool)
+    masks = {"lesion": lesion, "lung": lung, "has_lesion": np.array([True, True]),
+             "has_lung": np.array([False, True])}
+    first, no_lung = row_masks(masks, 0)
+    np.testing.assert_array_equal(first, lesion[0])
+    assert no_lung is None  # has_lung False: no lung mask
+    empty, lungs = row_masks(masks, 1)
+    assert empty is None and lungs.all()  # an empty lesion mask counts as none
+
+
+def test_image_scores_against_hand_counts():
+    from engine.explain.support import image_scores
+
+    heat = np.zeros((10, 10), np.float32)
+    heat[0:4, 0:5] = 0.9  # 20 support pixels
+    heat[0, 0] = 1.0  # the peak
+    lesion = np.zeros((10, 10), bool)
+    lesion[2:6, 0:5] = True  # 20 pixels, 10 of them covered
+    lung = np.zeros((10, 10), bool)
+    lung[1:10, :] = True  # 90 pixels; 15 support pixels inside, the lesion wholly inside
+    s = image_scores(heat, lesion, lung, 0.7, seed=3)
+    assert s["consistency degree"] == pytest.approx(10 / 20)
+    assert s["support area"] == pytest.approx(20 / 100)
+    assert s["support outside lesion"] == pytest.approx(10 / 20)
+    assert s["support outside lungs"] == pytest.approx(5 / 20)
+    assert s["pointing game"] == 0.0  # the peak (0, 0) lies outside the lesion
+    assert s["baseline: lungs, same area"] == pytest.approx(20 / 90 * 20 / 20)
+    assert s["relevance mass"] == pytest.approx(heat[lesion].sum() / heat.sum())
+    rand = random_heatmap((10, 10), 3)
+    assert s["baseline: random map"] == pytest.approx(((rand > 0.7) & lesion).sum() / 20)
+    none = image_scores(heat, None, None, 0.7)
+    assert np.isnan(none["consistency degree"]) and np.isnan(none["pointing game"])
+    assert np.isnan(none["support outside lungs"]) and none["support area"] == pytest.approx(0.2)
+
+
+def _shuffled(run: FakeRun, tmp_path: Path, order: list[int]) -> FakeRun:
+    """Another depth's run of the same data: its test rows in ``order`` (a file may be missing), its own cache."""
+    test = run.predictions[run.predictions["split"] == "test"].iloc[order]
+    preds = pd.concat([test, run.predictions[run.predictions["split"] != "test"]], ignore_index=True)
+    images = np.concatenate([run.images("test")[order], run.images("train")])
+    return FakeRun(tmp_path / f"run{len(order)}", preds, images)
+
+
+def test_same_image_across_depths_finds_the_file_in_each_run(tmp_path, monkeypatch):
+    from engine.explain.support import same_image_across_depths
+
+    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
+    base = _fake_run(tmp_path)
+    other, without = _shuffled(base, tmp_path, [3, 1, 0, 2, 4]), _shuffled(base, tmp_path, [2, 3, 4])
+    runs = {0: other, 3: without, 5: base}
+    heard = []
+    table, maps = same_image_across_depths(runs, "img1.png", "gradcam", "true", 0.7,
+                                           progress=lambda f, t: heard.append(f))
+    assert table["depth"].tolist() == [0, 5] and sorted(maps) == [0, 5]  # depth 3's test split lacks img1.png
+    assert table["row"].tolist() == [1, 1]
+    lesion = _nearest(cv2.imread(base.predictions["mask"][1], cv2.IMREAD_GRAYSCALE) > 127)
+    model = base.load_model()
+    expected = gradcam(model, to_model_input(base.images("test")[1:2]), [0])[0]  # img1's true class: covid
+    for depth in (0, 5):
+        np.testing.assert_allclose(maps[depth], expected, atol=1e-5)
+    r = table.set_index("depth").loc[5]
+    assert (r["predicted"], r["explained"]) == ("normal", "covid")  # img1 is misclassified
+    assert r["probability"] == pytest.approx(0.8)
+    assert r["consistency"] == pytest.approx(((expected > 0.7) & lesion).sum() / lesion.sum())
+    assert heard and heard[-1] == 1.0 and heard == sorted(heard)
+
+
+def test_localisation_by_depth_summarises_each_depth(tmp_path, monkeypatch):
+    from engine.explain.support import localisation_by_depth
+
+    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
+    base = _fake_run(tmp_path)
+    no_lesion = _shuffled(base, tmp_path, [2, 3, 4])  # no image with a lesion mask: no point
+    table = localisation_by_depth({5: base, 1: no_lesion}, 0.7, "gradcam", "pred")
+    assert table["depth"].tolist() == [5]
+    maps = gradcam(base.load_model(), to_model_input(base.images("test")), base.predictions["pred"][:5].tolist())
+    lesion = _nearest(cv2.imread(base.predictions["mask"][0], cv2.IMREAD_GRAYSCALE) > 127)
+    degrees = [((maps[i] > 0.7) & lesion).sum() / lesion.sum() for i in (0, 1)]
+    assert table.loc[0, "n"] == 2 and table.loc[0, "consistency"] == pytest.approx(np.mean(degrees), abs=1e-6)
+    assert table.loc[0, "pointing_chance"] == pytest.approx(lesion.mean())
+
+
+def test_a_cancelled_split_stops_between_chunks_and_caches_nothing(tmp_path, monkeypatch):
+    from engine.errors import Cancelled
+
+    monkeypatch.setenv("LUNGLENS_HOME", str(tmp_path / "home"))
+    run = _fake_run(tmp_path)
+    heard: list[str] = []
+    with pytest.raises(Cancelled):  # occlusion: chunks of 4 images, so the cancel comes before the second one
+        run_heatmaps(run, "occlusion", progress=lambda f, t: heard.append(t), cancel=lambda: len(heard) > 0)
+    assert heard == ["Occlusion: 0 of 5 images"]
+    assert not list(run.artifact("explain").glob("heatmaps-*.npz"))

@@ -77,3 +77,16 @@ def test_lime_explains_the_predicted_class_by_default(model, image):
     explicit = lime_map(model, image, predicted, n_samples=60, n_segments=9)
     assert default["target"] == predicted
     np.testing.assert_array_equal(default["weights"], explicit["weights"])
+
+
+def test_lime_reports_its_samples_and_stops_on_cancel(model, image):
+    from engine.errors import Cancelled
+
+    heard: list[float] = []
+    plain = lime_map(model, image, 0, n_samples=120, n_segments=9, batch_size=50)
+    reported = lime_map(model, image, 0, n_samples=120, n_segments=9, batch_size=50,
+                        progress=lambda f, t: heard.append(f))
+    assert heard == pytest.approx([50 / 120, 100 / 120, 1.0])  # one report per batch of perturbed images
+    np.testing.assert_array_equal(reported["weights"], plain["weights"])  # listening changes nothing
+    with pytest.raises(Cancelled):
+        lime_map(model, image, 0, n_samples=120, n_segments=9, batch_size=50, cancel=lambda: True)

@@ -22,6 +22,8 @@ import tifffile
 import torch
 from PIL import Image, ImageFile, ImageOps
 
+from engine.jobs import running_jobs
+
 import engine
 from engine import cli
 from engine.config import RunConfig
@@ -553,6 +555,8 @@ def test_the_dashboard_shows_a_damaged_run_as_an_error_and_retrains_it(trained, 
     at.run()
     next(b for b in at.button if "damaged" in b.label).click().run()
     assert not at.exception
+    for job in running_jobs():  # training again runs in the background
+        assert job.wait(120) and job.status == "done", job.error
     assert _same(engine.get_run(cfg).check("full").result["test"], original["test"])
 
 

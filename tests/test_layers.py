@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -14,13 +15,15 @@ from captum.attr import NeuronGuidedBackprop
 from torch import nn
 
 from engine.data.transforms import to_model_input
-from engine.errors import ConfigError
+from engine.errors import ConfigError, LungLensError
 from engine.layers import (
     activation_maps,
+    activation_overlays,
     block_output_layers,
     filter_difference,
     filter_grid,
     first_layer_weights,
+    gradient_images,
     guided_backprop_across_layers,
     guided_backprop_neurons,
     layer_choices,
@@ -28,6 +31,9 @@ from engine.layers import (
     run_filter_grid,
     run_guided_backprop,
     run_guided_backprop_across_layers,
+    run_layer_choices,
+    sample_rows,
+    upsample,
 )
 from engine.models.backbones import StagedNet, stage
 
@@ -54,6 +60,12 @@ def images() -> torch.Tensor:
 
 def _scale(a: np.ndarray) -> np.ndarray:
     return (a - a.min()) / (a.max() - a.min())
+
+
+def _stretched(g: np.ndarray) -> np.ndarray:
+    """Gradients drawn around mid-grey: 0 -> 0.5, +/- the 99th percentile of the non-zero |g| -> 1 / 0, clipped."""
+    top = np.percentile(np.abs(g[g != 0]), 99)
+    return np.clip(0.5 + 0.5 * g / top, 0, 1)
 
 
 def _captum(model: nn.Module, conv: nn.Module, x: torch.Tensor, channel: int) -> np.ndarray:
@@ -153,15 +165,33 @@ def test_filter_difference_is_symmetric_around_mid_grey(model: StagedNet) -> Non
 
 # ---- layer names -----------------------------------------------------------------------------------------------
 
-def test_layer_choices_and_block_outputs(model: StagedNet) -> None:
-    assert layer_choices(model) == [(n, f"block {b + 1} · conv 1 ({n})") for b, n in enumerate(ALEXNET_CONVS)]
+def test_layer_choices_are_human_names_and_block_outputs(model: StagedNet) -> None:
+    assert layer_choices(model) == [(n, f"conv{b + 1} (block {b + 1})") for b, n in enumerate(ALEXNET_CONVS)]
     assert block_output_layers(model) == ALEXNET_CONVS
     torch.manual_seed(0)
     resnet = stage(torchvision.models.get_model("resnet18", weights=None), "resnet18", 3)
     labels = dict(layer_choices(resnet))
-    assert labels["blocks.2.0.conv1"] == "block 3 · conv 1 (blocks.2.0.conv1)"
-    assert labels["blocks.2.0.downsample.0"] == "block 3 · conv 3 (blocks.2.0.downsample.0)"
+    assert labels["blocks.0.0"] == "stem conv1 (block 1)"  # torchvision's conv1 and layer2[0].conv1 / downsample
+    assert labels["blocks.2.0.conv1"] == "layer2 unit 1 · conv1 (block 3)"
+    assert labels["blocks.2.0.downsample.0"] == "layer2 unit 1 · shortcut conv (block 3)"
     assert block_output_layers(resnet)[-1] == "blocks.4.1.conv2"
+    dense = dict(layer_choices(stage(torchvision.models.get_model("densenet121", weights=None), "densenet121", 3)))
+    assert dense["blocks.1.0.denselayer3.conv2"] == "dense block 1 · layer 3 · conv2 (block 2)"
+    assert dense["blocks.3.1.conv"] == "transition 3 (block 4)"
+    assert not any("blocks." in label for label in [*labels.values(), *dense.values()])
+
+
+def test_gradient_images_stretch_around_mid_grey_by_hand() -> None:
+    g = np.zeros((1, 3, 2, 2))
+    g[0, 0, 0, 0], g[0, 1, 1, 1] = 2.0, -4.0  # non-zero |g|: 2 and 4; 99th percentile 2 + 0.99 * 2 = 3.98
+    image = gradient_images(g)
+    assert image.shape == (1, 2, 2, 3)
+    assert image[0, 0, 0, 0] == pytest.approx(0.5 + 0.5 * 2 / 3.98)
+    assert image[0, 1, 1, 1] == 0.0  # beyond the percentile: clipped to black
+    assert np.count_nonzero(image == 0.5) == 10  # zero gradient is mid-grey
+    gray = gradient_images(g, grayscale=True)  # channel means 2/3 and -4/3: percentile 2/3 + 0.99 * 2/3
+    assert gray[0, 0, 0] == pytest.approx([0.5 + 0.5 / 1.99] * 3) and gray[0, 1, 1] == pytest.approx([0.0] * 3)
+    np.testing.assert_array_equal(gradient_images(np.zeros((2, 3, 4, 4))), 0.5)
 
 
 # ---- guided backpropagation ------------------------------------------------------------------------------------
@@ -180,9 +210,9 @@ def test_guided_backprop_equals_captum_on_the_top_channels(model: StagedNet, ima
     conv = model.blocks[block][0]
     for k in (0, 7):
         reference = _captum(model, conv, x, channels[k])
-        np.testing.assert_allclose(maps[k], _scale(reference), atol=1e-5)
+        np.testing.assert_allclose(maps[k], _stretched(reference), atol=1e-5)
     gray, _ = guided_backprop_neurons(model, x, layer_name, n=8, grayscale=True)
-    reference_gray = _scale(_captum(model, conv, x, channels[3]).mean(axis=-1))
+    reference_gray = _stretched(_captum(model, conv, x, channels[3]).mean(axis=-1))
     np.testing.assert_allclose(gray[3], np.repeat(reference_gray[..., None], 3, axis=-1), atol=1e-5)
 
 
@@ -210,7 +240,7 @@ def test_guided_backprop_across_layers(model: StagedNet, images: torch.Tensor) -
     assert channels[4] == int(conv5.mean(dim=(0, 2, 3)).argmax())
     for b in (0, 6):
         reference = _captum(model, model.blocks[4][0], images[b : b + 1], channels[4])
-        np.testing.assert_allclose(maps[4, b], _scale(reference), atol=1e-5)
+        np.testing.assert_allclose(maps[4, b], _stretched(reference), atol=1e-5)
 
 
 # ---- activation maps -------------------------------------------------------------------------------------------
@@ -224,6 +254,36 @@ def test_activation_maps_equal_the_conv_output(model: StagedNet, images: torch.T
     assert channels == np.argsort(-conv2.mean(axis=(1, 2)), kind="stable").tolist()
     for k in (0, 100, 191):
         np.testing.assert_allclose(maps[k], _scale(conv2[channels[k]]), atol=1e-6)
+
+
+def test_upsample_is_bilinear_with_aligned_pixel_centres_by_hand() -> None:
+    up = upsample(np.array([[[0.0, 1.0], [2.0, 3.0]]]), (4, 4))
+    # Output pixel i samples input coordinate (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 (clamped at the edges).
+    row = np.array([0.0, 0.25, 0.75, 1.0])
+    np.testing.assert_allclose(up[0], row[None, :] + 2 * row[:, None], atol=1e-6)
+    x = torch.rand(1, 3, 5, 7)
+    reference = torch.nn.functional.interpolate(x, size=(20, 21), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(upsample(x[0].numpy(), (20, 21)), reference.numpy(), atol=1e-5)
+
+
+def test_activation_overlays_blend_jet_on_the_gray_image_by_hand() -> None:
+    image = np.full((6, 8), 100, np.uint8)
+    maps = np.stack([np.ones((3, 4)), np.zeros((3, 4))])
+    out = activation_overlays(image, maps, alpha=0.5)
+    assert out.shape == (2, 6, 8, 3) and out.dtype == np.uint8
+    # Jet's ends are dark red (128, 0, 0) and dark blue (0, 0, 128): half of each over gray 100.
+    np.testing.assert_array_equal(out[0], np.broadcast_to([114, 50, 50], (6, 8, 3)))
+    np.testing.assert_array_equal(out[1], np.broadcast_to([50, 50, 114], (6, 8, 3)))
+
+
+def test_sample_rows_draws_seeded_rows_of_one_split_and_class() -> None:
+    preds = pd.DataFrame({"split": ["test"] * 6 + ["train"] * 4, "y": [0, 1, 0, 0, 2, 0, 0, 0, 1, 1]})
+    covid_test = [0, 2, 3, 5]  # by hand: the test rows whose class is 0
+    rows = sample_rows(preds, "test", 0, 3, seed=7)
+    assert rows == sorted(np.random.default_rng(7).choice(covid_test, size=3, replace=False).tolist())
+    assert len(set(rows)) == 3 and set(rows) <= set(covid_test)
+    assert sample_rows(preds, "test", 0, 8, seed=0) == covid_test
+    assert sample_rows(preds, "val", 0, 8, seed=0) == []
 
 
 # ---- cached wrappers on a stand-in run -------------------------------------------------------------------------
@@ -287,6 +347,27 @@ def test_run_guided_backprop_across_layers_and_activation_maps(fake_run: FakeRun
     assert order == ref_order
     run_activation_maps(fake_run, 5, "blocks.0.0")
     assert fake_run.calls == ["after", "after"]
+
+
+def test_long_wrappers_report_progress_and_stop_on_cancel(fake_run: FakeRun) -> None:
+    with pytest.raises(LungLensError):
+        run_guided_backprop_across_layers(fake_run, [0, 1], cancel=lambda: True)
+    assert not list(fake_run.artifact("x").parent.glob("gbp-layers-*.npz"))  # nothing partial is cached
+    heard: list[float] = []
+    run_guided_backprop_across_layers(fake_run, [0, 1], progress=lambda f, _text: heard.append(f))
+    assert heard == [0.0, 0.0, 0.2, 0.4, 0.6, 0.8]  # the model, then each of the five layers
+    heard.clear()
+    stop = iter([False, False, True])  # the model loads, the first 4 neurons run, then a cancel
+    with pytest.raises(LungLensError):
+        run_guided_backprop(fake_run, 1, "blocks.1.3", n=8, cancel=lambda: next(stop),
+                            progress=lambda f, _text: heard.append(f))
+    assert heard == [0.0, 0.0]
+    run_guided_backprop(fake_run, 1, "blocks.1.3", n=8, progress=lambda f, _text: heard.append(f))
+    assert heard[2:] == [0.0, 0.0, 0.5]
+
+
+def test_run_layer_choices(fake_run: FakeRun) -> None:
+    assert run_layer_choices(fake_run) == (layer_choices(fake_run.after), ALEXNET_CONVS)
 
 
 def test_run_filter_grid_views(fake_run: FakeRun) -> None:

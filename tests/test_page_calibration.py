@@ -119,3 +119,20 @@ def test_prevalence_chart_marks_the_test_prevalence(at, run):
     npv_here = (~is_pos & ~called).sum() / (~called).sum()
     marked = plotly_array(traces["test split prevalence"]["y"], float)
     np.testing.assert_allclose(marked, [ppv_here, npv_here], equal_nan=True)
+
+
+def test_a_link_reopens_temperature_preset_and_a_custom_threshold(trained_selection, run):
+    app = AppTest.from_function(_script, default_timeout=60, args=(run.id,))
+    app.session_state["selection"] = trained_selection
+    app.query_params.update({"cutoff": "0.3", "temperature": "0"})
+    app.run()
+    assert not app.exception and app.slider(key="calibration_threshold").value == pytest.approx(0.3)
+    _shown_test_figures(app, run, 0.3)
+    assert app.query_params["cutoff"] == "0.300" and "preset" not in app.query_params
+    app.radio(key="calibration_preset").set_value("youden").run()
+    assert app.query_params["preset"] == "youden" and "cutoff" not in app.query_params  # the preset says it all
+    bad = AppTest.from_function(_script, default_timeout=60, args=(run.id,))
+    bad.query_params.update({"cutoff": "high", "preset": "median"})
+    bad.run()
+    assert not bad.exception and bad.slider(key="calibration_threshold").value == 0.5
+    assert bad.radio(key="calibration_preset").value == "custom"

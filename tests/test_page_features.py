@@ -46,6 +46,14 @@ def runs(trained_selection) -> dict[int, engine.Run]:
     return {cfg.depth: engine.get_run(cfg) for cfg in trained_selection.configs()}
 
 
+def _lbp_pca(run: engine.Run) -> np.ndarray:
+    """The PCA (2-D) of the standardised 59-bin uniform LBP histograms of the run's images, computed here."""
+    images = run.images()
+    lbp = np.stack([np.bincount(local_binary_pattern(im, 8, 1, "nri_uniform").astype(int).ravel(), minlength=59)
+                    for im in images]) / images[0].size
+    return PCA(n_components=2).fit_transform(StandardScaler().fit_transform(lbp))
+
+
 def _metric(at: AppTest, column: int, label: str) -> str:
     return [m for m in at.metric if m.label == label][column].value
 
@@ -64,11 +72,7 @@ def test_lbp_and_deep_projections_side_by_side_with_scores(app, trained_selectio
         np.testing.assert_array_equal(rows, np.arange(len(preds)))
         np.testing.assert_array_equal(group, np.asarray(run.classes)[preds["y"]])
 
-    # The LBP chart is the PCA of the standardised 59-bin uniform LBP histograms, computed here from the images.
-    images = run.images()
-    lbp = np.stack([np.bincount(local_binary_pattern(im, 8, 1, "nri_uniform").astype(int).ravel(), minlength=59)
-                    for im in images]) / images[0].size
-    expected = PCA(n_components=2).fit_transform(StandardScaler().fit_transform(lbp))
+    expected = _lbp_pca(run)
     _, shown, labels = _points(_traces(at, "features_lbp"))
     signs = np.sign((expected * shown).sum(axis=0))  # a principal axis is defined up to its sign
     np.testing.assert_allclose(shown, expected * signs, rtol=1e-3, atol=1e-3)
@@ -170,3 +174,18 @@ def test_stale_values_in_a_link_fall_back_to_the_defaults(app, trained_selection
     assert at.selectbox(key="features_image").value is None and not at.image
     assert {k: at.query_params.get(k) for k in ("depth", "method", "dims", "colour", "image")} == {
         "depth": "5", "method": None, "dims": None, "colour": None, "image": None}
+
+
+def test_a_projection_reports_its_steps_and_stops_on_cancel(runs):
+    from engine.projections import run_projection
+
+    run = runs[max(runs)]
+    with pytest.raises(engine.LungLensError, match="Stopped on request"):
+        run_projection(run, "lbp", "pca", 2, seed=99, cancel=lambda: True)
+    assert not run.artifact("projection-lbp-pca-2d-seed99.npz").exists()  # nothing partial cached
+    heard: list[float] = []
+    df = run_projection(run, "lbp", "pca", 2, seed=98, progress=lambda f, _t: heard.append(f))
+    assert heard == sorted(heard) and len(heard) == 3
+    ref = _lbp_pca(run)
+    for k, axis in enumerate("xy"):  # a principal component is defined up to its sign
+        assert abs(np.corrcoef(df[axis], ref[:, k])[0, 1]) > 0.999

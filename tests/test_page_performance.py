@@ -21,8 +21,13 @@ from tests.apptest_helpers import chart_spec, open_page, plotly_array
 from tests.test_crossval import FOLD_DEPTHS, three_fold_selection  # noqa: F401 (a session fixture)
 
 PAGE = "../pages/performance.py"
-CHARTS = {"performance_confusion", "performance_roc", "performance_pr", "performance_per_class",
-          "performance_depth_curve", "calibration_reliability", "calibration_prevalence"}
+#: The charts of each section tab (only the open tab's are drawn).
+CHARTS = {"table1": set(), "test": {"performance_confusion", "performance_roc", "performance_pr",
+                                    "performance_per_class"},
+          "depth": {"performance_depth_curve"}, "calibration": {"calibration_reliability", "calibration_prevalence"}}
+#: The section tabs' labels by URL code.
+SECTIONS = {"table1": "Table 1: CNN vs baselines", "test": "Test split", "folds": "Cross-validation",
+            "depth": "Metric vs depth", "calibration": "Calibration", "external": "External test"}
 
 
 def _array(v) -> np.ndarray:
@@ -32,8 +37,21 @@ def _array(v) -> np.ndarray:
 _chart = chart_spec
 
 
-def _open(app: AppTest, sel: Selection) -> AppTest:
-    return open_page(app, sel, PAGE)
+def _open(app: AppTest, sel: Selection, section: str = "table1") -> AppTest:
+    """The page opened on the tab of ``section`` (a URL code)."""
+    return open_page(app, sel, PAGE, performance_section=SECTIONS[section])
+
+
+def _tab(at: AppTest, section: str) -> AppTest:
+    """Switch to the tab of ``section`` (a URL code), as a click on it does."""
+    at.session_state["performance_section"] = SECTIONS[section]
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _charts(at: AppTest) -> set[str]:
+    return {c.key for c in at.get("plotly_chart")}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +69,7 @@ def test_page_shows_table_1_and_the_test_split_views(app, trained_selection, run
     at = _open(app, trained_selection)
     run = runs[max(runs)]
     y, pred, proba = _test_split(run)
-    assert {c.key for c in at.get("plotly_chart")} == CHARTS
+    assert not _charts(at)  # only Table 1's tab is drawn
 
     table = at.table[0].value
     assert list(table.index) == ["LBP + SVM", "Deep features + SVM", "Fine-tuned CNN"]
@@ -61,7 +79,11 @@ def test_page_shows_table_1_and_the_test_split_views(app, trained_selection, run
     assert low <= accuracy_score(y, pred) <= high
     assert any(f"n_test = {len(y)}" in c.value for c in at.caption)
     assert any("59-bin uniform LBP" in c.value and "9216-d" in c.value for c in at.caption)
+    assert "section" not in at.query_params  # the first tab is the default
 
+    _tab(at, "test")
+    assert _charts(at) == CHARTS["test"] and not at.table
+    assert at.query_params["section"] == "test"
     confusion = _chart(at, "performance_confusion")["data"][0]
     np.testing.assert_array_equal(_array(confusion["z"]), confusion_matrix(y, pred, labels=range(len(run.classes))))
     roc_names = [t["name"] for t in _chart(at, "performance_roc")["data"]]
@@ -75,6 +97,7 @@ def test_page_shows_table_1_and_the_test_split_views(app, trained_selection, run
                                                                      zero_division=np.nan)
     np.testing.assert_allclose(per_class["recall"].astype(float), recall, equal_nan=True)
     np.testing.assert_array_equal(per_class["support"], support)
+    assert _charts(_tab(at, "calibration")) == CHARTS["calibration"]
 
 
 def test_depth_slider_and_normalised_confusion(app, trained_selection, runs):
@@ -85,15 +108,16 @@ def test_depth_slider_and_normalised_confusion(app, trained_selection, runs):
     y, pred, _ = _test_split(run)
     assert any(run.id in c.value for c in at.caption)
     assert at.table[0].value.loc["Fine-tuned CNN", "ACC"].startswith(f"{accuracy_score(y, pred):.3f}")
-    at.toggle(key="performance_normalise").set_value(True).run()
+    _tab(at, "test").toggle(key="performance_normalise").set_value(True).run()
     assert not at.exception
     z = _array(_chart(at, "performance_confusion")["data"][0]["z"])
     expected = confusion_matrix(y, pred, labels=range(len(run.classes)), normalize="true")
     np.testing.assert_allclose(z, expected)
+    assert at.query_params["normalise"] == "1" and at.query_params["depth"] == "0"
 
 
 def test_metric_selector_redraws_the_depth_curve(app, trained_selection, runs):
-    at = _open(app, trained_selection)
+    at = _open(app, trained_selection, "depth")
     at.selectbox(key="performance_metric").set_value("AUC").run()
     assert not at.exception
     line = next(t for t in _chart(at, "performance_depth_curve")["data"] if t["name"] == "alexnet")
@@ -105,6 +129,25 @@ def test_metric_selector_redraws_the_depth_curve(app, trained_selection, runs):
         expected.append(roc_auc_score(y == runs[d].positive, proba[:, runs[d].positive]))
     np.testing.assert_allclose(_array(line["y"]), expected)
     assert _chart(at, "performance_depth_curve")["layout"]["yaxis"]["title"]["text"] == "Test AUC"
+    assert at.query_params["metric"] == "AUC" and at.query_params["section"] == "depth"
+
+
+def test_a_link_reopens_the_section_and_its_selections(app, trained_selection, runs):
+    app.run()
+    app.session_state["selection"] = trained_selection
+    app.query_params.update({"depth": "0", "section": "test", "normalise": "1"})
+    at = app.switch_page(PAGE).run()
+    assert not at.exception
+    assert at.session_state["performance_section"] == SECTIONS["test"] and _charts(at) == CHARTS["test"]
+    y, pred, _ = _test_split(runs[0])
+    z = _array(_chart(at, "performance_confusion")["data"][0]["z"])
+    np.testing.assert_allclose(z, confusion_matrix(y, pred, labels=range(len(runs[0].classes)), normalize="true"))
+    # a stale section falls back to the first tab, and leaves the URL
+    at.session_state["performance_section"] = "no such tab"
+    at.query_params["section"] = "nonsense"
+    at.run()
+    assert not at.exception and at.session_state["performance_section"] == SECTIONS["table1"]
+    assert "section" not in at.query_params
 
 
 # --- k-fold cross-validation: per-fold ROC curves, mean ± sd AUC, the depth curve of fold means --------------------
@@ -123,8 +166,8 @@ def _positive_auc(run: engine.Run) -> float:
 
 
 def test_cross_validation_section_shows_each_folds_roc_and_mean_sd_auc(app, three_fold_selection, folds):  # noqa: F811
-    at = _open(app, three_fold_selection)
-    assert {c.key for c in at.get("plotly_chart")} == CHARTS | {"performance_folds_roc"}
+    at = _open(app, three_fold_selection, "folds")
+    assert _charts(at) == {"performance_folds_roc"}
     runs = folds[max(FOLD_DEPTHS)]  # the page opens on the deepest depth
     aucs = [_positive_auc(r) for r in runs]
     spec = _chart(at, "performance_folds_roc")
@@ -147,7 +190,7 @@ def test_cross_validation_section_shows_each_folds_roc_and_mean_sd_auc(app, thre
 
 
 def test_depth_curve_uses_the_fold_mean_with_sd_error_bars(app, three_fold_selection, folds):  # noqa: F811
-    at = _open(app, three_fold_selection)
+    at = _open(app, three_fold_selection, "depth")
     at.selectbox(key="performance_metric").set_value("AUC").run()
     assert not at.exception
     spec = _chart(at, "performance_depth_curve")
@@ -167,7 +210,7 @@ def test_external_section_scores_another_folder_next_to_the_test_split(app, trai
     from conftest import write_tiny_folder
 
     site = write_tiny_folder(tmp_path / "site", per_class=6, seed=11)
-    at = _open(app, trained_selection)
+    at = _open(app, trained_selection, "external")
     at.selectbox(key="performance_external_folder_choice").set_value("A folder on this machine").run()
     at.text_input(key="performance_external_folder_path").input(str(site)).run()
     assert not at.exception
@@ -224,9 +267,7 @@ def _numbers(cell: str) -> list[float]:
 def test_csv_buttons_hold_the_tables_shown(app, trained_selection, runs, downloads):
     at = _open(app, trained_selection)
     run = runs[max(runs)]
-    keys = {b.key for b in at.get("download_button")}
-    assert {"performance_table1_csv", "performance_per_class_csv", "performance_depth_csv"} <= keys
-
+    assert "performance_table1_csv" in {b.key for b in at.get("download_button")}
     name, data = _download(at, downloads, "performance_table1_csv")
     assert name == f"lunglens-alexnet-depth{max(runs)}-table-1.csv"
     csv = pd.read_csv(io.BytesIO(data)).set_index("method")
@@ -240,7 +281,7 @@ def test_csv_buttons_hold_the_tables_shown(app, trained_selection, runs, downloa
     y, pred, _ = _test_split(run)
     assert csv.loc["Fine-tuned CNN", "ACC"] == pytest.approx(accuracy_score(y, pred))
 
-    name, data = _download(at, downloads, "performance_per_class_csv")
+    name, data = _download(_tab(at, "test"), downloads, "performance_per_class_csv")
     assert name.endswith("-per-class.csv")
     per_class = next(d.value for d in at.dataframe if "support" in d.value.columns)
     csv = pd.read_csv(io.BytesIO(data))
@@ -248,7 +289,7 @@ def test_csv_buttons_hold_the_tables_shown(app, trained_selection, runs, downloa
     for column in ("precision", "recall", "F1", "support"):
         np.testing.assert_allclose(csv[column].astype(float), per_class[column].astype(float), equal_nan=True)
 
-    _, data = _download(at, downloads, "performance_depth_csv")
+    _, data = _download(_tab(at, "depth"), downloads, "performance_depth_csv")
     csv = pd.read_csv(io.BytesIO(data))
     line = next(t for t in _chart(at, "performance_depth_curve")["data"] if t["name"] == "alexnet")
     np.testing.assert_allclose(csv.sort_values("depth")["value"], _array(line["y"]))
@@ -302,3 +343,18 @@ def test_the_best_value_of_each_column_is_green_and_a_tie_marks_none(app, traine
         assert f"Tied best ({', '.join(tied)})" in captions
     else:
         assert "Tied best" not in captions
+
+
+def test_baselines_and_depth_curve_report_progress_and_stop_on_cancel(runs):
+    from engine.baselines import compare_methods
+    from engine.evaluation import depth_curve
+
+    run = runs[max(runs)]
+    with pytest.raises(engine.LungLensError, match="Stopped on request"):
+        compare_methods(run, seed=123, cancel=lambda: True)  # a setting never computed: stops before any fit
+    assert not run.artifact("compare-methods-seed123-cv5-boot1000-alpha0.05.json").exists()  # nothing partial cached
+    heard: list[tuple[float, str]] = []
+    curve = depth_curve(list(runs.values()), "ACC", progress=lambda f, t: heard.append((f, t)))
+    assert [f for f, _ in heard] == [i / len(runs) for i in range(len(runs))]
+    expected = [accuracy_score(*_test_split(r)[:2]) for r in runs.values()]
+    np.testing.assert_allclose(curve.sort_values("depth")["value"], [expected[i] for i in np.argsort(list(runs))])

@@ -172,8 +172,9 @@ def test_an_empty_map_is_said_not_drawn_blank(app, trained_selection, runs):
     expected = (f"This map is empty (all zero): XGradCAM found no positive evidence for {run.classes[1]} at "
                 f"{last_layer}")
     assert any(w.value.startswith(expected) for w in at.warning)
-    spec = chart_spec(at, "support_overlay_xgradcam")
-    assert not [t for t in spec["data"] if t["type"] == "heatmap" and t.get("zmax") == 1]  # no blank jet layer
+    spec = chart_spec(at, "support_grid")
+    assert not [t for t in spec["data"] if t["type"] == "heatmap" and t.get("coloraxis")]  # no blank jet layer
+    assert spec["layout"]["annotations"][1]["text"].endswith("· empty map")
 
 
 def test_report_settings_are_the_engine_defaults_unless_changed(app, trained_selection):
@@ -182,7 +183,8 @@ def test_report_settings_are_the_engine_defaults_unless_changed(app, trained_sel
     defaults = asdict(ReportSettings())
     for field in ("faithfulness_images", "road_images", "sanity_images", "deletion_steps"):
         assert at.number_input(key=f"support_report_{field}").value == defaults[field]
-    assert at.multiselect(key="support_report_methods").options == [m.label for m in METHODS.values()]
+    methods = at.pills(key="support_report_methods")
+    assert methods.options == [m.label for m in METHODS.values()] and methods.value == ["gradcam"]
     slow = [m.label for m in METHODS.values() if m.report_images is not None]
     assert any(all(label in c.value for label in slow) and "sample" in c.value for c in at.caption)
 

@@ -57,9 +57,19 @@ def _mask(path: str, size: int) -> np.ndarray:
     return cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
 
 
-def _heat(spec: dict) -> np.ndarray:
-    """The heatmap layer of a support figure (the jet one, on [0, 1])."""
-    return _array(next(t for t in spec["data"] if t["type"] == "heatmap" and t.get("zmax") == 1)["z"])
+def _heats(spec: dict) -> dict[str, np.ndarray]:
+    """Panel axis ("x", "x2", ...) -> the jet map drawn there (on the grid's shared colour scale)."""
+    return {t.get("xaxis", "x"): _array(t["z"]) for t in spec["data"]
+            if t["type"] == "heatmap" and t.get("coloraxis") == "coloraxis"}
+
+
+def _heat(spec: dict, axis: str = "x2") -> np.ndarray:
+    """The jet map of one panel of a grid (the first method's, after the image, by default)."""
+    return _heats(spec)[axis]
+
+
+def _titles(spec: dict) -> list[str]:
+    return [a["text"] for a in spec["layout"].get("annotations", [])]
 
 
 def _support_levels(spec: dict) -> list[float]:
@@ -70,12 +80,13 @@ def test_explain_section_overlay_probabilities_and_threshold(app, trained_select
     at = _open(app, trained_selection)
     run = runs[max(runs)]
     rows = _test_rows(run)
-    assert {"support_image_figure", "support_overlay_gradcam", "support_probabilities"} <= _keys(at)
-    assert at.slider(key="support_threshold").value == 0.7
-    assert any("Wan et al. §3.5" in c.value for c in at.caption)
+    assert {"support_grid", "support_probabilities"} <= _keys(at)
+    assert at.select_slider(key="support_threshold").value == 0.7
+    assert "Wan et al. §3.5" in at.select_slider(key="support_threshold").help
     assert len(at.selectbox(key="support_image").options) == len(rows)
+    assert _titles(_chart(at, "support_grid"))[0] == f"Image<br>{Path(rows.loc[0, 'file']).name}"
 
-    at.multiselect(key="support_classes").set_value(["covid"]).run()
+    at.pills(key="support_classes").set_value(["covid"]).run()
     covid = rows.index[rows["y"] == run.classes.index("covid")]
     assert len(at.selectbox(key="support_image").options) == len(covid)
     row = rows.loc[covid[0]]
@@ -85,9 +96,9 @@ def test_explain_section_overlay_probabilities_and_threshold(app, trained_select
     lesion = _mask(row["mask"], run.config.image_size)
     lung = _mask(row["lung_mask"], run.config.image_size)
     for threshold in (0.7, 0.5):
-        at.slider(key="support_threshold").set_value(threshold).run()
+        at.select_slider(key="support_threshold").set_value(threshold).run()
         assert not at.exception
-        spec = _chart(at, "support_overlay_gradcam")
+        spec = _chart(at, "support_grid")
         heat = _heat(spec)
         assert heat.shape == lesion.shape and 0 < heat.max() <= 1.0
         assert _support_levels(spec) == [threshold]
@@ -99,6 +110,7 @@ def test_explain_section_overlay_probabilities_and_threshold(app, trained_select
         peak = heat == heat.max()
         assert scores["pointing game"] == ("hit" if lesion[peak].any() else "miss")
     assert {t["name"] for t in spec["data"] if t["type"] == "contour"} >= {"lesion mask", "lung mask"}
+    assert at.query_params["threshold"] == "0.5" and at.query_params["image"] == row["file"]
 
 
 def test_explain_section_filters_methods_layer_and_target(app, trained_selection, runs):
@@ -110,20 +122,27 @@ def test_explain_section_filters_methods_layer_and_target(app, trained_selection
     if wrong:
         options = at.selectbox(key="support_image").options
         assert len(options) == len(wrong) and all("✗" in o for o in options)
-        assert [o.split(" · ")[0] for o in options] == rows.loc[wrong, "file"].tolist()
+        assert [o.split(" · ")[0] for o in options] == [Path(f).name for f in rows.loc[wrong, "file"]]
     else:
         assert "No test image matches" in at.info[0].value
     at.radio(key="support_outcome").set_value("All").run()
 
-    default_map = _heat(_chart(at, "support_overlay_gradcam"))
+    default_map = _heat(_chart(at, "support_grid"))
     at.session_state["support_knob_lime_n_samples"] = 50  # few LIME samples keep the test fast
-    at.multiselect(key="support_methods").set_value(["gradcam", "occlusion", "lime"]).run()
+    at.pills(key="support_methods").set_value(["gradcam", "occlusion", "lime"]).run()
     assert at.select_slider(key="support_knob_lime_n_samples").value == 50  # LIME's knob, from the registry
     assert not at.exception
-    assert {"support_overlay_gradcam", "support_overlay_occlusion", "support_overlay_lime"} <= _keys(at)
-    assert _chart(at, "support_overlay_lime")["data"][0]["type"] == "image"  # red/blue superpixels
+    grid = _chart(at, "support_grid")  # one figure: the image, then one panel per method
+    assert [t.split("<br>")[0] for t in _titles(grid)] == ["Image", "Grad-CAM", "Occlusion", "LIME"]
+    assert sorted(_heats(grid)) == ["x2", "x3"]  # Grad-CAM and occlusion on the shared jet scale
+    lime = [t for t in grid["data"] if t.get("xaxis") == "x4"]
+    assert lime[0]["type"] == "image" and lime[1]["coloraxis"] == "coloraxis2"  # red/blue superpixels, own scale
+    assert grid["layout"]["coloraxis"]["colorbar"]["title"]["text"].startswith("Heatmap")  # one scale for all maps
+    assert grid["layout"]["coloraxis2"]["colorbar"]["title"]["text"].startswith("LIME weight")
+    names = [t["name"] for t in grid["data"] if t["type"] == "contour" and t.get("showlegend", True)]
+    assert len(names) == len(set(names))  # one legend: each outline named once
     assert list(at.dataframe[0].value.columns) == ["Grad-CAM", "Occlusion", "LIME"]
-    assert "support_colour_scale" in _keys(at)  # several maps: one shared colour scale
+    assert at.query_params["method"] == "gradcam,occlusion,lime"
     for name in ("gradcam", "occlusion", "lime"):  # no map is drawn without its sanity note or warning
         label = engine.explain.METHODS[name].label
         assert any(label in c.value and "sanity check" in c.value for c in [*at.caption, *at.warning])
@@ -133,12 +152,14 @@ def test_explain_section_filters_methods_layer_and_target(app, trained_selection
     assert layers.options[-1] == engine.explain.layer_choices(run.load_model())[-1][1]  # human labels
     layers.set_value(engine.explain.layer_choices(run.load_model())[0][0]).run()  # conv1's module name
     assert not at.exception
-    assert not np.allclose(_heat(_chart(at, "support_overlay_gradcam")), default_map)
+    assert not np.allclose(_heat(_chart(at, "support_grid")), default_map)
+    assert at.query_params["layer"] == engine.explain.layer_choices(run.load_model())[0][0]
 
     at.radio(key="support_target").set_value("Another class").run()
     at.selectbox(key="support_target_class").set_value("pneumonia").run()
     assert not at.exception
-    assert _chart(at, "support_overlay_gradcam")["layout"]["title"]["text"] == "Grad-CAM · pneumonia"
+    assert _titles(_chart(at, "support_grid"))[1] == "Grad-CAM<br>explaining pneumonia"
+    assert at.query_params["target"] == "pneumonia"
 
 
 def test_consistency_section_against_recomputed_scores(app, trained_selection, runs):
@@ -173,7 +194,7 @@ def test_consistency_section_against_recomputed_scores(app, trained_selection, r
                        if t["name"] == "mean consistency degree")
     assert list(_array(depth_curve["x"])) == sorted(runs)
     assert _array(depth_curve["y"])[-1] == pytest.approx(np.mean(degree))
-    assert len([k for k in _keys(at) if k.startswith("support_top_")]) == min(6, len(degree))
+    assert len(_titles(_chart(at, "support_top_grid"))) == min(6, len(degree))
 
 
 def test_gallery_lists_misclassified_and_wrong_reason_images(app, trained_selection, runs):
@@ -196,32 +217,37 @@ def test_gallery_lists_misclassified_and_wrong_reason_images(app, trained_select
         return
     assert any(m.value.startswith(f"**{wrong}** misclassified and **{wrong_reason}** right for the wrong reason")
                for m in at.markdown)
-    assert len([k for k in _keys(at) if k.startswith("support_gallery_")]) == min(12, n)
+    assert len(_titles(_chart(at, "support_gallery_grid"))) == min(12, n)
     at.slider(key="support_gallery_size").set_value(4).run()
-    assert len([k for k in _keys(at) if k.startswith("support_gallery_")]) == min(4, n)
+    assert len(_titles(_chart(at, "support_gallery_grid"))) == min(4, n)
     at.radio(key="support_gallery_kind").set_value("Misclassified (Lee fig. 9)").run()
     assert not at.exception
-    assert len([k for k in _keys(at) if k.startswith("support_gallery_")]) == min(4, wrong)
-    reasons = [c.value for c in at.caption if c.value.startswith("`")]
+    assert len(_titles(_chart(at, "support_gallery_grid"))) == min(4, wrong)
+    reasons = at.dataframe[0].value["reason"].tolist()  # one row per panel, in the same order
     assert len(reasons) == min(4, wrong) and all("misclassified as" in r for r in reasons)
     layers = at.selectbox(key="support_gallery_layer")
     assert layers.index == len(layers.options) - 1
     # an earlier layer: the same misclassified images, other maps
     layers.set_value(engine.explain.layer_choices(run.load_model())[2][0]).run()
     assert not at.exception
-    assert len([k for k in _keys(at) if k.startswith("support_gallery_")]) == min(4, wrong)
+    assert len(_titles(_chart(at, "support_gallery_grid"))) == min(4, wrong)
 
 
 def test_same_image_across_depths(app, trained_selection, runs):
     at = _open(app, trained_selection, "Same image across depths")
     spec = _chart(at, "support_depth_strip")
-    titles = [a["text"] for a in spec["layout"]["annotations"]]
-    assert [t.split(":")[0] for t in titles] == [f"depth {d}" for d in sorted(runs)]
-    heat = iter([_array(t["z"]) for t in spec["data"] if t["type"] == "heatmap" and t.get("zmax") == 1])
+    titles = _titles(spec)
+    assert [t.split("<br>")[0] for t in titles] == [f"Depth {d}" for d in sorted(runs)]
+    assert all(t.count("<br>") == 1 and len(t.split("<br>")[1]) <= 32 for t in titles)  # two short lines
+    heat = iter([_array(t["z"]) for t in spec["data"] if t["type"] == "heatmap" and t.get("coloraxis")])
+    file = _test_rows(runs[max(runs)]).loc[0, "file"]
     for d, title in zip(sorted(runs), titles):
-        r = _test_rows(runs[d]).loc[0]
-        assert title.startswith(f"depth {d}: {runs[d].classes[int(r['pred'])]}")
-        expected = run_heatmaps(runs[d], "gradcam", "test", "true")[0]
+        rows = _test_rows(runs[d])
+        i = int(np.flatnonzero(rows["file"] == file)[0])  # the same file, wherever it lies in this run's split
+        r = rows.loc[i]
+        pred = runs[d].classes[int(r["pred"])]
+        assert title.split("<br>")[1].startswith(f"{pred} {float(r[f'prob_{pred}']):.2f}")
+        expected = run_heatmaps(runs[d], "gradcam", "test", "true")[i]
         if expected.max() == expected.min():  # an empty map is named in the title and said, not drawn
             assert title.endswith("· empty map")
             assert any(c.value.startswith(f"Depth {d}: This map is empty") for c in at.caption)
@@ -240,7 +266,9 @@ def test_diagnose_an_uploaded_image(app, trained_selection, runs):
     at.select_slider(key="support_upload_lime_samples").set_value(50).run()
     at.file_uploader(key="support_upload").set_value(("xray.png", png, "image/png")).run()
     assert not at.exception and not at.error
-    assert {"support_upload_probs", "support_upload_gradcam", "support_upload_lime"} <= _keys(at)
+    assert {"support_upload_probs", "support_upload_grid"} <= _keys(at)
+    assert [t.split("<br>")[0] for t in _titles(_chart(at, "support_upload_grid"))] == ["Model input", "Grad-CAM",
+                                                                                          "LIME"]
     # Read and preprocessed as at training time, the upload gets the probabilities recorded for that test image.
     probs = _array(_chart(at, "support_upload_probs")["data"][0]["x"])
     np.testing.assert_allclose(probs, [float(row[f"prob_{c}"]) for c in run.classes], atol=1e-4)
@@ -255,7 +283,7 @@ def test_diagnose_an_uploaded_image(app, trained_selection, runs):
     assert not at.exception
     shown = re.sub(r"\\(.)", r"\1", at.error[0].value)  # the message is Markdown-escaped to show as written
     assert "notes.png is not a readable PNG" in shown
-    assert not {"support_upload_gradcam", "support_upload_lime"} & _keys(at)
+    assert "support_upload_grid" not in _keys(at)
 
 
 def _hand_distance(run: engine.Run, images: np.ndarray) -> tuple[np.ndarray, float]:
@@ -318,13 +346,13 @@ def test_image_sections_on_an_external_folder(app, trained_selection, runs, tiny
     assert not at.exception
     assert len(at.selectbox(key="support_image").options) == n
     first = rows.loc[0]
-    assert at.selectbox(key="support_image").options[0].startswith(f"{first['file']} · true {first['label']}")
+    assert at.selectbox(key="support_image").options[0].startswith(f"{Path(first['file']).name} · {first['label']} →")
     for section in ("Wrong-reason gallery", "Same image across depths"):
         at.session_state["support_section"] = section
         at.run()
         assert not at.exception and not at.error, section
-    titles = [a["text"] for a in _chart(at, "support_depth_strip")["layout"]["annotations"]]
-    assert [t.split(":")[0] for t in titles] == [f"depth {d}" for d in sorted(runs)]
+    titles = _titles(_chart(at, "support_depth_strip"))
+    assert [t.split("<br>")[0] for t in titles] == [f"Depth {d}" for d in sorted(runs)]
 
 
 def test_data_without_lesion_masks(tiny_folder, tmp_path):
@@ -339,4 +367,50 @@ def test_data_without_lesion_masks(tiny_folder, tmp_path):
     assert not _keys(at)
     at.session_state["support_section"] = "Explain an image"
     at.run()
-    assert not at.exception and "support_overlay_gradcam" in _keys(at)
+    assert not at.exception and "support_grid" in _keys(at)
+
+
+def test_a_shared_link_reopens_the_same_section_image_method_and_target(app, trained_selection, runs):
+    run = runs[max(runs)]
+    file = _test_rows(run).loc[2, "file"]
+    app.run()
+    app.session_state["selection"] = trained_selection
+    for param, code in {"section": "depths", "image": file, "method": "saliency", "target": "pred",
+                        "threshold": "0.5", "depth": str(max(runs))}.items():
+        app.query_params[param] = code
+    at = app.switch_page(PAGE).run()
+    assert not at.exception
+    assert at.session_state["support_section"] == "Same image across depths"
+    assert at.selectbox(key="support_depth_image").value == 2
+    assert at.selectbox(key="support_depth_method").value == "saliency"
+    assert at.radio(key="support_depth_target").value == "Predicted"
+    assert at.select_slider(key="support_threshold").value == 0.5
+    spec = _chart(at, "support_depth_strip")
+    support = {t["contours"]["start"] for t in spec["data"] if t["type"] == "contour" and t["name"].startswith("sup")}
+    assert support <= {0.5}
+    expected = run_heatmaps(run, "saliency", "test", "pred")[2]
+    np.testing.assert_allclose(_heats(spec)[f"x{len(runs)}"], expected, atol=1e-6)  # the deepest run's panel
+
+
+def test_a_slow_map_runs_in_the_background_with_progress_and_cancel(app, trained_selection, runs, monkeypatch):
+    from dashboard.background import result_key
+    from engine.explain import run_image_explanation
+    from engine.jobs import get_job
+
+    monkeypatch.setenv("LUNGLENS_JOB_WAIT", "0")  # nothing is waited for: every map not yet in memory is a job
+    at = open_page(app, trained_selection, PAGE, support_methods=["lime"], support_target="True",
+                   support_knob_lime_n_samples=2000)
+    run = runs[max(runs)]
+    key = result_key(run_image_explanation, (run, 0, "test", "lime", "true"), {"n_samples": 2000})
+    job = get_job(key)
+    assert job is not None
+    bars = [b.proto.text for b in at.get("progress")]
+    assert any(t.startswith(f"LIME of {_test_rows(run).loc[0, 'file']}") for t in bars)
+    assert at.selectbox(key="support_image").value == 0  # the page is drawn around the running job
+    at.button(key="support_job_lime_cancel").click().run()
+    assert job.wait(60) and job.status == "cancelled"
+    at.run()
+    assert not at.exception
+    assert any(i.value.startswith("Cancelled") for i in at.info)
+    assert at.button(key="support_job_lime_again")  # it can be started again
+    assert not list(run.artifact("explain").glob("image-0-lime-test-true-*.npz"))  # nothing partial was cached

@@ -139,9 +139,9 @@ def test_macro_average_selector_for_three_classes(app, trained_selection, runs):
 
 
 def _lines(at: AppTest, key: str) -> list[dict]:
-    """The line traces of a chart (not its best-epoch stars)."""
+    """The line traces of a chart (not its best-epoch stars), named by run and split (from their meta)."""
     spec = json.loads(next(c for c in at.get("plotly_chart") if c.key == key).proto.spec)
-    return [t for t in spec["data"] if t["mode"] == "lines"]
+    return [t | {"name": t["meta"]["run"], "meta": t["meta"]["split"]} for t in spec["data"] if t["mode"] == "lines"]
 
 
 def _luminance(colour: str) -> float:
@@ -158,7 +158,7 @@ def test_compare_mode_overlays_depths_and_switches_quantity(app, trained_selecti
     assert {c.key for c in at.get("plotly_chart")} == {"training_compare_chart"}
     lines = _lines(at, "training_compare_chart")
     assert {(t["name"], t["meta"]) for t in lines} == {(f"alexnet d{d}", s) for d in runs for s in ("train", "test")}
-    assert sorted(t["name"] for t in lines if t.get("showlegend", True)) == ["alexnet d0", "alexnet d5"]  # one each
+    assert sorted(t["legendgroup"] for t in lines if t.get("showlegend", True)) == ["depth 0", "depth 5"]  # one each
     panel = {t["meta"]: t["xaxis"] for t in lines}
     assert panel == {"train": "x", "test": "x2"}  # a panel per split
     test0 = next(t for t in lines if t["name"] == "alexnet d0" and t["meta"] == "test")
@@ -168,7 +168,7 @@ def test_compare_mode_overlays_depths_and_switches_quantity(app, trained_selecti
     assert json.loads(next(c for c in at.get("plotly_chart")).proto.spec)["layout"]["legend"]["orientation"] == "h"
 
     at.selectbox(key="training_compare_quantity").set_value("acc").run()
-    at.multiselect(key="training_compare_depths").set_value([5]).run()
+    at.button_group(key="training_compare_depths").set_value([5]).run()
     assert not at.exception
     lines = _lines(at, "training_compare_chart")
     assert {(t["name"], t["meta"]) for t in lines} == {("alexnet d5", "train"), ("alexnet d5", "test")}
@@ -183,7 +183,7 @@ def test_compare_mode_overlays_depths_and_switches_quantity(app, trained_selecti
     assert at.query_params["compare"] == "1" and at.query_params["quantity"] == "acc"
     assert at.query_params["runs"] == "5"
 
-    at.multiselect(key="training_compare_depths").set_value([]).run()
+    at.button_group(key="training_compare_depths").set_value([]).run()
     assert not at.exception
     assert not at.get("plotly_chart")
     assert "Pick at least one depth" in at.info[0].value

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import engine
-from dashboard.layers_charts import sample_rows
+from engine.layers import sample_rows
 from engine import prepare, store
 from engine.cli import main
 from engine.errors import DataError

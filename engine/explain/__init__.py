@@ -12,14 +12,18 @@ from .lime_maps import lime_map
 from .methods import METHODS, Method, attribute, check_method, get_method, heatmaps, is_empty
 from .occlusion import occlusion_map
 from .overlay import heatmap_overlay, lime_overlay, write_overlay
+from ..errors import Cancelled
 from .runs_explain import run_heatmaps, run_image_explanation, run_masks, split_rows
 from .scaling import normalise_maps
+from .support import (cam_layer_choices, image_scores, localisation_by_depth, localisation_view, row_masks,
+                      same_image_across_depths, target_index)
 
 __all__ = [
-    "METHODS", "Method", "SUPPORT_THRESHOLD", "attribute", "cam_layer", "check_method", "class_index",
-    "consistency_degree", "explain_image", "get_method", "gradcam", "guided_gradcam", "heatmap_overlay", "heatmaps",
-    "is_empty", "layer_choices", "lime_map", "lime_overlay", "normalise_maps",
-    "occlusion_map", "outside_share", "pointing_game", "predict_proba", "random_heatmap", "run_heatmaps",
-    "run_image_explanation", "run_masks", "split_rows", "support_area", "support_region", "write_overlay",
-    "wrong_reason_gallery",
+    "METHODS", "Cancelled", "Method", "SUPPORT_THRESHOLD", "attribute", "cam_layer", "cam_layer_choices",
+    "check_method", "class_index", "consistency_degree", "explain_image", "get_method", "gradcam", "guided_gradcam",
+    "heatmap_overlay", "heatmaps", "image_scores", "is_empty", "layer_choices", "lime_map", "lime_overlay",
+    "localisation_by_depth", "localisation_view", "normalise_maps", "occlusion_map", "outside_share",
+    "pointing_game", "predict_proba", "random_heatmap", "row_masks", "run_heatmaps", "run_image_explanation",
+    "run_masks", "same_image_across_depths", "split_rows", "support_area", "support_region", "target_index",
+    "write_overlay", "wrong_reason_gallery",
 ]

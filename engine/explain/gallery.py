@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .consistency import SUPPORT_THRESHOLD, outside_share
+from ..progress import CancelCheck, Progress
 from .runs_explain import run_heatmaps, run_masks, split_rows
 
 if TYPE_CHECKING:
@@ -18,16 +19,17 @@ GALLERY_COLUMNS = ["row", "file", "path", "true_class", "pred_class", "p_pred", 
 
 
 def wrong_reason_gallery(run: Run, threshold: float = SUPPORT_THRESHOLD, method: str = "gradcam",
-                         mostly: float = 0.5, **params: Any) -> pd.DataFrame:
+                         mostly: float = 0.5, *, progress: Progress | None = None, cancel: CancelCheck | None = None,
+                         **params: Any) -> pd.DataFrame:
     """Misclassified test images and right-for-the-wrong-reason ones, ranked by ``badness`` (worst first).
 
     An image's support (heatmap > ``threshold``, for its predicted class) lies "mostly outside" a region when more
     than ``mostly`` of it is outside the lesion mask or the lung mask (where those masks exist).
     ``badness`` = the probability given to the wrong class (0 when correct) + the larger outside share when it
-    exceeds ``mostly`` (else 0); it lies in [0, 2].
+    exceeds ``mostly`` (else 0); it lies in [0, 2]. ``progress`` / ``cancel``: as ``run_heatmaps``'s.
     """
     rows = split_rows(run, "test")
-    maps = run_heatmaps(run, method, "test", "pred", **params)
+    maps = run_heatmaps(run, method, "test", "pred", progress=progress, cancel=cancel, **params)
     masks = run_masks(run, "test")
     classes = run.classes
     records = []

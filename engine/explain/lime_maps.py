@@ -17,13 +17,18 @@ from lime.wrappers.scikit_image import SegmentationAlgorithm
 
 from ..models.backbones import StagedNet
 from .inference import bf16_is_fast, predict_proba
+from ..progress import CancelCheck, Progress, check_cancel, report
 from .scaling import normalise_maps
 
 
 def lime_map(model: StagedNet, image_uint8: np.ndarray, target: int | None = None, *, n_samples: int = 1000,
              n_segments: int = 50, compactness: float = 10.0, seed: int = 0, batch_size: int = 250,
-             bf16: bool | None = None) -> dict[str, Any]:
+             bf16: bool | None = None, progress: Progress | None = None,
+             cancel: CancelCheck | None = None) -> dict[str, Any]:
     """LIME explanation of one (H, W) uint8 image for ``target`` (None: the predicted class).
+
+    ``progress`` hears after every batch of perturbed images scored, and ``cancel`` is checked before each (raising
+    Cancelled).
 
     Returns ``target``; ``segments`` (H, W) superpixel labels; ``weights`` per superpixel; ``map`` (H, W), each
     pixel carrying its superpixel's signed weight; ``positive`` / ``negative`` masks (weight > 0 / < 0);
@@ -37,10 +42,19 @@ def lime_map(model: StagedNet, image_uint8: np.ndarray, target: int | None = Non
     target = int(target)
     bf16 = bf16_is_fast() if bf16 is None else bf16
     explainer = LimeImageExplainer(random_state=seed)
+    scored = [0]
+
+    def classify(rgb: np.ndarray) -> np.ndarray:
+        check_cancel(cancel)
+        probs = predict_proba(model, rgb[..., 0].astype(np.uint8), batch_size, bf16=bf16)
+        scored[0] += len(rgb)
+        report(progress, min(scored[0] / n_samples, 1.0), f"LIME: {scored[0]} of {n_samples} samples scored")
+        return probs
+
     with contextlib.redirect_stderr(io.StringIO()):  # lime draws a tqdm bar per image; callers show their own
         explanation = explainer.explain_instance(
             image,  # LIME replicates a 2-D image to RGB; the classifier reads one channel back
-            lambda rgb: predict_proba(model, rgb[..., 0].astype(np.uint8), batch_size, bf16=bf16),
+            classify,
             labels=(target,), top_labels=None, num_samples=n_samples, batch_size=batch_size,
             segmentation_fn=SegmentationAlgorithm("slic", n_segments=n_segments, compactness=compactness, start_label=0),
             random_seed=seed,

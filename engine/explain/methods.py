@@ -24,6 +24,7 @@ from .gradcam import gradcam
 from .inference import Target, model_lock, target_tensor
 from .lime_maps import lime_map
 from .occlusion import occlusion_map
+from ..progress import CancelCheck, Progress
 
 Kind = Literal["CAM", "gradient", "perturbation"]
 
@@ -111,9 +112,10 @@ def _check_params(m: Method, fn: Callable[..., Any], params: dict[str, Any]) -> 
     accepted = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
         accepted = inspect.signature(lime_map).parameters  # LIME's wrapper passes its parameters on to lime_map
-    unknown = sorted(set(params) - set(accepted) - {"model", "x", "target", "image_uint8"})
+    fixed = {"model", "x", "target", "image_uint8", "progress", "cancel"}
+    unknown = sorted(set(params) - set(accepted) - fixed)
     if unknown:
-        takes = sorted(set(accepted) - {"model", "x", "target", "image_uint8"})
+        takes = sorted(set(accepted) - fixed)
         raise ConfigError(f"{m.label} does not take {', '.join(unknown)}; it takes {', '.join(takes) or 'no parameters'}.")
 
 
@@ -147,17 +149,19 @@ def attribute(model: StagedNet, x: torch.Tensor, method: str, target: Target = N
     return np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0)
 
 
-def explain_one(model: StagedNet, image_uint8: np.ndarray, method: str, target: int | None,
+def explain_one(model: StagedNet, image_uint8: np.ndarray, method: str, target: int | None, *,
+                progress: Progress | None = None, cancel: CancelCheck | None = None,
                 **params: Any) -> dict[str, np.ndarray]:
     """One image's explanation: ``heatmap`` (H, W) in [0, 1], plus the method's details (LIME: ``segments``,
-    ``weights``, the signed ``map``) where it has them."""
+    ``weights``, the signed ``map``) where it has them. A method with details (LIME) reports ``progress`` and stops
+    on ``cancel``; the others compute in one step."""
     m = get_method(method)
     if m.details is None:
         return {"heatmap": heatmaps(model, np.asarray(image_uint8)[None], method, target, **params)[0]}
     params = m.params_for(params)
     _check_params(m, m.details, params)
     with model_lock(model):
-        out = m.details(model, image_uint8, target, **params)
+        out = m.details(model, image_uint8, target, progress=progress, cancel=cancel, **params)
     return {k: np.asarray(v) for k, v in out.items() if isinstance(v, np.ndarray)}
 
 

@@ -18,6 +18,8 @@ from .consistency import SUPPORT_THRESHOLD
 from .faithfulness import deletion_insertion, road
 from .localisation import THRESHOLDS, beats_chance, localisation_scores, mean_ci
 from .methods import METHODS, Method, attribute, get_method, is_empty
+from ..errors import Cancelled  # noqa: F401 - prepare and tests import it here too
+from ..progress import check_cancel, scaled
 from .runs_explain import run_masks, split_rows
 from .sanity import cascading_randomisation, sanity_verdict
 
@@ -48,10 +50,6 @@ REPORT_COLUMNS = (
 )
 
 
-class Cancelled(LungLensError):
-    """The caller asked a long computation to stop; nothing partial was cached."""
-
-
 @dataclass(frozen=True)
 class ReportSettings:
     """What the report computes on how many images; part of each cached entry's key."""
@@ -80,11 +78,6 @@ def report_rows(run: Run, split: str) -> np.ndarray:
     with_lesion = rng.permutation(np.flatnonzero(masks["has_lesion"]))
     without = rng.permutation(np.flatnonzero(~masks["has_lesion"]))
     return np.concatenate([with_lesion, without]).astype(int)
-
-
-def _check_cancel(cancel: Callable[[], bool] | None) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled("Stopped on request; nothing partial was cached.")
 
 
 def _row_key(m: Method, params: dict[str, Any], settings: ReportSettings) -> str:
@@ -124,7 +117,7 @@ def _compute(run: Run, method: str, s: ReportSettings, params: dict[str, Any], p
 
     maps, seconds, chunk = [], 0.0, 8
     for i in range(0, len(x), chunk):
-        _check_cancel(cancel)
+        check_cancel(cancel)
         progress(0.6 * i / len(x), f"{m.label}: maps {i}/{len(x)}")
         t0 = time.perf_counter()
         maps.append(attribute(model, x[i : i + chunk], method, targets[i : i + chunk], **params))
@@ -141,7 +134,7 @@ def _compute(run: Run, method: str, s: ReportSettings, params: dict[str, Any], p
     nf = min(s.faithfulness_images, len(x))
     parts = []
     for i in range(0, nf, 4):  # a few images at a time, so that a cancel is heard within seconds
-        _check_cancel(cancel)
+        check_cancel(cancel)
         progress(0.62 + 0.13 * i / nf, f"{m.label}: deletion and insertion {i}/{nf}")
         j = min(i + 4, nf)
         parts.append(deletion_insertion(model, x[i:j], maps[i:j], targets[i:j], n_steps=s.deletion_steps, seed=s.seed))
@@ -149,7 +142,7 @@ def _compute(run: Run, method: str, s: ReportSettings, params: dict[str, Any], p
     nr = min(s.road_images, len(x))
     road_scores = []
     for i in range(0, nr, 4):
-        _check_cancel(cancel)
+        check_cancel(cancel)
         progress(0.75 + 0.1 * i / nr, f"{m.label}: ROAD {i}/{nr}")
         j = min(i + 4, nr)
         road_scores.append(road(model, x[i:j], maps[i:j], targets[i:j], seed=s.seed))
@@ -158,7 +151,7 @@ def _compute(run: Run, method: str, s: ReportSettings, params: dict[str, Any], p
     ns = min(s.sanity_images, len(x))
 
     def explain(mdl: Any, xb: Any, tb: Any) -> np.ndarray:
-        _check_cancel(cancel)  # once per randomisation step
+        check_cancel(cancel)  # once per randomisation step
         return attribute(mdl, xb, method, tb, **params)
 
     cascade = cascading_randomisation(model, x[:ns], targets[:ns], explain, seed=s.seed)
@@ -216,6 +209,19 @@ def explanation_report(run: Run, methods: Sequence[str] | None = None, settings:
 
         rows.append(method_report(run, name, settings, progress=step, cancel=cancel, **(params or {}).get(name, {})))
     return pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+
+
+def method_reports(work: Sequence[tuple[Run, Sequence[str]]], settings: ReportSettings = ReportSettings(), *,
+                   progress: ReportProgress | None = None, cancel: Callable[[], bool] | None = None) -> int:
+    """Compute (or read) the report rows of ``work``, (run, method names) pairs, one method at a time; returns how
+    many rows there are. ``progress`` hears each row's progress, prefixed with its depth."""
+    total, done = sum(len(methods) for _, methods in work), 0
+    for run, methods in work:
+        for name in methods:
+            step = scaled(progress, done / total, (done + 1) / total, f"depth {run.config.depth} · ")
+            method_report(run, name, settings, progress=step, cancel=cancel)
+            done += 1
+    return done
 
 
 def cached_method_report(run: Run, method: str, settings: ReportSettings = ReportSettings(),
@@ -289,12 +295,13 @@ LOCALISATION_COLUMNS = ["row", "file", "y", "pred", "correct", "empty", "lesion_
 
 
 def run_localisation(run: Run, threshold: float = SUPPORT_THRESHOLD, method: str = "gradcam",
-                     target: str | int = "pred", **params: Any) -> pd.DataFrame:
+                     target: str | int = "pred", *, progress: ReportProgress | None = None,
+                     cancel: Callable[[], bool] | None = None, **params: Any) -> pd.DataFrame:
     """Per test image with a lesion mask: the map's localisation scores next to the report's baselines, cached.
 
     ``lung_area_matched_baseline`` is the expected consistency of support spread uniformly in the lungs with the
     map's support area (NaN without a lung mask), ``random_baseline`` a smooth random map's consistency; ``empty``
-    marks all-zero or constant maps (``is_empty``).
+    marks all-zero or constant maps (``is_empty``). ``progress`` / ``cancel``: as ``run_heatmaps``'s.
     """
     from .runs_explain import run_heatmaps
 
@@ -303,11 +310,13 @@ def run_localisation(run: Run, threshold: float = SUPPORT_THRESHOLD, method: str
 
     def compute() -> list[dict[str, Any]]:
         rows = split_rows(run, "test")
-        maps = run_heatmaps(run, m.name, "test", target, **params)
+        maps = run_heatmaps(run, m.name, "test", target, progress=scaled(progress, 0.0, 0.8), cancel=cancel,
+                            **params)
         masks = run_masks(run, "test")
         empty = is_empty(maps)
         records = []
         for i in np.flatnonzero(masks["has_lesion"]):
+            check_cancel(cancel)
             r = rows.iloc[i]
             s = localisation_scores(maps[i], masks["lesion"][i], masks["lung"][i] if masks["has_lung"][i] else None,
                                     threshold, seed=int(i))

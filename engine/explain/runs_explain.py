@@ -10,13 +10,16 @@ from ..data.imageio import read_mask
 from ..data.transforms import preprocess_mask
 from ..errors import ConfigError
 from ..store import cached_arrays, stable_hash
-from .methods import check_method, explain_one, heatmaps
+from .methods import check_method, explain_one, get_method, heatmaps
+from ..progress import CancelCheck, Progress, check_cancel, report
 
 if TYPE_CHECKING:
     from ..runs import Run
 
 #: How a run's explanations pick the class to explain: the model's prediction, the true class, or a class index.
 RunTarget = str | int
+#: Images per chunk of a split's maps, by the method's cost: progress is reported and a cancel heard between chunks.
+CHUNK = {"fast": 16, "medium": 4, "slow": 1}
 
 
 def split_rows(run: Run, split: str) -> pd.DataFrame:
@@ -41,35 +44,51 @@ def _key(method: str, split: str, target: RunTarget, params: dict[str, Any]) -> 
 
 
 def run_heatmaps(run: Run, method: str = "gradcam", split: str = "test", target: RunTarget = "pred",
-                 layer: str | None = None, **params: Any) -> np.ndarray:
-    """(N, S, S) maps in [0, 1] of every image of ``split`` (``split_rows`` order), computed in batches and cached.
+                 layer: str | None = None, *, progress: Progress | None = None, cancel: CancelCheck | None = None,
+                 **params: Any) -> np.ndarray:
+    """(N, S, S) maps in [0, 1] of every image of ``split`` (``split_rows`` order), computed in chunks and cached.
 
-    LIME costs ``n_samples`` model evaluations per image; for single images use ``run_image_explanation``.
+    ``progress`` hears after every chunk and ``cancel`` is checked before each (a cancel raises Cancelled and caches
+    nothing). LIME costs ``n_samples`` model evaluations per image; for single images use ``run_image_explanation``.
     """
     if layer is not None:
         params["layer"] = layer
 
     def compute() -> dict[str, np.ndarray]:
+        m = get_method(method)
         rows = split_rows(run, split)
-        maps = heatmaps(run.load_model(), run.images(split), method, _targets(rows, target), **params)
+        images, targets, model = run.images(split), _targets(rows, target), run.load_model()
+        chunk, parts = CHUNK[m.cost], []
+        for i in range(0, len(images), chunk):
+            check_cancel(cancel)
+            report(progress, i / len(images), f"{m.label}: {i} of {len(images)} images")
+            t = targets if isinstance(targets, int) else targets[i : i + chunk]
+            parts.append(heatmaps(model, images[i : i + chunk], method, t, **params))
+        maps = np.concatenate(parts) if parts else heatmaps(model, images, method, targets, **params)
+        report(progress, 1.0, f"{m.label}: {len(images)} images")
         return {"heatmaps": maps.astype(np.float32)}
 
     return cached_arrays(run.artifact(f"explain/heatmaps-{_key(method, split, target, params)}.npz"), compute)["heatmaps"]
 
 
 def run_image_explanation(run: Run, row: int, split: str = "test", method: str = "lime", target: RunTarget = "pred",
+                          *, progress: Progress | None = None, cancel: CancelCheck | None = None,
                           **params: Any) -> dict[str, np.ndarray]:
     """One image's explanation (``row`` of ``split_rows``), cached.
 
     Returns ``heatmap`` (S, S) in [0, 1] and the method's details where it has them (LIME: ``map``, ``segments``,
-    ``weights``).
+    ``weights``). Methods that can (LIME) report ``progress`` and stop on ``cancel`` (raising Cancelled).
     """
 
     def compute() -> dict[str, np.ndarray]:
+        check_cancel(cancel)
         rows = split_rows(run, split)
         t = _targets(rows.iloc[[row]], target)
         image = run.images(split)[row]
-        return explain_one(run.load_model(), image, method, int(np.ravel(t)[0]), **params)
+        out = explain_one(run.load_model(), image, method, int(np.ravel(t)[0]), progress=progress, cancel=cancel,
+                          **params)
+        check_cancel(cancel)
+        return out
 
     key = _key(method, split, target, params)
     return cached_arrays(run.artifact(f"explain/image-{row}-{key}.npz"), compute)

@@ -13,6 +13,7 @@ from ..errors import DataError, LungLensError
 from ..models.backbones import StagedNet
 from ..ood import check_unlike
 from .diagnose import explain_image
+from ..progress import CancelCheck, Progress, report, scaled
 
 if TYPE_CHECKING:
     from ..runs import Run
@@ -46,19 +47,23 @@ def read_upload(data: bytes, name: str, size: int, clahe: bool = False) -> np.nd
 
 
 def diagnose_upload(data: bytes, name: str, model: StagedNet, classes: Sequence[str], size: int,
-                    clahe: bool = False, lime_samples: int = 1000, run: Run | None = None) -> dict[str, Any] | str:
+                    clahe: bool = False, lime_samples: int = 1000, run: Run | None = None, *,
+                    progress: Progress | None = None, cancel: CancelCheck | None = None) -> dict[str, Any] | str:
     """Class probabilities, Grad-CAM and LIME of an uploaded image for the model's predicted class, or a message.
 
     Returns ``image`` (the preprocessed uint8 input), ``probabilities``, ``predicted``, ``gradcam`` (heatmap) and
     ``lime`` (``lime_map``'s result); a string says why the upload cannot be diagnosed. With the model's ``run``,
     also ``unlike``: ``engine.ood.check_unlike`` of the image (one value per key), or a message saying why it could
     not be checked. Nothing is written to disk but the run's cached reference of its training features.
+    LIME reports ``progress`` and stops on ``cancel`` (raising Cancelled).
     """
     image = read_upload(data, name, size, clahe)
     if isinstance(image, str):
         return image
     cam = explain_image(model, image, tuple(classes), "gradcam")
-    lime = explain_image(model, image, tuple(classes), "lime", cam["predicted"], n_samples=lime_samples)
+    lime = explain_image(model, image, tuple(classes), "lime", cam["predicted"], n_samples=lime_samples,
+                         progress=scaled(progress, 0.05, 0.9), cancel=cancel)
+    report(progress, 0.9, "comparing the image with the training images")
     result = {"image": image, "probabilities": cam["probabilities"], "predicted": cam["predicted"],
               "gradcam": cam["heatmap"], "lime": lime["details"]}
     if run is not None:
@@ -68,3 +73,16 @@ def diagnose_upload(data: bytes, name: str, model: StagedNet, classes: Sequence[
         except LungLensError as exc:
             result["unlike"] = f"Whether this image is like the training data cannot be checked: {exc}"
     return result
+
+
+def diagnose_run_upload(run: Run, data: bytes | np.ndarray, name: str, lime_samples: int = 1000, *,
+                        progress: Progress | None = None, cancel: CancelCheck | None = None) -> dict[str, Any] | str:
+    """``diagnose_upload`` with the model, classes and preprocessing of ``run`` (an external view: its run's).
+
+    ``data`` may be the file's bytes as a uint8 array (so that an in-memory cache can key it by digest).
+    """
+    base = run.trained_run
+    cfg = base.config
+    return diagnose_upload(np.asarray(data, dtype=np.uint8).tobytes() if isinstance(data, np.ndarray) else data,
+                           name, base.load_model(), base.classes, cfg.image_size, cfg.clahe, lime_samples, run=base,
+                           progress=progress, cancel=cancel)

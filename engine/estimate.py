@@ -1,0 +1,146 @@
+"""A rough training time before Train: seconds per image-epoch measured from this machine's cached runs of the same
+backbone, scaled by images × epochs × depth and image area, plus the one-time pretraining of the built-in backbone.
+
+The cost of one image in one epoch is taken as proportional to ``cost_units``: the trainable blocks (depth) plus a
+fixed share for the classifier head, evaluation and data handling, plus a third of each frozen block when the frozen
+prefix is recomputed every epoch (augmentation on, or its cache off). It grows with the image area.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import RunConfig
+from .device import pick_device
+from .errors import LungLensError
+from .models.names import N_BLOCKS
+from .pretrain import SOURCE_EPOCHS, SOURCE_IMAGES, SOURCE_MAX_SIZE, builtin_backbone_path
+from .runs import Run, list_runs, runs_root
+from .store import home
+
+#: Cost units of the head, per-epoch evaluation and data handling, as a number of trainable blocks.
+FIXED_UNITS = 2.0
+#: A frozen block run forward only (no cached prefix) costs about a third of a trained one (forward and backward).
+FROZEN_UNITS = 1 / 3
+#: Image side the rates are expressed at.
+REFERENCE_SIZE = 128
+#: With no timed run of the backbone here: seconds per image-epoch and cost unit at 128 px for ResNet-18, about twice
+#: what a 2-core laptop CPU takes, so the estimate errs long; other backbones scale by their relative compute.
+DEFAULT_RATE = 0.007
+BACKBONE_COST = {"alexnet": 0.4, "vgg16": 8.5, "vgg19": 10.8, "resnet18": 1.0, "resnet50": 2.3, "densenet121": 1.6}
+#: Pretraining (augmentation, every block trained from scratch) per image-epoch, against fine-tuning at full depth.
+PRETRAIN_FACTOR = 1.5
+#: The most recent cached runs of a backbone that are timed.
+HISTORY_RUNS = 24
+
+
+def cost_units(cfg: RunConfig) -> float:
+    """Relative cost of one image-epoch at the config's depth (see the module docstring)."""
+    recomputed = cfg.augment or not cfg.prefix_cache
+    return FIXED_UNITS + cfg.depth + (FROZEN_UNITS * (N_BLOCKS - cfg.depth) if recomputed else 0.0)
+
+
+def _area(size: int) -> float:
+    return (size / REFERENCE_SIZE) ** 2
+
+
+def _device_type(name: str) -> str:
+    return str(name).split(":")[0]
+
+
+def measured_rates(backbone: str) -> list[float]:
+    """Seconds per image-epoch and cost unit at 128 px of the most recent cached runs of ``backbone`` trained on this
+    machine's device type (a run's own time: its pretraining excluded, image decoding included)."""
+    df = list_runs()
+    if df.empty:
+        return []
+    device = pick_device().type
+    rates = []
+    for run_id in df[df["backbone"] == backbone]["run"].head(HISTORY_RUNS):
+        try:
+            run = Run(runs_root() / run_id)
+            if _device_type(run.meta["device"]) != device:
+                continue
+            images, epochs = len(run.predictions), int(run.result["epochs_run"])
+            rates.append(float(run.result["seconds"]) / (images * epochs * cost_units(run.config)
+                                                         * _area(run.config.image_size)))
+        except (LungLensError, KeyError, TypeError, ValueError, ZeroDivisionError):
+            continue
+    return rates
+
+
+def _pretrain_rates(backbone: str) -> list[float]:
+    """Seconds per source image-epoch at 128 px of the built-in backbones of ``backbone`` pretrained on this device."""
+    device = pick_device().type
+    rates = []
+    for path in sorted((home() / "backbones").glob(f"builtin-{backbone}-*.json")):
+        try:
+            record = json.loads(path.read_text())
+            if record["arch"] == backbone and _device_type(record["device"]) == device:
+                rates.append(float(record["seconds"]) / (record["images"] * record["epochs"] * _area(record["size"])))
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            continue
+    return rates
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """Rough seconds to train each config (in order) and to pretrain the built-in backbone first, and how."""
+
+    run_seconds: tuple[float, ...]
+    pretrain_seconds: float
+    #: How the numbers were derived, in words.
+    basis: str
+
+    @property
+    def seconds(self) -> float:
+        """The whole estimate: every run plus the pretraining."""
+        return sum(self.run_seconds) + self.pretrain_seconds
+
+
+def duration(seconds: float) -> str:
+    """``about 40 s``, ``about 3 min``, ``about 1 h 20 min`` (rounded for an estimate)."""
+    if seconds < 90:
+        return f"about {max(5, round(seconds / 5) * 5):.0f} s"
+    minutes = round(seconds / 60)
+    return f"about {minutes} min" if minutes < 90 else f"about {minutes // 60} h {minutes % 60:02d} min"
+
+
+def _pretraining(cfg: RunConfig, rate: float) -> tuple[float, str]:
+    """Seconds and words for pretraining the built-in backbone ``cfg`` needs (0 when it is cached or not needed)."""
+    if cfg.init != "builtin" or builtin_backbone_path(cfg.backbone, cfg.image_size, cfg.head_width).exists():
+        return 0.0, ""
+    work = SOURCE_IMAGES * SOURCE_EPOCHS * _area(min(cfg.image_size, SOURCE_MAX_SIZE))
+    timed = _pretrain_rates(cfg.backbone)
+    if timed:
+        how = f"timed from {len(timed)} earlier pretraining(s) of {cfg.backbone} here, scaled by image area"
+        seconds = work * statistics.median(timed)
+    else:
+        how = (f"{SOURCE_IMAGES} source images × {SOURCE_EPOCHS} epochs with every block trained, at the rate above "
+               f"× {PRETRAIN_FACTOR} for augmentation")
+        seconds = work * rate * (FIXED_UNITS + N_BLOCKS) * PRETRAIN_FACTOR
+    return seconds, f"; plus {duration(seconds)} to pretrain the built-in {cfg.backbone} backbone once ({how})"
+
+
+def estimate_training(configs: Sequence[RunConfig], images: int) -> TrainingEstimate:
+    """A rough time to train ``configs`` on ``images`` images: each for its full epochs (early stopping may end it
+    sooner), at the median rate of this machine's cached runs of the backbone, else a conservative default."""
+    if not configs:
+        return TrainingEstimate((), 0.0, "nothing to train")
+    backbone = configs[0].backbone
+    measured = measured_rates(backbone)
+    if measured:
+        rate = statistics.median(measured)
+        source = (f"measured from {len(measured)} cached {backbone} run(s) on this machine: {rate * 1000:.2f} ms per "
+                  f"image-epoch and cost unit at {REFERENCE_SIZE} px")
+    else:
+        rate = DEFAULT_RATE * BACKBONE_COST.get(backbone, max(BACKBONE_COST.values()))
+        source = (f"no {backbone} run timed on this machine yet, so a conservative default of {rate * 1000:.1f} ms per "
+                  f"image-epoch and cost unit at {REFERENCE_SIZE} px (about twice a 2-core laptop CPU)")
+    runs = tuple(images * cfg.epochs * cost_units(cfg) * _area(cfg.image_size) * rate for cfg in configs)
+    pretrain, pretrain_how = _pretraining(configs[0], rate)
+    basis = (f"Rough: {images:,} images × up to {configs[0].epochs} epochs × {len(configs)} run(s), a run's cost "
+             f"growing with its depth ({FIXED_UNITS:g} + depth units) and the image area; {source}{pretrain_how}.")
+    return TrainingEstimate(runs, pretrain, basis)
