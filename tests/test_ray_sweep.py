@@ -13,6 +13,7 @@ import ray
 
 import engine
 import engine.runs
+from engine.jobs import running_jobs
 from engine.cli import main
 from engine.ray_executor import STORE_CHECK, RayExecutor, SharedStoreError, machine_resources, train_task
 from engine.sweep import RUN_DONE, executor_from_env
@@ -219,6 +220,9 @@ def test_home_trains_through_ray_when_the_dashboard_has_an_address(local_ray, tm
     (button,) = [b for b in at.button if b.label.startswith("Train 1 run(s)")]
     button.click().run()
     assert not at.exception
+    for job in running_jobs():  # Home trains in a background job: wait for it before Ray shuts down
+        assert job.wait(300) and job.status == "done", job.error
+    at.run()
     assert submitted == [[1]]
     assert any("Everything is trained" in s.value for s in at.success)
     (run,) = [engine.get_run(cfg) for cfg in sel.configs()]
