@@ -23,6 +23,7 @@ from streamlit.runtime import Runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import engine
+from engine.errors import Cancelled
 from engine.jobs import Job, JobFn, forget_job, get_job, reap, start_job
 from engine.store import stable_hash
 
@@ -136,13 +137,12 @@ def time_left(job: Job) -> str:
     return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
 
 
-def job_panel(key: str, name: str, *, done: Callable[[Job], None] | None = None, what: str = "the result",
-              again: str | None = None) -> Job | None:
+def job_panel(key: str, name: str, *, done: Callable[[Job], None] | None = None,
+              what: str = "the result") -> Job | None:
     """The job ``key``'s panel: progress, time left and Cancel while it runs (redrawn every second, the page stays
     usable), then how it ended: ``done(job)`` draws a finished job (default: a line saying so), a cancelled or failed
     one gets a note. ``name`` prefixes the widget keys; ``what`` names the result in messages. The whole page reruns
-    once when the job ends, so that it can show the result. ``again``: a button label to start the job anew after a
-    cancel or failure is the caller's (returned job's status tells). Returns the job (None when there is none)."""
+    once when the job ends, so that it can show the result. Returns the job (None when there is none)."""
     job = get_job(key)
     if job is None:
         return None
@@ -217,7 +217,7 @@ def background(fn: Callable[..., Any], *args: Any, label: str, name: str, report
         progress(0.0, "computing")
         value = fn(*args, **kwargs)
         if cancelled():  # it could only stop at its end: the result is dropped as asked
-            raise engine.LungLensError("cancelled")
+            raise Cancelled("Stopped on request: the result was dropped.")
         return value
 
     job = start(key, label, work) if job is None or not job.running else job
