@@ -82,19 +82,24 @@ def comparison_styler(table: pd.DataFrame) -> Styler:
     return comparison_table(table).style.apply(lambda _: css, axis=None)
 
 
-def table1_caption(n_test: int, positive: str, backbone: str, tied: Sequence[str]) -> str:
-    """What Table 1 shows and how: intervals, the best-value mark (and the tied columns left unmarked), the methods."""
+def table1_caption(n_test: int, positive: str, backbone: str, tied: Sequence[str], lbp: bool = True) -> str:
+    """What Table 1 shows and how: intervals, the best-value mark (and the tied columns left unmarked), the methods;
+    ``lbp``: whether the LBP + SVM row is there (not for 3-D runs)."""
     ties = (f" Tied best ({', '.join(tied)}): two or more methods share the best value as shown, so none of that "
             "column is marked." if tied else "")
+    methods = (f"All three methods on the same {n_test} test images" if lbp
+               else f"Both methods on the same {n_test} test volumes")
+    features = ("LBP + SVM: 59-bin uniform LBP histogram (P = 8, R = 1, Wan sec. 3.2). " if lbp else "")
+    svms = "Both SVMs use" if lbp else "The SVM uses"
     return (
-        f"All three methods on the same {n_test} test images; each cell is the value and its 95% percentile-bootstrap "
-        "interval (1,000 resamples of the test images, the same resamples for every method). The best value of each "
+        f"{methods}; each cell is the value and its 95% percentile-bootstrap interval (1,000 resamples of the test "
+        "set, the same resamples for every method). The best value of each "
         f"column (to the {DIGITS} decimals shown) is in bold on a green tint (Wan's Table 1 marks it in red).{ties} "
         "Overlapping intervals mean the difference may be chance. Sensitivity, specificity, PPV, NPV, F1 and AUC are "
-        f"of the positive class ({positive}) one-vs-rest. LBP + SVM: 59-bin uniform LBP histogram (P = 8, R = 1, Wan "
-        f"sec. 3.2). Deep features + SVM: the flattened output of this fine-tuned {backbone}'s last conv stage (9216-d "
-        "for AlexNet, as in Wan). Both SVMs use an RBF kernel on standardised features, C (column SVM C) chosen by "
-        "cross-validation (balanced accuracy) on the training split only, and Platt-calibrated probabilities."
+        f"of the positive class ({positive}) one-vs-rest. {features}Deep features + SVM: the flattened output of this "
+        f"fine-tuned {backbone}'s last conv stage (9216-d for AlexNet, as in Wan). {svms} an RBF kernel on "
+        "standardised features, C (column SVM C) chosen by cross-validation (balanced accuracy) on the training split "
+        "only, and Platt-calibrated probabilities."
     )
 
 
@@ -199,9 +204,9 @@ def depth_figure(curve: pd.DataFrame, metric: str) -> go.Figure:
     return fig
 
 
-def fold_roc_figure(roc: Mapping[str, Any]) -> go.Figure:
+def fold_roc_figure(roc: Mapping[str, Any], name: str | None = None) -> go.Figure:
     """``crossval.fold_roc``: the positive class's ROC curve of every fold, its AUC in the legend, mean ± sd AUC over
-    folds in the title (Ouyang et al. fig. 4), and the chance line."""
+    folds in the title (after ``name``, e.g. a training variant; Ouyang et al. fig. 4), and the chance line."""
     fig = go.Figure()
     palette = qualitative.D3
     for i, f in enumerate(roc["folds"]):
@@ -211,8 +216,9 @@ def fold_roc_figure(roc: Mapping[str, Any]) -> go.Figure:
     spread = roc["auc"]
     sd = f" ± {spread['sd']:.3f}" if np.isfinite(spread["sd"]) else ""
     fig.update_layout(
-        title=dict(text=f"{roc['positive']} vs rest, {roc['n_folds']} folds: AUC {spread['mean']:.3f}{sd} (mean ± sd)",
-                   x=0, font=dict(size=14)),
+        title=dict(text=(f"{name}: " if name else "") + f"{roc['positive']} vs rest" + (
+            f", {roc['n_folds']} folds: AUC {spread['mean']:.3f}{sd} (mean ± sd)" if roc["n_folds"] > 1
+            else f": AUC {spread['mean']:.3f} (hold-out)"), x=0, font=dict(size=14)),
         height=420, margin=dict(t=50, b=40, l=60, r=20),
         legend=dict(x=1, xanchor="right", y=0.02, bgcolor="rgba(255,255,255,0.8)"))
     fig.update_xaxes(range=[-0.01, 1.01], title_text="False positive rate (1 − specificity)")
@@ -226,3 +232,48 @@ def fold_table(per_fold: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     rows = per_fold.assign(fold=per_fold["fold"].astype(str))[["fold", *metrics, "best_epoch", "run"]]
     extra = summary.loc[["mean", "sd"], metrics].rename_axis("fold").reset_index()
     return pd.concat([rows, extra], ignore_index=True)
+
+
+#: The scores of ``engine.attention_effect`` drawn with their 95% intervals: column -> label.
+EFFECT_SCORES = {"consistency": "Consistency degree with the lesion", "on_marker": "Share of support on the marker"}
+EFFECT_COLORS = ("#64748b", "#7c3aed")
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
+def attention_effect_table(effect: pd.DataFrame) -> pd.DataFrame:
+    """``engine.attention_effect``'s rows as text: test accuracy, the test images with a lesion mask (those scored),
+    each score as ``value [low, high]`` (those undefined for every model left out) and the accuracy with / without the
+    shortcut marker where there is one."""
+    shown = [m for m in EFFECT_SCORES if effect[m].map(_finite).any()]
+    accuracy = [c for c in ("acc_with_marker", "acc_without_marker") if effect[c].map(_finite).any()]
+    rows = {}
+    for r in effect.to_dict("records"):
+        row = {"test ACC": format_ci(r["test_acc"], None, None, DIGITS), "with a lesion": int(r["n_lesion"])}
+        row.update({EFFECT_SCORES[m]: format_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"], DIGITS) for m in shown})
+        row.update({c.replace("acc_", "ACC ").replace("_", " "): format_ci(r[c], None, None, DIGITS)
+                    for c in accuracy})
+        rows[r["model"]] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+
+
+def attention_effect_figure(effect: pd.DataFrame) -> go.Figure:
+    """Bars of each score of ``engine.attention_effect`` (consistency with the lesion; share on the marker where
+    there is one) per model, with their 95% bootstrap intervals as error bars."""
+    fig = go.Figure()
+    for color, (model, r) in zip(EFFECT_COLORS * len(effect), effect.set_index("model").iterrows()):
+        shown = [m for m in EFFECT_SCORES if _finite(r[m])]
+        value = np.array([r[m] for m in shown], dtype=float)
+        fig.add_trace(go.Bar(
+            x=[EFFECT_SCORES[m] for m in shown], y=value, name=model, marker_color=color,
+            error_y=dict(type="data", array=np.array([r[f"{m}_hi"] for m in shown], dtype=float) - value,
+                         arrayminus=value - np.array([r[f"{m}_lo"] for m in shown], dtype=float), visible=True),
+            customdata=np.array([[r[f"{m}_lo"], r[f"{m}_hi"]] for m in shown], dtype=float),
+            hovertemplate=f"{model}: %{{x}} %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]"
+                          "<extra></extra>"))
+    fig.update_layout(barmode="group", height=380, margin=dict(t=40, b=70, l=60, r=20),
+                      legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.14, yanchor="top"))
+    fig.update_yaxes(range=[0, 1.1], title_text="Mean over the test images (95% CI)")
+    return fig

@@ -13,12 +13,18 @@ import streamlit as st
 
 import engine
 from engine.data.access import allowed_folder, is_exposed
+from engine.data.sources import BUILTIN, BUILTIN_CT
+from engine.data.volume import volume_shape
+from engine.jobs import Job
 
+from .background import cached, forget_results
 from .url_state import url_set
 
 KEY = "selection"
 #: Real datasets shipped beside the repository for integration tests and demos, when present.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: The built-in data sources (generated, no download) by name, with their short name for captions.
+BUILTIN_SOURCES = {BUILTIN: "built-in phantoms", BUILTIN_CT: "built-in CT phantoms"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,12 @@ class Selection:
     @property
     def data_label(self) -> str:
         """Short name of the data source for captions."""
-        return "built-in phantoms" if self.config.data == "builtin" else Path(self.config.data).name
+        return BUILTIN_SOURCES.get(self.config.data) or Path(self.config.data).name
+
+    @property
+    def volumes(self) -> bool:
+        """Whether the experiment's backbone takes 3-D volumes (CT) rather than 2-D images."""
+        return self.config.backbone in engine.VOLUME_BACKBONES
 
 
 def initial_selection() -> Selection:
@@ -127,15 +138,15 @@ def _parse(kind: str, code: str) -> object:
 
 
 def _data_code(data: str) -> str:
-    """``builtin``, a shared dataset's name, or the folder's path."""
+    """``builtin``, ``builtin-ct``, a shared dataset's name, or the folder's path."""
     shared = shared_datasets()
     name = Path(data).name
-    return name if data != "builtin" and name in shared and Path(data) == shared[name] else data
+    return name if data not in BUILTIN_SOURCES and name in shared and Path(data) == shared[name] else data
 
 
 def _data_from_code(code: str, exposed: bool) -> str | None:
     """The data source a link's ``data`` names, or None when it names nothing readable here."""
-    if code == "builtin":
+    if code in BUILTIN_SOURCES:
         return code
     shared = shared_datasets()
     if code in shared:
@@ -203,3 +214,23 @@ def publish_selection(sel: Selection) -> None:
     """Write ``sel`` into the URL (``data``, ``cfg``, ``depths``), so a copied link opens the same experiment."""
     for param, code in link_params(sel).items():
         url_set(param, code)
+
+
+def _forget_run_lists(_key: str, _started: float) -> None:
+    """Drop the dashboard's caches that list or summarise runs (once per finished job: see ``after_training``)."""
+    st.cache_resource.clear()
+    forget_results()
+
+
+def after_training(job: Job | None) -> None:
+    """Once a training job has ended (done, cancelled or failed), its runs are new: the caches listing runs go, once
+    per job for the whole server (``cached`` remembers the call, made after the caches are cleared)."""
+    if job is not None and not job.running:
+        cached(_forget_run_lists, job.key, job.started)
+
+
+def size_text(cfg: engine.RunConfig) -> str:
+    """A run's input size: ``128 px`` for images, ``32 × 64 × 64 voxels`` (slices × rows × columns) for volumes."""
+    if cfg.backbone in engine.VOLUME_BACKBONES:
+        return f"{' × '.join(map(str, volume_shape(cfg.image_size)))} voxels"
+    return f"{cfg.image_size} px"

@@ -80,21 +80,44 @@ def _mark_epochs(fig: go.Figure, history: pd.DataFrame, best_epoch: int, stopped
     return 1 + max(lane for lane, _ in lanes)
 
 
-def loss_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> go.Figure:
-    """Cross-entropy loss per epoch on train, validation and test, with the epoch marks (Wan fig. 4)."""
+#: Ouyang et al.'s attention loss in the history (train split only: it needs the lesion masks of training cases).
+ATTENTION_LOSS = "train_attention_loss"
+ATTENTION_COLOR = "#7c3aed"
+ATTENTION_LABEL = "L_ex, attention loss (Ouyang et al. eq. 3)"
+
+
+def _epoch_figure(history: pd.DataFrame, lines: Mapping[str, tuple[str, dict]], best_epoch: int,
+                  stopped_early: bool, y_title: str) -> go.Figure:
+    """History columns per epoch (``lines``: column -> (name, line style)), with the labelled epoch marks."""
     fig = make_subplots(rows=1, cols=1)
-    for split in SPLIT_NAMES:
-        if _has(history, f"{split}_loss"):
-            fig.add_trace(go.Scatter(x=history["epoch"], y=history[f"{split}_loss"], mode="lines+markers",
-                                     name=SPLIT_NAMES[split],
-                                     line=dict(color=SPLIT_COLOR[split], dash=SPLIT_DASH[split])))
+    for column, (name, line) in lines.items():
+        if _has(history, column):
+            fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines+markers", name=name,
+                                     line=line))
     lanes = _mark_epochs(fig, history, best_epoch, stopped_early, labels=True)
     # the legend below the plot: above it are the epoch-mark labels
     fig.update_layout(height=380 + LANE_PX * lanes, margin=dict(t=TOOLBAR_PX + LANE_PX * lanes, b=40, l=60, r=20),
                       hovermode="x unified", legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
     fig.update_xaxes(title_text="Epoch", dtick=1 if len(history) <= 20 else None)
-    fig.update_yaxes(title_text="Cross-entropy loss")
+    fig.update_yaxes(title_text=y_title)
     return fig
+
+
+def loss_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> go.Figure:
+    """Cross-entropy loss per epoch on train, validation and test, with the epoch marks (Wan fig. 4)."""
+    lines = {f"{s}_loss": (SPLIT_NAMES[s], dict(color=SPLIT_COLOR[s], dash=SPLIT_DASH[s])) for s in SPLIT_NAMES}
+    return _epoch_figure(history, lines, best_epoch, stopped_early, "Cross-entropy loss")
+
+
+def has_attention_loss(history: pd.DataFrame) -> bool:
+    """Whether the run was trained with Ouyang's attention loss (its history records L_ex per epoch)."""
+    return _has(history, ATTENTION_LOSS)
+
+
+def attention_loss_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool) -> go.Figure:
+    """Ouyang et al.'s attention loss L_ex (eq. 3) per epoch on the training split, with the epoch marks."""
+    lines = {ATTENTION_LOSS: (f"train {ATTENTION_LABEL}", dict(color=ATTENTION_COLOR))}
+    return _epoch_figure(history, lines, best_epoch, stopped_early, ATTENTION_LABEL)
 
 
 def criteria_figure(history: pd.DataFrame, best_epoch: int, stopped_early: bool,

@@ -20,9 +20,10 @@ PAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "training": ("compare", "quantity", "splits", "runs", "backbones", "average", "fold_quantity", "fold_split"),
     "features": ("method", "dims", "colour", "image"),
     "performance": ("section", "metric", "normalise", "temperature", "preset", "cutoff", "external_metric"),
-    "layers": ("filters", "view", "image", "layer", "neurons", "seed", "gray", "class", "draw", "maps", "show",
-               "opacity"),
-    "support_regions": ("section", "image", "method", "target", "threshold", "layer"),
+    "layers": ("filters", "section", "view", "image", "layer", "slice", "neurons", "seed", "gray", "class", "draw",
+               "maps", "show", "opacity"),
+    "support_regions": ("section", "image", "method", "target", "threshold", "layer", "case", "slice", "plane", "row",
+                        "column", "draw"),
 }
 #: Widgets that take no ``options`` argument (their ``options`` are only the values a URL may set).
 _NO_OPTIONS = frozenset({"toggle", "checkbox", "number_input", "slider"})

@@ -17,7 +17,7 @@ import engine
 from engine.crossval import fold_configs, require_folds
 
 from .exports import png_config
-from .state import Selection, publish_selection, selection
+from .state import Selection, publish_selection, selection, size_text
 from .url_state import flag, url_widget
 
 #: The Home page's file (the entry script, Home.py, only wires the pages).
@@ -107,7 +107,7 @@ def _summary(slot: DeltaGenerator, sel: Selection) -> None:
         st.markdown("**Current experiment**")
         st.caption(
             f"Data: {sel.data_label}  \nBackbone: {c.backbone} · init: {c.init}  \n"
-            f"Depths: {', '.join(map(str, sel.depths))} · {c.epochs} epochs · {c.image_size} px"
+            f"Depths: {', '.join(map(str, sel.depths))} · {c.epochs} epochs · {size_text(c)}"
             + (f"  \n{c.folds}-fold cross-validation" if c.folds > 1 else "")
         )
         st.page_link(str(HOME), label="Change on Home", icon=":material/tune:")

@@ -29,9 +29,14 @@ _EXPORTS: dict[str, str] = {
     "RUN_DONE": "sweep", "SweepRow": "sweep", "executor_from_env": "sweep", "run_sweep": "sweep",
     "sweep_configs": "sweep",
     "Progress": "training",
-    "DataSummary": "data_summary", "data_summary": "data_summary",
+    "DataSummary": "data_summary", "data_summary": "data_summary", "infection_spread": "data_summary",
     "TrainingEstimate": "estimate", "duration": "estimate", "estimate_training": "estimate",
     "train_missing": "train_job",
+    "VOLUME_BACKBONES": "models.names",
+    "SIZE_GROUPS": "ouyang", "VARIANTS": "ouyang", "format_mean_sd": "ouyang", "missing_configs": "ouyang",
+    "size_table": "ouyang", "variant_configs": "ouyang", "variant_rocs": "ouyang", "variant_table": "ouyang",
+    "infection_ratios": "guidance",
+    "attention_effect": "ouyang", "support_comparison": "shortcut",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -17,7 +17,7 @@ from .data.transforms import to_model_input
 from .device import pick_device
 from .errors import DataError
 from .evaluation import METRICS, bootstrap_ci, split_predictions
-from .lbp import lbp_histograms
+from .lbp import check_lbp, lbp_histograms, lbp_refusal
 from .models.backbones import StagedNet
 from .progress import CancelCheck, Progress, step
 from .store import cached_arrays, cached_json
@@ -32,6 +32,9 @@ C_GRID = np.logspace(-2, 3, 6)
 #: Model-selection score: balanced accuracy, so that a majority-class SVM does not win on imbalanced data.
 CV_SCORING = "balanced_accuracy"
 METHODS = ("LBP + SVM", "Deep features + SVM", "Fine-tuned CNN")
+#: Voxels of one deep-feature batch: what 64 images of 224 x 224 hold, so that a batch of volumes needs about the
+#: memory of a batch of 2-D images (a 32 x 64 x 64 volume: 24 a batch).
+BATCH_VOXELS = 64 * 224 * 224
 
 
 def _n_folds(train_y: np.ndarray, cv: int) -> tuple[int, str]:
@@ -104,9 +107,11 @@ def svm_baseline(
 
 
 def deep_features(model: StagedNet, images_uint8: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """(N, H, W) uint8 images -> (N, D) float32 ``model.features`` (9216-d AlexNet), batched on the model's device."""
+    """(N, H, W) uint8 images or (N, D, H, W) volumes -> (N, F) float32 ``model.features`` (9216-d AlexNet, 512-d
+    ResNet-18 and 3-D ResNet-18), batched on the model's device (at most ``BATCH_VOXELS`` voxels a batch)."""
     if len(images_uint8) == 0:
         raise DataError("No images to extract deep features from: the split is empty.")
+    batch_size = max(1, min(batch_size, BATCH_VOXELS // int(np.prod(images_uint8.shape[1:]))))
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -139,7 +144,9 @@ def run_deep_features(run: Run) -> dict[str, np.ndarray]:
 
 
 def lbp_features(run: Run) -> dict[str, np.ndarray]:
-    """59-bin LBP histograms of the run's images, laid out like ``run_deep_features``."""
+    """59-bin LBP histograms of the run's images, laid out like ``run_deep_features``; ConfigError for a 3-D run
+    (``engine.lbp.LBP_VOLUME_REASON``)."""
+    check_lbp(run)
     return _split_features(run, "lbp-features.npz", lbp_histograms)
 
 
@@ -158,11 +165,14 @@ def compare_methods(run: Run, *, seed: int = 0, cv: int = 5, n_boot: int = 1000,
                     progress: Progress | None = None, cancel: CancelCheck | None = None) -> pd.DataFrame:
     """Wan et al.'s Table 1 for a run: LBP + SVM, deep features + SVM and the fine-tuned CNN on the same test split.
 
+    A 3-D run has no LBP row: ``df.attrs["note"]`` says why in one line (it is "" when every method applies).
     Columns: method, each metric with ``_low``/``_high`` bootstrap bounds (same resamples for every method), and
     the SVMs' chosen C, CV score and fold note. Cached in the run's folder (the features too, each as soon as it is
     extracted). ``progress(fraction, text)`` hears of each feature kind and fit; ``cancel()`` returning True stops
     between them (LungLensError).
     """
+
+    note = lbp_refusal(run) or ""
 
     def compute() -> list[dict[str, Any]]:
         # The SVMs fit on the train split, the images the CNN's weights were fitted on. The val split (the CNN's
@@ -172,6 +182,8 @@ def compare_methods(run: Run, *, seed: int = 0, cv: int = 5, n_boot: int = 1000,
         rows = []
         kinds = (("LBP + SVM", "LBP features", lbp_features), ("Deep features + SVM", "deep features",
                                                                  run_deep_features))
+        if note:
+            kinds = kinds[1:]
         for i, (method, what, extract) in enumerate(kinds):
             step(progress, cancel, 0.45 * i, f"extracting {what}")
             feats = extract(run)
@@ -188,4 +200,6 @@ def compare_methods(run: Run, *, seed: int = 0, cv: int = 5, n_boot: int = 1000,
     df = pd.DataFrame(rows)
     numeric = [c for c in df.columns if c not in ("method", "cv_note")]
     df[numeric] = df[numeric].astype(float)
-    return df[["method", *[f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")], "C", "cv_score", "cv_note"]]
+    df = df[["method", *[f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")], "C", "cv_score", "cv_note"]]
+    df.attrs["note"] = note
+    return df

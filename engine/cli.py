@@ -1,5 +1,5 @@
-"""Command line: ``python -m engine sweep | prepare | runs | data make-demo | evaluate | score | explain |
-explain-report | report``."""
+"""Command line: ``python -m engine sweep | prepare | ouyang | runs | data make-demo | data make-demo-ct | evaluate |
+score | explain | explain-report | report``."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from .config import PRESETS, RunConfig, preset
-from .data.sources import BUILTIN
+from .config import PRESETS, SAMPLINGS, RunConfig, preset
+from .data.sources import BUILTIN, BUILTIN_CT
 from .errors import ConfigError, LungLensError
 from .explain.methods import METHODS
 from .models.names import BACKBONES, N_BLOCKS
@@ -40,7 +40,8 @@ def _experiment_args(s: argparse.ArgumentParser) -> None:
     """The options that define an experiment (shared by ``sweep`` and ``prepare``)."""
     s.add_argument("--preset", choices=sorted(PRESETS),
                    help="start from a named experiment (demo: the dashboard's default; folder: the default for --data PATH)")
-    s.add_argument("--data", help="'builtin' or a folder ROOT/images/<class>/* (default builtin)")
+    s.add_argument("--data", help="'builtin' (2-D phantoms), 'builtin-ct' (3-D CT phantoms, NIfTI) or a folder "
+                                  "ROOT/images/<class>/* of images or NIfTI volumes (default builtin)")
     s.add_argument("--backbone", choices=BACKBONES)
     s.add_argument("--depths", type=_depths,
                    help="fine-tuning depths, e.g. 0,2,5 (default: the preset's, else all of 0-5)")
@@ -64,6 +65,16 @@ def _experiment_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--confounder", type=float, dest="confounder_prob", help="built-in data: P(marker | covid), 0 = off")
     s.add_argument("--per-class", type=int, dest="builtin_per_class", help="built-in data: images per class")
     s.add_argument("--skip-bad", action="store_true", default=None, dest="skip_bad", help="skip unreadable images (reported)")
+    s.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="Ouyang et al.'s online attention: the class activation map is trained against the lesion "
+                        "masks of the positive class (eqs. 1-4; needs masks and a ResNet/DenseNet/3-D ResNet)")
+    s.add_argument("--attention-alpha", type=float, dest="attention_alpha", help="T(A)'s slope alpha (paper: 100)")
+    s.add_argument("--attention-beta", type=float, dest="attention_beta", help="T(A)'s threshold beta (paper: 0.4)")
+    s.add_argument("--attention-lambda", type=float, dest="attention_lambda",
+                   help="weight of the attention loss (paper: 0.5)")
+    s.add_argument("--sampling", choices=list(SAMPLINGS),
+                   help="training batches: uniform, size-balanced (oversample small-infection positives and "
+                        "large-infection negatives, Ouyang §III-C) or dual (both, combined by their eq. 5)")
     s.add_argument("--no-prefix-cache", action="store_false", default=None, dest="prefix_cache",
                    help="recompute the frozen layers every batch (for benchmarks)")
 
@@ -95,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--steps", type=_names, help="comma-separated steps to run (default: all): " + ", ".join(STEP_NAMES))
     pr.add_argument("--json", action="store_true", help="print the result (runs, seconds per step) as one JSON object")
 
+    o = sub.add_parser("ouyang", help="Ouyang et al.'s comparison at one depth: plain, attention + uniform, attention + "
+                                      "size-balanced and dual sampling (their Table II) and the scores by infection "
+                                      "size (Table III); trains what is missing (default: --preset ouyang)")
+    _experiment_args(o)
+    o.add_argument("--json", action="store_true", help="print both tables as one JSON object")
+
     r = sub.add_parser("runs", help="list the finished runs in the cache (and any damaged ones)")
     r.add_argument("--json", action="store_true")
     r.add_argument("--verify", action="store_true", help="re-hash every file of every run against its record")
@@ -110,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--size", type=int, default=256)
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--confounder", type=float, default=0.0, help="P(marker | covid); 0 = no shortcut marker")
+    ct = dsub.add_parser("make-demo-ct", help="write the built-in 3-D CT phantoms (covid, cap) as NIfTI volumes with "
+                                              "lesion and lung masks to a folder")
+    ct.add_argument("path", type=Path)
+    ct.add_argument("--per-class", type=int, default=80)
+    ct.add_argument("--seed", type=int, default=0)
 
     sc = sub.add_parser("score", help="score a trained run on another folder of images (an external test set)")
     sc.add_argument("--run", required=True, help="run id (see `python -m engine runs`)")
@@ -157,14 +179,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _experiment(args: argparse.Namespace, default_preset: str | None = None) -> tuple[RunConfig, list[int]]:
-    """The base config and depths the experiment options name (without --preset: folder for --data PATH, else
-    ``default_preset``, else RunConfig's defaults)."""
-    name = args.preset or ("folder" if args.data not in (None, BUILTIN) else default_preset)
+    """The base config and depths the experiment options name (without --preset: folder for --data PATH, ct for
+    --data builtin-ct unless ``default_preset`` is a 3-D one, else ``default_preset``, else RunConfig's defaults)."""
+    volume_default = default_preset if default_preset and preset(default_preset).config.data == BUILTIN_CT else "ct"
+    by_data = {BUILTIN: default_preset, None: default_preset, BUILTIN_CT: volume_default}
+    name = args.preset or by_data.get(args.data, "folder")
     base = preset(name).config if name else RunConfig()
     depths = args.depths or (list(preset(name).depths) if name else list(range(N_BLOCKS + 1)))
     fields = ["data", "backbone", "init", "epochs", "image_size", "head_width", "patience", "seed", "optimizer", "lr",
               "scheduler", "weight_decay", "batch_size", "clahe",
-              "augment", "confounder_prob", "builtin_per_class", "skip_bad", "prefix_cache"]
+              "augment", "confounder_prob", "builtin_per_class", "skip_bad", "prefix_cache", "attention",
+              "attention_alpha", "attention_beta", "attention_lambda", "sampling"]
     changes = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     if args.folds is not None:
         changes["folds"] = args.folds
@@ -173,29 +198,44 @@ def _experiment(args: argparse.Namespace, default_preset: str | None = None) -> 
     return base.replace(**changes), depths
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    base, depths = _experiment(args)
-    configs = sweep_configs(base, depths)
-    bars: dict[int, tuple[str, tqdm]] = {}  # the bar of each run in progress (several at once on Ray)
+class _Bars:
+    """One tqdm bar per run in progress (several at once on Ray), on stderr."""
 
-    def progress(i: int, cfg: RunConfig):
+    def __init__(self, configs: list[RunConfig]):
+        self.configs = configs
+        self.bars: dict[int, tuple[str, tqdm]] = {}
+
+    def progress(self, i: int, cfg: RunConfig):
+        """The progress callback of run ``i`` of the sweep."""
         def report(p: Progress) -> None:
             kind = "pretrain" if p.phase.startswith("pretrain") else "run"
-            if i in bars and (p.phase == RUN_DONE or bars[i][0] != kind):  # close the run's finished bar
-                bars.pop(i)[1].close()
+            if i in self.bars and (p.phase == RUN_DONE or self.bars[i][0] != kind):  # close the finished bar
+                self.bars.pop(i)[1].close()
             if p.phase == RUN_DONE:
                 return
-            if i not in bars:
+            if i not in self.bars:
                 label = "pretrain builtin backbone" if kind == "pretrain" else f"{cfg.backbone} depth {cfg.depth}"
-                bars[i] = (kind, tqdm(total=p.epochs * p.batches, desc=f"[{i + 1}/{len(configs)}] {label}",
-                                      unit="batch", file=sys.stderr, dynamic_ncols=True))
-            current = bars[i][1]
+                self.bars[i] = (kind, tqdm(total=p.epochs * p.batches, desc=f"[{i + 1}/{len(self.configs)}] {label}",
+                                           unit="batch", file=sys.stderr, dynamic_ncols=True))
+            current = self.bars[i][1]
             current.n = (p.epoch - 1) * p.batches + p.batch
             if p.metrics:
                 current.set_postfix(epoch=p.epoch, val_loss=f"{p.metrics.get('val_loss', float('nan')):.3f}",
                                     test_acc=f"{p.metrics.get('test_acc', float('nan')):.3f}")
             current.refresh()
         return report
+
+    def close(self) -> None:
+        """Close every bar still open."""
+        for _, open_bar in self.bars.values():
+            open_bar.close()
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    base, depths = _experiment(args)
+    configs = sweep_configs(base, depths)
+    bars = _Bars(configs)
+    progress = bars.progress
 
     executor = None
     if args.executor == "ray":
@@ -209,8 +249,7 @@ def _sweep(args: argparse.Namespace) -> int:
             rows = run_sweep(configs, progress, status=lambda msg: tqdm.write(msg, file=sys.stderr),
                              retrain_damaged=args.retrain_damaged, executor=executor)
     finally:
-        for _, open_bar in bars.values():
-            open_bar.close()
+        bars.close()
         if executor is not None:
             executor.close()
     table = [r.as_dict() for r in rows]
@@ -219,6 +258,35 @@ def _sweep(args: argparse.Namespace) -> int:
     else:
         df = pd.DataFrame(table)[TABLE_COLUMNS]
         print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _ouyang(args: argparse.Namespace) -> int:
+    from .guidance import infection_ratios
+    from .ouyang import TABLE_METRICS, format_mean_sd, missing_configs, size_table, variant_table
+    from .runs import dataset_for
+
+    base, depths = _experiment(args, default_preset="ouyang")
+    base = base.replace(depth=depths[0])
+    ds = dataset_for(base)
+    missing = missing_configs(base, ds)
+    if missing:
+        bars = _Bars(missing)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                run_sweep(missing, bars.progress, status=lambda msg: tqdm.write(msg, file=sys.stderr))
+        finally:
+            bars.close()
+    table2 = variant_table(base, ds)
+    table3 = size_table(base, infection_ratios(ds, base.image_size), ds)
+    if args.json:
+        print(json.dumps({"variants": table2.to_dict("records"), "infection_size": table3.to_dict("records")},
+                         indent=2, default=float))
+        return 0
+    print(f"Table II ({base.backbone}, depth {base.depth}, {base.folds} fold(s); test split, mean ± sd over folds)")
+    print(format_mean_sd(table2, TABLE_METRICS).to_string(index=False))
+    print("\nTable III (by infection / lung volume ratio)")
+    print(format_mean_sd(table3, ("AUC", "ACC", "sensitivity", "specificity")).to_string(index=False))
     return 0
 
 
@@ -300,9 +368,21 @@ def _runs(args: argparse.Namespace) -> int:
     return 1 if args.verify and not damaged.empty else 0
 
 
+def _make_demo_ct(args: argparse.Namespace) -> int:
+    from .data.phantom_ct import CTPhantomSpec, write_ct_dataset
+
+    spec = CTPhantomSpec(n_per_class=args.per_class, seed=args.seed)
+    with tqdm(total=args.per_class * len(spec.classes), desc="CT phantoms", unit="volume", file=sys.stderr) as bar:
+        root = write_ct_dataset(args.path, spec, lambda done, total: bar.update(done - bar.n))
+    print(root)
+    return 0
+
+
 def _make_demo(args: argparse.Namespace) -> int:
     from .data.phantom import PhantomSpec, write_phantom_dataset
 
+    if args.data_command == "make-demo-ct":
+        return _make_demo_ct(args)
     spec = PhantomSpec(n_per_class=args.per_class, image_size=args.size, seed=args.seed,
                        confounder_class="covid" if args.confounder > 0 else None, confounder_prob=args.confounder)
     with tqdm(total=args.per_class * 3, desc="phantoms", unit="img", file=sys.stderr) as bar:
@@ -410,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "runs":
             return _runs(args)
+        if args.command == "ouyang":
+            return _ouyang(args)
         if args.command == "prepare":
             return _prepare(args)
         if args.command == "data":

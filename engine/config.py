@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .models.names import BACKBONES, N_BLOCKS, XRV_ARCH, XRV_INIT
+from .models.names import ATTENTION_BACKBONES, BACKBONES, N_BLOCKS, VOLUME_BACKBONES, XRV_ARCH, XRV_INIT
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
+#: How training batches are drawn (Ouyang et al. §III-C): ``dual`` trains a uniform and a size-balanced model and
+#: combines them with their eq. 5 (``engine.dual``).
+SAMPLINGS = ("uniform", "size-balanced", "dual")
 SCHEDULERS = ("none", "plateau", "cosine")
 #: Fields that change how a run executes but not what it computes; they stay out of the run's cache key.
 EXECUTION_FIELDS = frozenset({"prefix_cache", "skip_bad"})
@@ -44,6 +47,12 @@ class RunConfig:
     val_fraction: float = 0.15
     folds: int = 1
     fold: int = 0
+    # Ouyang et al.'s online attention (eqs. 1-4): T(A) = sigmoid(alpha (A - beta)), L = L_c + lambda L_ex.
+    attention: bool = False
+    attention_alpha: float = 100.0
+    attention_beta: float = 0.4
+    attention_lambda: float = 0.5
+    sampling: str = "uniform"
     prefix_cache: bool = True
     skip_bad: bool = False
 
@@ -85,6 +94,15 @@ def validate(c: RunConfig) -> None:
         raise ConfigError(f"optimizer={c.optimizer!r} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
     if c.scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler={c.scheduler!r} is unknown: choose one of {', '.join(SCHEDULERS)}.")
+    if c.attention and c.backbone not in ATTENTION_BACKBONES:
+        raise ConfigError(f"attention needs a backbone whose classifier is one linear layer on pooled features (its "
+                          f"weights make the class activation map); {c.backbone} has a multi-layer head: choose one of "
+                          f"{', '.join(ATTENTION_BACKBONES)}.")
+    if c.backbone in VOLUME_BACKBONES and c.init == "imagenet":
+        raise ConfigError(f"init=imagenet has no 3-D weights for {c.backbone}: use builtin (pretrained on the 3-D "
+                          "phantom corpus), scratch, or a path to a 3-D weights file (e.g. MedicalNet's).")
+    if c.sampling not in SAMPLINGS:
+        raise ConfigError(f"sampling={c.sampling!r} is unknown: choose one of {', '.join(SAMPLINGS)}.")
     if not c.init:
         raise ConfigError(f"init is empty: use builtin, imagenet, scratch, {XRV_INIT} or a path to a weights file.")
     if c.init == XRV_INIT and c.backbone != XRV_ARCH:
@@ -103,6 +121,9 @@ def validate(c: RunConfig) -> None:
         ("builtin_per_class", 10 <= c.builtin_per_class <= 20000, "between 10 and 20000 images per class"),
         ("confounder_prob", 0 <= c.confounder_prob <= 1, "a probability in [0, 1]"),
         ("head_width", c.head_width is None or 8 <= c.head_width <= 8192, "unset, or 8..8192 units"),
+        ("attention_alpha", c.attention_alpha > 0, "positive (Ouyang et al. use 100)"),
+        ("attention_beta", 0 <= c.attention_beta <= 1, "in [0, 1] (Ouyang et al. use 0.4)"),
+        ("attention_lambda", c.attention_lambda >= 0, "0 or more (Ouyang et al. use 0.5)"),
     ]
     for name, ok, expected in checks:
         if not ok:
@@ -135,6 +156,25 @@ PRESETS: dict[str, Preset] = {
         "6 epochs with early stopping (patience 3), depths 0-5.",
         RunConfig(backbone="resnet18", init="builtin", image_size=128, optimizer="adam", lr=1e-3, weight_decay=1e-4,
                   scheduler="cosine", augment=True, epochs=6, patience=3, batch_size=32),
+    ),
+    "ct": Preset(
+        "ct",
+        "CPU demo in 3-D: MONAI's 3-D ResNet-18 (last stage stride 1, as Ouyang et al.) on the built-in CT phantoms "
+        "(covid vs cap, 80 volumes a class) at 64 x 64 x 32 voxels, built-in 3-D init, Adam (lr 1e-3, cosine "
+        "schedule, 8 epochs, batch 8), depths 0, 2 and 5. Add --attention and --sampling for Ouyang's training.",
+        RunConfig(data="builtin-ct", builtin_per_class=80, backbone="resnet3d18", init="builtin", image_size=64,
+                  optimizer="adam", lr=1e-3, weight_decay=1e-4, scheduler="cosine", epochs=8, patience=3, batch_size=8),
+        depths=(0, 2, 5),
+    ),
+    "ouyang": Preset(
+        "ouyang",
+        "Ouyang et al. 2020 on the built-in CT phantoms, sized for a CPU: the ct preset with online attention "
+        "(alpha 100, beta 0.4, lambda 0.5), dual sampling (uniform + size-balanced, combined by their eq. 5) and "
+        "5-fold cross-validation, depth 5 (the paper trains the whole 3-D ResNet-34; resnet3d34 is available).",
+        RunConfig(data="builtin-ct", builtin_per_class=80, backbone="resnet3d18", init="builtin", image_size=64,
+                  optimizer="adam", lr=1e-3, weight_decay=1e-4, scheduler="cosine", epochs=8, patience=3, batch_size=8,
+                  attention=True, sampling="dual", folds=5),
+        depths=(5,),
     ),
     "wan": Preset(
         "wan",

@@ -4,6 +4,9 @@ One registry, ``STEPS``: each step computes one family of views by calling the s
 pages call, with the pages' default choices, so that afterwards a page reads its first views (and the choices its
 pickers offer without typing) from the run's disk cache. Everything is cached by those functions: a second prepare
 reads everything and computes nothing.
+
+3-D CT runs: each step says what it does for volumes (``Step.volumes``): the same views, the 3-D views of the slice
+viewer (maps and localisation of the volumetric methods), or a skip with its reason, noted in the step's notes.
 """
 from __future__ import annotations
 
@@ -20,13 +23,13 @@ import pandas as pd
 from .baselines import compare_methods
 from .calibration import run_calibration, run_temperature_fit
 from .config import RunConfig
-from .errors import ConfigError, DamagedRunError, LungLensError, StoreError
+from .errors import Cancelled, ConfigError, DamagedRunError, LungLensError, StoreError
 from .evaluation import METRICS, depth_curve, evaluate_run
 from .explain.consistency import SUPPORT_THRESHOLD
-from .explain.methods import METHODS
-from .errors import Cancelled
+from .explain.methods import METHODS, volume_methods
 from .explain.report import ReportSettings, method_report, run_localisation
 from .explain.runs_explain import run_heatmaps, run_image_explanation, run_masks, split_rows
+from .explain.volume import is_volume_run, split_maps, volume_localisation_view, volume_masks
 from .external import internal_scores
 from .layers import (
     FILTER_VIEWS,
@@ -37,9 +40,10 @@ from .layers import (
     run_guided_backprop_across_layers,
     sample_rows,
 )
+from .lbp import lbp_refusal
 from .ood import ood_reference
-from .projections import FEATURE_SETS, run_features, run_projection
 from .projections import METHODS as PROJECTIONS
+from .projections import run_feature_sets, run_features, run_projection
 from .runs import Run, dataset_for, get_run
 from .sweep import run_sweep, sweep_configs
 from .training import Progress
@@ -88,11 +92,17 @@ class StepContext:
     settings: PrepareSettings
     cancelled: Callable[[], bool]
     tick: PrepareProgress
+    #: Views of this run the step skipped, each with its reason (``note``); prepare adds them to the step's notes.
+    noted: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         """Raise Cancelled when a cancel was requested (called between chunks of a step)."""
         if self.cancelled():
             raise Cancelled("Prepare stopped on request; the views finished before the cancel stay cached.")
+
+    def note(self, text: str) -> None:
+        """Record a view the step skipped (and why) while it computes the others."""
+        self.noted.append(text)
 
 
 StepFn = Callable[[Any, StepContext], None]
@@ -110,6 +120,9 @@ class Step:
     fn: StepFn = field(repr=False)
     #: "run": ``fn`` is called once per run; "experiment": once with every run (views across depths).
     scope: Literal["run", "experiment"] = "run"
+    #: What the step does for a 3-D CT run: None: ``fn`` as for 2-D; a function: called instead of ``fn``; a string:
+    #: the reason the step does not apply to volumes (the run is skipped and the reason noted).
+    volumes: StepFn | str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,9 @@ def _calibration(run: Run, ctx: StepContext) -> None:
 
 
 def _baselines(run: Run, ctx: StepContext) -> None:
-    compare_methods(run)
+    note = compare_methods(run).attrs.get("note")
+    if note:
+        ctx.note(note)
 
 
 def _projections(run: Run, ctx: StepContext) -> None:
@@ -203,8 +218,10 @@ def _projections(run: Run, ctx: StepContext) -> None:
     for i, (method, dims) in enumerate(pairs):
         ctx.check()
         ctx.tick(i / len(pairs), f"{method} {dims}-D")
-        for feature_set in FEATURE_SETS:
+        for feature_set in run_feature_sets(run):
             run_projection(run, feature_set, method, dims)
+    if lbp_refusal(run):
+        ctx.note(lbp_refusal(run))
 
 
 def _filters(run: Run, ctx: StepContext) -> None:
@@ -264,6 +281,36 @@ def _ood(run: Run, ctx: StepContext) -> None:
     ood_reference(run)
 
 
+def _volume_methods(ctx: StepContext, compute: Callable[[str], Any]) -> None:
+    """``compute(method)`` for every volumetric method; one that does not apply to the run is noted, not fatal."""
+    methods = volume_methods()
+    for i, method in enumerate(methods):
+        ctx.check()
+        ctx.tick(i / len(methods), METHODS[method].label)
+        try:
+            compute(method)
+        except _FATAL:
+            raise
+        except LungLensError as exc:
+            ctx.note(f"{METHODS[method].label}: {exc}")
+
+
+def _volume_maps(run: Run, ctx: StepContext) -> None:
+    """The slice viewer's maps: the test volumes' masks and maps by every volumetric method (predicted class)."""
+    volume_masks(run, "test")
+    _volume_methods(ctx, lambda method: split_maps(run, method, "test", "pred"))
+
+
+def _volume_localisation(run: Run, ctx: StepContext) -> None:
+    """The slice viewer's localisation in 3-D by every volumetric method (the page's default threshold)."""
+    _volume_methods(ctx, lambda method: volume_localisation_view(run, method, "test",
+                                                                 threshold=ctx.settings.threshold))
+
+
+#: Why a 2-D-only view is skipped for a 3-D CT run.
+NOT_FOR_VOLUMES = "{what} takes 2-D images and does not apply to 3-D CT volumes"
+
+
 #: Every step, in the order prepare runs them: cheap, often-seen views first, so a cancelled prepare leaves those.
 STEPS: tuple[Step, ...] = (
     Step("evaluation", "Test-split evaluation (Performance)", 0.2, _evaluation),
@@ -273,12 +320,17 @@ STEPS: tuple[Step, ...] = (
     Step("projections", "Feature projections (Features)", 30.0, _projections),
     Step("filters", "First-layer filters (Layers)", 1.0, _filters),
     Step("neurons", "Guided backpropagation and activations (Layers)", 8.0, _neurons),
-    Step("heatmaps", "Explanation maps of the test split (Support Regions)", 40.0, _split_maps(("pred",))),
-    Step("across-depths", "Same image across depths (Support Regions)", 40.0, _split_maps(("true",))),
-    Step("localisation", "Consistency degree (Support Regions)", 6.0, _localisation),
-    Step("image", "Explain an image: the default image (Support Regions)", 30.0, _image),
-    Step("ood", "Reference for 'unlike the training data' (Diagnose)", 8.0, _ood),
-    Step("report", "Explanation report (Support Regions)", 2400.0, _report),
+    Step("heatmaps", "Explanation maps of the test split (Support Regions)", 40.0, _split_maps(("pred",)),
+         volumes=_volume_maps),
+    Step("across-depths", "Same image across depths (Support Regions)", 40.0, _split_maps(("true",)),
+         volumes=NOT_FOR_VOLUMES.format(what="The same image across depths")),
+    Step("localisation", "Consistency degree (Support Regions)", 6.0, _localisation, volumes=_volume_localisation),
+    Step("image", "Explain an image: the default image (Support Regions)", 30.0, _image,
+         volumes=NOT_FOR_VOLUMES.format(what="Explain an image (every method)")),
+    Step("ood", "Reference for 'unlike the training data' (Diagnose)", 8.0, _ood,
+         volumes=NOT_FOR_VOLUMES.format(what="Diagnose a new image")),
+    Step("report", "Explanation report (Support Regions)", 2400.0, _report,
+         volumes=NOT_FOR_VOLUMES.format(what="The explanation report (faithfulness and sanity checks)")),
 )
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 
@@ -353,6 +405,13 @@ def _loaded(runs: Sequence[Run]) -> list[Run]:
 _FATAL = (Cancelled, DamagedRunError, StoreError)
 
 
+def _step_fn(step: Step, target: Run | Sequence[Run]) -> StepFn | str:
+    """What ``step`` runs on ``target`` (a run, or every run of an experiment step): its 3-D variant or skip reason
+    (``Step.volumes``) for a 3-D CT run, else ``step.fn``."""
+    first = target[0] if isinstance(target, Sequence) else target
+    return step.volumes if step.volumes is not None and is_volume_run(first) else step.fn
+
+
 def _depth_name(run: Run) -> str:
     cfg = run.config
     return f"depth {cfg.depth}" + (f" fold {cfg.fold}" if cfg.folds > 1 else "")
@@ -394,12 +453,17 @@ def prepare_runs(runs: Sequence[Run], steps: Sequence[str] | None = None, progre
             ctx = StepContext(settings, cancelled, tick)
             ctx.check()
             tick(0.0, "…")
+            fn = _step_fn(step, target)
             try:
-                step.fn(target, ctx)
+                if isinstance(fn, str):
+                    ctx.note(fn)
+                else:
+                    fn(target, ctx)
             except _FATAL:
                 raise
             except LungLensError as exc:
-                notes.append(f"{where.split(' (')[0]}: {exc}")
+                ctx.note(str(exc))
+            notes.extend(f"{where.split(' (')[0]}: {text}" for text in ctx.noted)
             done += unit_weight
         results.append(StepResult(step.name, step.label, time.perf_counter() - t_step, len(runs), tuple(notes)))
     report(1.0, "Every view is ready")

@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError, DataError
+from .lbp import check_lbp, lbp_refusal
 from .progress import CancelCheck, Progress, step
 from .store import cached_arrays
 
@@ -117,11 +118,26 @@ def thumbnail_uri(image_uint8: np.ndarray, size: int = 64) -> str:
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
 
 
+def run_feature_sets(run: Run) -> tuple[str, ...]:
+    """The feature sets that apply to the run, in ``FEATURE_SETS`` order: both for 2-D runs, deep only for 3-D runs
+    (``engine.lbp.lbp_refusal`` says why)."""
+    return tuple(fs for fs in FEATURE_SETS if fs != "lbp" or lbp_refusal(run) is None)
+
+
+def _check_feature_set(run: Run, feature_set: str) -> None:
+    """ConfigError for an unknown feature set, or LBP on a 3-D run."""
+    if feature_set not in FEATURE_SETS:
+        raise ConfigError(f"Unknown feature set {feature_set!r}: choose one of {', '.join(FEATURE_SETS)}.")
+    if feature_set == "lbp":
+        check_lbp(run)
+
+
 def run_features(run: Run, feature_set: FeatureSet) -> np.ndarray:
     """Deep or LBP features of every image of the run (train, val and test), in ``run.predictions`` row order.
 
     Train and test rows come from the caches the Table 1 baselines fill (``engine.baselines``); the val rows, which
-    the baselines do not use, are computed here and cached beside them.
+    the baselines do not use, are computed here and cached beside them. LBP of a 3-D run: ConfigError (see
+    ``run_feature_sets``).
     """
     # Imported here: engine.baselines loads the whole SVM / evaluation stack, which a projection of cached
     # features does not need.
@@ -129,8 +145,7 @@ def run_features(run: Run, feature_set: FeatureSet) -> np.ndarray:
     from .device import pick_device
     from .lbp import lbp_histograms
 
-    if feature_set not in FEATURE_SETS:
-        raise ConfigError(f"Unknown feature set {feature_set!r}: choose one of {', '.join(FEATURE_SETS)}.")
+    _check_feature_set(run, feature_set)
 
     def extract_val() -> dict[str, np.ndarray]:
         images = run.images("val")
@@ -171,8 +186,7 @@ def run_projection(run: Run, feature_set: FeatureSet, method: Method, dims: Lite
     each step (features, projection, scores); ``cancel()`` returning True stops between them (LungLensError).
     """
     _check(method, dims)
-    if feature_set not in FEATURE_SETS:
-        raise ConfigError(f"Unknown feature set {feature_set!r}: choose one of {', '.join(FEATURE_SETS)}.")
+    _check_feature_set(run, feature_set)
     preds = run.predictions
     y = preds["y"].to_numpy()
 

@@ -31,6 +31,9 @@ from .models.weights import (architecture, build_model, check_weights_path, file
                              init_weights_file, state_bytes)
 from .pretrain import builtin_backbone, builtin_backbone_path
 from .store import DAMAGED_READ_ERRORS, atomic_write_bytes, atomic_write_json, home, lock, read_json, stable_hash
+from .dual import dual_predictions
+from .guidance import guidance_for, infection_ratios
+from .models.names import BACKBONES, VOLUME_BACKBONES
 from .training import Progress, ProgressFn, train
 from .version import ENGINE_VERSION, code_version, training_code_hash
 
@@ -59,6 +62,22 @@ def positive_index(cfg: RunConfig, classes: tuple[str, ...]) -> int:
     if cfg.positive_class != RunConfig.positive_class:
         raise ConfigError(f"positive_class={cfg.positive_class!r} is not a class of this data: {', '.join(classes)}.")
     return next((i for i, c in enumerate(classes) if c.lower() not in NEGATIVE_NAMES), len(classes) - 1)
+
+
+def check_dimensions(cfg: RunConfig, ds: Dataset) -> None:
+    """Raise ConfigError when the backbone takes volumes and the data are 2-D images (or the other way round), or
+    when a 2-D-only option is set for volumes."""
+    volume = cfg.backbone in VOLUME_BACKBONES
+    if volume and ds.ndim != 3:
+        raise ConfigError(f"backbone={cfg.backbone} takes 3-D volumes, but {cfg.data} holds 2-D images: choose a 2-D "
+                          f"backbone ({', '.join(b for b in BACKBONES if b not in VOLUME_BACKBONES)}), or 3-D data "
+                          "(--data builtin-ct, or a folder of NIfTI volumes).")
+    if not volume and ds.ndim == 3:
+        raise ConfigError(f"{cfg.data} holds 3-D volumes, but backbone={cfg.backbone} takes 2-D images: choose a 3-D "
+                          f"backbone ({', '.join(VOLUME_BACKBONES)}).")
+    if ds.ndim == 3 and (cfg.augment or cfg.clahe):
+        raise ConfigError("augment and clahe apply to 2-D images; 3-D volumes train without them (leave --augment "
+                          "and --clahe off).")
 
 
 def init_fingerprint(cfg: RunConfig) -> str:
@@ -306,6 +325,7 @@ def train_run(cfg: RunConfig, progress: ProgressFn | None = None, ds: Dataset | 
     ``retrain_damaged`` is set. The returned run's ``trained_now`` says whether this call trained it.
     """
     ds = ds or dataset_for(cfg)
+    check_dimensions(cfg, ds)
     path = runs_root() / run_id(cfg, ds)
     say = status or (lambda _msg: None)
     if (path / RESULT).exists():
@@ -317,6 +337,8 @@ def train_run(cfg: RunConfig, progress: ProgressFn | None = None, ds: Dataset | 
     with lock(path / "train"):  # damaged files are removed only under the lock, by the process that retrains
         if (path / RESULT).exists() and _sound_or_cleared(path, retrain_damaged, say):
             return Run(path)  # another process finished it while we waited
+        if cfg.sampling == "dual":
+            return _dual_store(cfg, ds, path, progress, say, retrain_damaged)
         return _train_and_store(cfg, ds, path, progress, say)
 
 
@@ -356,8 +378,10 @@ def _train_and_store(cfg: RunConfig, ds: Dataset, path: Path, progress: Progress
     device = pick_device()
     atomic_write_json(path / "config.json", cfg.to_dict())
     _set_aside_bad_checkpoint(path / "checkpoint.pt", status)
+    guidance = guidance_for(cfg, ds)
     status(f"Training {cfg.backbone} at depth {cfg.depth} on {device.type}")
-    result = train(cfg, model, images, y, split, len(classes), positive, device, path / "checkpoint.pt", progress)
+    result = train(cfg, model, images, y, split, len(classes), positive, device, path / "checkpoint.pt", progress,
+                   guidance)
 
     preds = ds.items[["file", "path", "label", "group", "mask", "lung_mask"]].copy()
     preds.insert(1, "split", split)
@@ -365,25 +389,61 @@ def _train_and_store(cfg: RunConfig, ds: Dataset, path: Path, progress: Progress
     preds["pred"] = result.proba.argmax(1)
     for i, c in enumerate(classes):
         preds[f"prob_{c}"] = result.proba[:, i]
-    test = split == "test"
-    summary = {s: classification_metrics(y[split == s], result.proba[split == s].argmax(1), len(classes), positive,
-                                         result.proba[split == s]) for s in ("train", "val", "test") if (split == s).any()}
-    atomic_write_bytes(path / "model.safetensors", state_bytes(result.model))
+    meta = {"init": init_record, "device": str(device), "prefix_cached": result.prefix_cached}
+    return _store(path, ds, positive, preds, result.history, state_bytes(result.model), meta,
+                  {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                   "stopped_early": result.stopped_early, "seconds": time.perf_counter() - t0})
+
+
+def _store(path: Path, ds: Dataset, positive: int, preds: pd.DataFrame, history: list[dict[str, float]],
+           weights: bytes, meta: dict, record: dict) -> Run:
+    """Write a finished run's files atomically, ``result.json`` (the completion record) last."""
+    classes = ds.classes
+    y, split = preds["y"].to_numpy(), preds["split"].to_numpy()
+    proba = preds[[f"prob_{c}" for c in classes]].to_numpy()
+    summary = {s: classification_metrics(y[split == s], proba[split == s].argmax(1), len(classes), positive,
+                                         proba[split == s]) for s in ("train", "val", "test") if (split == s).any()}
+    atomic_write_bytes(path / "model.safetensors", weights)
     atomic_write_bytes(path / "predictions.csv", preds.to_csv(index=False).encode())
-    atomic_write_json(path / "history.json", result.history)
+    atomic_write_json(path / "history.json", history)
     atomic_write_json(path / "meta.json", {
         "classes": list(classes), "positive": positive, "data_fingerprint": ds.fingerprint, "data_root": str(ds.root),
-        "skipped_images": [list(s) for s in ds.skipped], "init": init_record, "code": code_version(),
-        "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-        "prefix_cached": result.prefix_cached, "n_test": int(test.sum()),
+        "skipped_images": [list(s) for s in ds.skipped], "code": code_version(), "torch": torch.__version__,
+        "python": platform.python_version(), "n_test": int((split == "test").sum()), **meta,
     })
-    record = {**summary, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-              "stopped_early": result.stopped_early, "seconds": time.perf_counter() - t0, "finished": time.time(),
-              "artifacts": record_files(path, ARTIFACTS)}
+    record = {**summary, **record, "finished": time.time(), "artifacts": record_files(path, ARTIFACTS)}
     # Written last: its presence marks the run complete; its checksum covers its own content.
     atomic_write_json(path / RESULT, {**record, "checksum": stable_hash(record, 64)})
     (path / "checkpoint.pt").unlink(missing_ok=True)
     return Run(path, trained_now=True)
+
+
+def _dual_store(cfg: RunConfig, ds: Dataset, path: Path, progress: ProgressFn | None,
+                status: Callable[[str], None], retrain_damaged: bool) -> Run:
+    """Ouyang's dual sampling: train (or load) the uniform and size-balanced members, store their eq. 5 ensemble.
+
+    The ensemble's weights file and history are its uniform member's (what explanations of the run show); its
+    predictions are P = w P_US + (1 - w) P_SS per image, w from the image's infection ratio (eq. 5).
+    """
+    t0 = time.perf_counter()
+    members = []
+    for k, sampling in enumerate(("uniform", "size-balanced"), 1):
+        status(f"Dual sampling: member {k} of 2 ({sampling} sampling)")
+        members.append(train_run(cfg.replace(sampling=sampling), _relabel(progress, f"member {k}/2"), ds, status,
+                                 retrain_damaged))
+    us, ss = members
+    combined, weights = dual_predictions(us.predictions, ss.predictions, ds.classes,
+                                         infection_ratios(ds, cfg.image_size))
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path / "config.json", cfg.to_dict())
+    meta = {"init": us.meta["init"], "device": us.meta.get("device", ""), "prefix_cached": us.meta.get("prefix_cached"),
+            "members": {"uniform": us.id, "size-balanced": ss.id}, "dual_weights": weights,
+            "model_note": "weights and history are the uniform-sampling member's; predictions are the ensemble's"}
+    record = {"best_epoch": us.result["best_epoch"], "epochs_run": us.result["epochs_run"],
+              "stopped_early": us.result["stopped_early"],
+              "seconds": us.result["seconds"] + ss.result["seconds"] + time.perf_counter() - t0}
+    return _store(path, ds, positive_index(cfg, ds.classes), combined, us.history.to_dict("records"),
+                  (us.dir / "model.safetensors").read_bytes(), meta, record)
 
 
 #: What a resumable checkpoint holds (see ``training.train``).

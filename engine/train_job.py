@@ -17,9 +17,20 @@ from .estimate import TrainingEstimate
 from .sweep import RUN_DONE, SweepRow, executor_from_env, run_sweep
 from .training import Progress, ProgressFn
 
-
 #: How the run store announces pretraining (``runs._train_and_store``), whether or not the backbone is cached.
 PRETRAIN_STATUS = "Pretraining the built-in"
+#: The two members of a dual-sampling run (``runs._dual_store``), in the order it trains them; their reports' phases
+#: are prefixed ``member k/2:``.
+DUAL_MEMBERS = ("uniform", "size-balanced")
+
+
+def member_phase(phase: str) -> tuple[int | None, str]:
+    """``("member 2/2:train")`` -> (2, "train"): the dual-sampling member (from 1) a report is of, and its own phase;
+    (None, phase) for a report of an ordinary run."""
+    head, sep, rest = phase.partition(":")
+    if sep and head.startswith("member ") and head.endswith(f"/{len(DUAL_MEMBERS)}"):
+        return int(head.removeprefix("member ").split("/")[0]), rest
+    return None, phase
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -50,16 +61,20 @@ class SweepProgress:
         """Take one report of run ``i`` and hand on the job's fraction and line."""
         with self._lock:
             cfg = self.configs[i]
-            if p.phase.startswith("pretrain"):  # happens once, before the first run that needs the backbone
+            member, phase = member_phase(p.phase)
+            if phase.startswith("pretrain"):  # happens once, before the first run that needs the backbone
                 self.pretrain_share = p.fraction
                 where = f"pretraining the built-in {cfg.backbone} backbone once: epoch {p.epoch} of {p.epochs}"
             else:
                 self.pretrain_share = 1.0  # a run trains only once the backbone is there
-                self.shares[i] = p.fraction
+                # A dual-sampling run trains its members one after the other: each is half of the run.
+                self.shares[i] = p.fraction if member is None else (member - 1 + p.fraction) / len(DUAL_MEMBERS)
                 if p.phase == RUN_DONE:
                     self.trained.add(i)
-                where = (f"{run_name(cfg)} trained" if p.phase == RUN_DONE
-                         else f"{run_name(cfg)}: epoch {p.epoch} of {p.epochs}, batch {p.batch} of {p.batches}")
+                name = run_name(cfg) if member is None else \
+                    f"{run_name(cfg)} ({DUAL_MEMBERS[member - 1]} member of the dual-sampling run)"
+                where = (f"{name} trained" if p.phase == RUN_DONE
+                         else f"{name}: epoch {p.epoch} of {p.epochs}, batch {p.batch} of {p.batches}")
             self.report(self.fraction, f"{len(self.trained)} of {len(self.configs)} runs trained · {where}")
 
     def say(self, message: str) -> None:

@@ -13,11 +13,15 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
+from torchvision import tv_tensors
 
+from .attention import attention_map, attention_loss, trimmed
 from .config import RunConfig
 from .data.transforms import augmentation, to_model_input
+from .errors import ConfigError
 from .metrics import classification_metrics
 from .models.backbones import N_BLOCKS, StagedNet, set_depth
+from .sampling import size_balanced_indices, size_groups
 from .store import atomic_write_bytes
 
 SPLITS = ("train", "val", "test")
@@ -45,6 +49,15 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Lesion masks at the model's input size, for Ouyang's attention loss and size-balanced sampling."""
+
+    lesion: np.ndarray       # bool (N, *input shape); all False where an image has no lesion mask
+    has_lesion: np.ndarray   # bool (N,)
+    ratios: np.ndarray       # float (N,): infection / lung volume, NaN without both masks
+
+
 @dataclass
 class TrainResult:
     """What a finished training returns to the run store."""
@@ -69,25 +82,39 @@ class _Inputs:
             with torch.no_grad():
                 probe = model.forward_blocks(to_model_input(images[:1]).to(device), 0, start)
             if probe.numel() * probe.element_size() * len(images) <= PREFIX_CACHE_LIMIT:
-                chunks = [self._prefix(np.arange(i, min(i + batch_size, len(images))))
+                chunks = [self._prefix(np.arange(i, min(i + batch_size, len(images))))[0]
                           for i in range(0, len(images), batch_size)]
                 self.cache = torch.cat(chunks)
 
-    def _prefix(self, idx: np.ndarray, train: bool = False) -> torch.Tensor:
+    def _prefix(self, idx: np.ndarray, train: bool = False,
+                masks: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = torch.from_numpy(self.images[idx])
+        m = None if masks is None else torch.from_numpy(masks[idx])
         if train and self.augment is not None:
-            x = torch.stack([self.augment(img[None])[0] for img in x])
+            if m is None:
+                x = torch.stack([self.augment(img[None])[0] for img in x])
+            else:  # the lesion mask gets the image's random draw (nearest neighbour), so it stays aligned
+                pairs = [self.augment(img[None], tv_tensors.Mask(mask[None])) for img, mask in zip(x, m)]
+                x = torch.stack([p[0][0] for p in pairs])
+                m = torch.stack([p[1][0] for p in pairs])
         x = to_model_input(x).to(self.device, non_blocking=True)
-        if self.start == 0:
-            return x
-        with torch.no_grad():
-            return self.model.forward_blocks(x, 0, self.start)
+        if self.start > 0:
+            with torch.no_grad():
+                x = self.model.forward_blocks(x, 0, self.start)
+        return x, m
 
     def get(self, idx: np.ndarray, train: bool = False) -> torch.Tensor:
         """Inputs of the tail for images ``idx``."""
         if self.cache is not None:
             return self.cache[torch.from_numpy(idx)]
-        return self._prefix(idx, train)
+        return self._prefix(idx, train)[0]
+
+    def get_with_masks(self, idx: np.ndarray, masks: np.ndarray, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs of the tail and the lesion masks of images ``idx``, augmented alike when training augments."""
+        if self.cache is not None:
+            return self.cache[torch.from_numpy(idx)], torch.from_numpy(masks[idx])
+        x, m = self._prefix(idx, train, masks)
+        return x, torch.from_numpy(masks[idx]) if m is None else m
 
 
 def _optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -128,6 +155,41 @@ def _evaluate(model: StagedNet, inputs: _Inputs, idx: np.ndarray, y: np.ndarray,
     return total / max(len(idx), 1), proba
 
 
+def _attention_term(cfg: RunConfig, model: StagedNet, features: torch.Tensor, masks: torch.Tensor, labels: np.ndarray,
+                    has_lesion: np.ndarray, positive: int) -> torch.Tensor:
+    """Ouyang's L_ex (eq. 3) on the positive cases with a lesion mask, summed and divided by the batch size.
+
+    Dividing by the batch, not by the cases it applies to, keeps each case's weight that of eq. 4 per case:
+    L_total = mean over the batch of (L_c + lambda L_ex), with L_ex = 0 for cases without a mask or of another class.
+    """
+    chosen = np.flatnonzero((labels == positive) & has_lesion)
+    if not len(chosen):
+        return features.new_zeros(())
+    sel = torch.from_numpy(chosen).to(features.device)
+    cls = torch.full((len(chosen),), positive, dtype=torch.long, device=features.device)
+    amap = attention_map(features[sel].float(), model.classifier.weight, cls)
+    soft = trimmed(amap, tuple(masks.shape[1:]), cfg.attention_alpha, cfg.attention_beta)
+    return attention_loss(soft, masks[sel.cpu()].to(soft.device, torch.float32)).sum() / len(labels)
+
+
+def _epoch_order(cfg: RunConfig, train_idx: np.ndarray, gen: torch.Generator, groups: np.ndarray | None) -> np.ndarray:
+    """The training images of one epoch: each once in random order, or drawn size-balanced (Ouyang §III-C)."""
+    if groups is None:
+        return train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+    return train_idx[size_balanced_indices(groups, len(train_idx), gen)]
+
+
+def _check_guidance(cfg: RunConfig, guidance: Guidance | None, y: np.ndarray, train_idx: np.ndarray,
+                    positive: int) -> None:
+    """Raise ConfigError when attention or size-balanced sampling lacks what it needs."""
+    if not (cfg.attention or cfg.sampling == "size-balanced"):
+        return
+    wanted = "--attention" if cfg.attention else "--sampling size-balanced"
+    if guidance is None or not guidance.has_lesion[train_idx][y[train_idx] == positive].any():
+        raise ConfigError(f"{wanted} needs lesion masks of the positive class's training images (masks/<class>/ "
+                          "beside images/, or a manifest's mask_file column); this data has none.")
+
+
 def _state_bytes(obj: dict) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -145,10 +207,12 @@ def train(
     device: torch.device,
     checkpoint: Path | None = None,
     progress: ProgressFn | None = None,
+    guidance: Guidance | None = None,
 ) -> TrainResult:
     """Train ``model`` at ``cfg.depth`` on the ``train`` rows, stop early on ``val`` loss, score ``test`` every epoch.
 
     With ``checkpoint`` set, the state after every epoch is saved there atomically and a later call resumes from it.
+    ``guidance`` (lesion masks and infection ratios) serves ``cfg.attention`` and size-balanced sampling.
     """
     torch.manual_seed(cfg.seed)
     start = N_BLOCKS - cfg.depth
@@ -160,6 +224,9 @@ def train(
     inputs = _Inputs(model, images, start, device, cfg.prefix_cache, aug, cfg.batch_size)
     idx = {s: np.flatnonzero(split == s) for s in SPLITS}
     train_idx = idx["train"]
+    _check_guidance(cfg, guidance, y, train_idx, positive)
+    groups = (size_groups(y[train_idx], guidance.ratios[train_idx], positive)
+              if cfg.sampling == "size-balanced" and guidance is not None else None)
     weights = None
     if cfg.class_weights:
         present = np.unique(y[train_idx])
@@ -195,24 +262,35 @@ def train(
             break
         t0 = time.perf_counter()
         _set_modes(model, start, True)
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        running, preds = 0.0, np.empty(len(order), dtype=int)
+        order = _epoch_order(cfg, train_idx, gen, groups)
+        running, attended, preds = 0.0, 0.0, np.empty(len(order), dtype=int)
         for b in range(n_batches):
             bi = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             target = torch.from_numpy(y[bi]).to(device)
             with torch.autocast(device.type, enabled=amp):
-                logits = model.forward_from(inputs.get(bi, train=True), start)
-                loss = loss_fn(logits.float(), target)
+                if cfg.attention:
+                    h, masks = inputs.get_with_masks(bi, guidance.lesion, train=True)
+                    features = model.forward_blocks(h, start)
+                    logits = model.classifier(model.pool(features))
+                    extra = _attention_term(cfg, model, features, masks, y[bi], guidance.has_lesion[bi], positive)
+                    attended += float(extra.detach()) * len(bi)
+                else:
+                    logits = model.forward_from(inputs.get(bi, train=True), start)
+                    extra = None
+                loss_c = loss_fn(logits.float(), target)
+                loss = loss_c if extra is None else loss_c + cfg.attention_lambda * extra
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            running += float(loss.detach()) * len(bi)
+            running += float(loss_c.detach()) * len(bi)  # the classification loss, comparable with val_loss
             preds[b * cfg.batch_size : b * cfg.batch_size + len(bi)] = logits.argmax(1).cpu().numpy()
             if progress is not None:
                 progress(Progress(epoch, cfg.epochs, b + 1, n_batches, "train"))
         # Train criteria come from the batches as trained (dropout on), as Keras reports them and Wan plots them.
         row: dict[str, float] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": running / len(order)}
+        if cfg.attention:  # L_ex per case, averaged over all training cases (0 for cases it does not apply to)
+            row["train_attention_loss"] = attended / len(order)
         row.update({f"train_{k}": v for k, v in classification_metrics(y[order], preds, n_classes, positive).items()})
         _set_modes(model, start, False)
         for s in ("val", "test"):

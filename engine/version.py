@@ -11,7 +11,8 @@ from pathlib import Path
 ENGINE_VERSION = "0.1.0"
 #: The engine sources that determine a run's results (data reading and splits, models and weights, training,
 #: configuration, criteria); their hash is part of every run's key (``training_code_hash``).
-TRAINING_SOURCES = ("data", "models", "config.py", "training.py", "pretrain.py", "metrics.py")
+TRAINING_SOURCES = ("data", "models", "config.py", "training.py", "pretrain.py", "metrics.py", "attention.py",
+                    "sampling.py", "ensemble.py", "guidance.py")
 
 
 def _normalised_source(path: Path) -> str:

@@ -19,8 +19,10 @@ from dashboard.features_charts import (
 )
 from dashboard.url_state import url_widget
 from dashboard.widgets import caption, depth_slider, figure, require_runs, run_images
-from engine.lbp import LBP_BINS, LBP_P, LBP_R
-from engine.projections import KNN_FOLDS, KNN_K, METHODS, TSNE_PCA_DIMS, feature_dims, run_projection
+from engine.explain.volume import is_volume_run
+from engine.layers import case_slice
+from engine.lbp import LBP_BINS, LBP_P, LBP_R, lbp_refusal
+from engine.projections import KNN_FOLDS, KNN_K, METHODS, TSNE_PCA_DIMS, feature_dims, run_feature_sets, run_projection
 
 FEATURE_SETS = {"lbp": "LBP features", "deep": "Deep features"}
 IMAGE_KEY = "features_image"
@@ -39,35 +41,49 @@ def _sync_pick_from_charts() -> None:
                 st.session_state[IMAGE_KEY] = row
 
 
+def _item(run: engine.Run) -> str:
+    """What one point is: ``"volume"`` for a 3-D CT run, else ``"image"``."""
+    return "volume" if is_volume_run(run) else "image"
+
+
 def _image_picker(run: engine.Run) -> int | None:
     """The image picker (a point clicked in a 2-D chart sets it too), wide enough for its labels; returns its row."""
     preds = run.predictions
     labels = image_labels(preds, run.classes)
     _sync_pick_from_charts()
     files = preds["file"].astype(str).to_numpy()
-    return url_widget(st.columns([3, 2])[0].selectbox, "Image", list(labels), key=IMAGE_KEY, param="image",
+    what = _item(run)
+    return url_widget(st.columns([3, 2])[0].selectbox, what.capitalize(), list(labels), key=IMAGE_KEY, param="image",
                       default=None, encode=lambda r: files[r], index=None, format_func=labels.get,
-                      placeholder="Click a point in a 2-D chart, or pick an image here", help=IMAGE_LABEL_HELP)
+                      placeholder=f"Click a point in a 2-D chart, or pick {'a' if what == 'volume' else 'an'} {what} "
+                                  "here", help=IMAGE_LABEL_HELP)
 
 
 def _image_panel(run: engine.Run, row: int | None) -> None:
     """The picked image with its file, split and classes (a hint while none is picked)."""
     if row is None:
-        st.caption("Click a point in a 2-D chart (or pick an image above) to see the image; it is ringed in both "
-                   "charts. Hover a point for its file and classes.")
+        st.caption("Click a point in a 2-D chart (or pick one above) to see its image; it is ringed in every chart. "
+                   "Hover a point for its file and classes.")
         return
     preds = run.predictions
     image = run_images(run)[row]
     r = preds.iloc[row]
     true, pred = run.classes[int(r["y"])], run.classes[int(r["pred"])]
-    st.image(image, width="stretch")
+    z = cached(case_slice, run, row)
+    if z is None:
+        st.image(image, width="stretch")
+    else:  # a CT volume: one axial slice of it
+        st.image(image[z], width="stretch",
+                 caption=f"axial slice {z + 1} of {len(image)} (the slice with the most lesion; the middle one "
+                         "without a lesion)")
     verdict = "correct" if true == pred else "**wrong**"
     st.markdown(f"`{r['file']}` ({r['split']} split)  \ntrue **{true}** · predicted **{pred}** ({verdict}), "
                 f"p = {float(r[f'prob_{pred}']):.2f}")
 
 
-def _scores(col: DeltaGenerator, scores: dict, reference: dict | None) -> None:
-    """Silhouette and k-NN accuracy of one feature set; ``reference`` (LBP's) gives the deep features' deltas."""
+def _scores(col: DeltaGenerator, scores: dict, reference: dict | None, alone: bool = False) -> None:
+    """Silhouette and k-NN accuracy of one feature set; ``reference`` (LBP's) gives the deep features' deltas;
+    ``alone``: the only feature set shown (no delta line)."""
     m1, m2 = col.columns(2)
     for box, key, name, help_ in (
         (m1, "silhouette", "Silhouette", "Mean silhouette of the projected points against the true classes: −1 to 1, "
@@ -76,7 +92,9 @@ def _scores(col: DeltaGenerator, scores: dict, reference: dict | None) -> None:
                                               f"{int(scores['knn_folds']) or KNN_FOLDS}-fold cross-validation; chance "
                                               f"(majority class) = {score_text(scores['chance'])}."),
     ):
-        if reference is None:  # a neutral delta line keeps both columns' charts at the same height
+        if alone:
+            box.metric(name, score_text(scores[key]), help=help_)
+        elif reference is None:  # a neutral delta line keeps both columns' charts at the same height
             box.metric(name, score_text(scores[key]), delta="reference", delta_color="off", delta_arrow="off",
                        help=help_)
         else:
@@ -101,9 +119,13 @@ by_correct = url_widget(c3.toggle, "Colour by correct / wrong prediction", (Fals
                         help="Off: colour by true class. On: green where the fine-tuned CNN is right, red where wrong.")
 
 picked = _image_picker(run)
-left, right, side = st.columns([4, 4, 3])
+shown = [fs for fs in FEATURE_SETS if fs in run_feature_sets(run)]  # LBP on the left, as in Wan's figures
+lbp_absent = lbp_refusal(run)
+if lbp_absent:
+    st.info(f"No LBP chart for this run. {lbp_absent}")
+*chart_cols, side = st.columns([4, 4, 3] if len(shown) == 2 else [6, 3])
 results: dict[str, pd.DataFrame | None] = {}
-for col, fs in zip((left, right), FEATURE_SETS, strict=True):
+for col, fs in zip(chart_cols, shown, strict=True):
     col.markdown(f"**{FEATURE_SETS[fs]}** · {METHOD_LABELS[method]}, {dims}-D")
     with col:
         try:
@@ -113,25 +135,40 @@ for col, fs in zip((left, right), FEATURE_SETS, strict=True):
             st.error(f"The {FEATURE_SETS[fs]} of this run cannot be projected: {exc}")
             st.stop()
 with side:
-    st.markdown("**Selected image**")
+    st.markdown(f"**Selected {_item(run)}**")
     _image_panel(run, picked)
-for col, fs in zip((left, right), FEATURE_SETS, strict=True):
+for col, fs in zip(chart_cols, shown, strict=True):
     points = results[fs]
     if points is None:  # its progress panel is drawn in the column; the page reruns when it is ready
         continue
-    reference = results["lbp"]
+    reference = results.get("lbp")
     _scores(col, points.attrs["separability"], reference.attrs["separability"] if fs == "deep" and
-            reference is not None else None)
+            reference is not None else None, alone=len(shown) == 1)
     fig = projection_figure(points, run.classes, method, "correct" if by_correct else "class", picked)
     name = export_name(run, f"{fs}-{method}-{dims}d")
     figure(fig, name, key=f"features_{fs}", where=col, on_select="rerun", selection_mode="points")
     with col:
         csv_button(points.drop(columns="path"), name, key=f"features_{fs}_csv")  # a server path means nothing here
 
-if results["lbp"] is None or results["deep"] is None:
+if any(points is None for points in results.values()):
+    st.stop()
+deep_points = results["deep"]
+deep_dims = cached(feature_dims, run, "deep")
+chance = score_text(deep_points.attrs["separability"]["chance"])
+if lbp_absent:
+    caption(
+        f"Wan et al. fig. 6 (2-D) and fig. 7 (3-D) for CT volumes: the same {len(deep_points)} volumes (train, val and "
+        f"test) of run `{run.id}` ({run.config.backbone}, depth {depth}), one point each. Deep: the {deep_dims}-d "
+        "globally average-pooled output of the fine-tuned 3-D network's last conv stage, as in the Performance page's "
+        "deep features + SVM baseline. No LBP chart: Wan's LBP is a histogram of 2-D texture patterns and does not "
+        "apply to volumes. Each feature is standardised before projecting; kernel PCA uses the linear or RBF kernel "
+        f"as in Wan; t-SNE runs on a PCA-{TSNE_PCA_DIMS} reduction of the standardised features. The scores are "
+        f"measured in the projected space against the true classes; chance = {chance} (majority class). The image "
+        "panel shows one axial slice of the picked volume. Moving the fine-tuning depth switches to the run trained "
+        "at that depth."
+    )
     st.stop()
 lbp_points = results["lbp"]
-deep_dims = cached(feature_dims, run, "deep")
 caption(
     f"Wan et al. fig. 6 (2-D) and fig. 7 (3-D): the same {len(lbp_points)} images (train, val and test) of run "
     f"`{run.id}` ({run.config.backbone}, depth {depth}), one point each. LBP: the {LBP_BINS}-bin uniform LBP "

@@ -1,10 +1,10 @@
 """CNN layers (Wan et al. sec. 3.4, fig. 8-10): first-layer filters, hidden neurons by guided backpropagation and
-activation maps on the image."""
+activation maps on the image. 3-D CT runs: sections of the 3-D first-layer kernels, and the hidden-layer views on one
+axial slice of the volume."""
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +18,15 @@ from dashboard.features_charts import image_labels
 from dashboard.layers_charts import filter_figure, filters_unchanged, gray_as_rgb, image_grid_figure
 from dashboard.url_state import flag, url_tabs, url_widget
 from dashboard.widgets import caption, depth_slider, figure, require_runs, run_images
+from engine.data.volume import volume_stem
+from engine.explain.volume import is_volume_run
 from engine.layers import (
+    FILTER_SECTIONS,
     FILTER_VIEWS,
     STRETCH_PERCENTILE,
     activation_overlays,
+    case_slice,
+    filter_sections,
     run_activation_maps,
     run_filter_grid,
     run_guided_backprop,
@@ -32,6 +37,8 @@ from engine.layers import (
 
 FILTER_LABELS = {"before": "Before fine-tuning", "after": "After fine-tuning",
                  "difference": "Difference (after − before)"}
+SECTION_LABELS = {"axial": "Axial (central slice)", "coronal": "Coronal", "sagittal": "Sagittal",
+                  "all": "All three (axial | coronal | sagittal)"}
 PICK_LABELS = {"top": "8 most activated", "random": "8 random"}
 #: The hidden-layer views: URL code -> tab label (only the open tab is computed).
 VIEWS = {"neurons": "Neurons of one layer (fig. 9)", "across": "One neuron per layer (fig. 10)",
@@ -58,9 +65,34 @@ def _file(run: engine.Run, row: int) -> str:
     return str(run.predictions["file"].iloc[row])
 
 
-def _input_tiles(run: engine.Run, rows: list[int]) -> np.ndarray:
-    """The run's gray images at ``rows`` as (n, S, S, 3) RGB tiles in [0, 1]."""
-    return gray_as_rgb(run_images(run)[rows]) / 255.0
+def _input_tiles(run: engine.Run, rows: list[int], slices: list[int] | None = None) -> np.ndarray:
+    """The run's gray images at ``rows`` as (n, S, S, 3) RGB tiles in [0, 1]; a 3-D run's volumes by their axial
+    slices ``slices``."""
+    images = run_images(run)[rows]
+    if slices is not None:
+        images = images[np.arange(len(rows)), slices]
+    return gray_as_rgb(images) / 255.0
+
+
+def _slice_picker(run: engine.Run, row: int, where: DeltaGenerator) -> int | None:
+    """A 3-D run's axial slice of volume ``row`` (0-based; the URL's ``slice`` counts from 1), opening on the slice
+    with the most lesion; None for a 2-D run."""
+    default = cached(case_slice, run, row)
+    if default is None:
+        return None
+    depth = run_images(run).shape[1]
+    z = url_widget(where.slider, "Axial slice", range(1, depth + 1), key=f"layers_slice_{row}", param="slice",
+                   default=default + 1, min_value=1, max_value=depth,
+                   help="The slice of the volume the views are drawn on, superior to inferior; it opens on the slice "
+                        "with the most lesion (the middle one without a lesion).")
+    return int(z) - 1
+
+
+def _slice_text(run: engine.Run, row: int, z: int) -> str:
+    """How a caption names the shown slice: ``axial slice 12 of 32 (the slice with the most lesion)``."""
+    default = cached(case_slice, run, row)
+    why = " (the slice with the most lesion, or the middle one without a lesion)" if z == default else ""
+    return f"axial slice {z + 1} of {run_images(run).shape[1]}{why}"
 
 
 def _filters_section(run: engine.Run, depth: int) -> None:
@@ -77,8 +109,17 @@ def _filters_section(run: engine.Run, depth: int) -> None:
         st.error(f"The first-layer filters of this run cannot be read: {exc}")
         return
     n, k = filters.shape[:2]
+    section = None
+    if filters.ndim == 4 and filters.shape[-1] != 3:  # 3-D kernels (n, k, k, k): one section of each is drawn
+        section = url_widget(st.radio, "Section", FILTER_SECTIONS, key="layers_section", param="section",
+                             default=FILTER_SECTIONS[0], format_func=SECTION_LABELS.get, horizontal=True,
+                             help="The 3-D kernels cut through their centre: across depth (axial), rows (coronal) or "
+                                  "columns (sagittal).")
+        filters = filter_sections(filters, section)
     chart, notes = st.columns([3, 2])
-    figure(filter_figure(filters), export_name(run, f"filters-{view}"), key="layers_filters", where=chart)
+    name = f"filters-{view}" + (f"-{section}" if section else "")
+    figure(filter_figure(filters, cols=4 if section == "all" else 8), export_name(run, name), key="layers_filters",
+           where=chart)
     with notes:
         if filters_unchanged(difference):
             trained = ("no conv block trains" if depth == 0
@@ -90,6 +131,17 @@ def _filters_section(run: engine.Run, depth: int) -> None:
         init = {"imagenet": "the ImageNet weights", "builtin": "the built-in backbone pretrained on the phantom corpus",
                 "xrv-densenet121": "TorchXRayVision's weights pretrained on chest X-rays",
                 "scratch": "a seeded random initialisation"}.get(run.config.init, run.config.init)
+        if section:
+            caption(
+                f"The {n} filters of {run.config.backbone}'s first conv layer are 3-D kernels of {k} × {k} × {k} "
+                "weights on the volume's one channel (the CT in the lung window, scaled to [0, 1]); shown: "
+                + ("each kernel's central axial, coronal and sagittal sections side by side" if section == "all" else
+                   f"each kernel's central {section} section (slice {k // 2 + 1} of {k})")
+                + ", magnified with nearest-neighbour pixels. Before / after: each kernel min-max scaled over all "
+                f"its {k ** 3} weights, so its sections share one scale. 'Before' is {init}. Difference: after − "
+                "before on one scale for all kernels, mid-grey = unchanged."
+            )
+            return
         caption(
             f"The {n} filters of {run.config.backbone}'s first conv layer, {k} × {k} each, drawn as gray images and "
             "magnified with nearest-neighbour pixels (Wan's AlexNet had 96 such 11 × 11 filters; torchvision's has "
@@ -107,7 +159,8 @@ def _image_picker(run: engine.Run, where: DeltaGenerator) -> int:
     preds = run.predictions
     test_rows = [int(r) for r in np.flatnonzero((preds["split"] == "test").to_numpy())] or list(range(len(preds)))
     labels = image_labels(preds, run.classes)
-    return url_widget(where.selectbox, "Image (test split)", test_rows, key="layers_image", param="image",
+    what = "Volume" if is_volume_run(run) else "Image"
+    return url_widget(where.selectbox, f"{what} (test split)", test_rows, key="layers_image", param="image",
                       default=test_rows[0], encode=lambda r: _file(run, r), format_func=labels.get)
 
 
@@ -119,8 +172,10 @@ def _layer_picker(choices: dict[str, str], where: DeltaGenerator) -> str:
                            f"LungLens's fine-tuning block (1-{engine.N_BLOCKS}).")
 
 
-def _neuron_pickers(c_mode: DeltaGenerator, c_seed: DeltaGenerator, c_gray: DeltaGenerator) -> tuple[str, int, bool]:
-    """How neurons are chosen (top / random), the random seed (0 for top) and the grayscale toggle."""
+def _neuron_pickers(c_mode: DeltaGenerator, c_seed: DeltaGenerator, c_gray: DeltaGenerator,
+                    volume: bool = False) -> tuple[str, int, bool]:
+    """How neurons are chosen (top / random), the random seed (0 for top) and the grayscale toggle (disabled for a
+    ``volume``: its one input channel is drawn gray)."""
     mode = url_widget(c_mode.radio, "Neurons", tuple(PICK_LABELS), key="layers_pick", param="neurons", default="top",
                       format_func=PICK_LABELS.get, horizontal=True,
                       help="Wan picked neurons at random; the most activated ones show what the layer sees most.")
@@ -128,7 +183,9 @@ def _neuron_pickers(c_mode: DeltaGenerator, c_seed: DeltaGenerator, c_gray: Delt
                           min_value=0, max_value=999, disabled=mode != "random",
                           help="Seed of the random choice of neurons."))
     gray = url_widget(c_gray.toggle, "Grayscale", (False, True), key="layers_gray", param="gray", default=False,
-                      encode=flag, help="Average the reconstructions' colour channels.")
+                      encode=flag, disabled=volume,
+                      help="Not for CT volumes: they have one input channel, drawn gray." if volume else
+                      "Average the reconstructions' colour channels.")
     return mode, (seed if mode == "random" else 0), gray  # the top channels do not depend on the seed
 
 
@@ -137,19 +194,31 @@ def _neuron_pickers(c_mode: DeltaGenerator, c_seed: DeltaGenerator, c_gray: Delt
 def _neurons_tab(run: engine.Run, choices: dict[str, str]) -> None:
     c1, c2 = st.columns(2)
     row, layer = _image_picker(run, c1), _layer_picker(choices, c2)
-    mode, seed, gray = _neuron_pickers(*st.columns(PICKER_WIDTHS))
+    z = _slice_picker(run, row, st)
+    mode, seed, gray = _neuron_pickers(*st.columns(PICKER_WIDTHS), volume=z is not None)
     label = choices[layer]
     result = background(run_guided_backprop, run, row, layer, N_NEURONS, mode, seed, gray, reports=True,
-                        label=f"Guided backpropagation of {N_NEURONS} neurons of {label}", name="layers_neurons_job")
+                        label=f"Guided backpropagation of {N_NEURONS} neurons of {label}", name="layers_neurons_job",
+                        slice_index=z)
     if result is None:
         return
     recon, channels = result
-    tiles = np.concatenate([_input_tiles(run, [row]), recon])
-    fig = image_grid_figure(tiles, cols=NEURON_COLS, titles=["input image", *(f"ch {c}" for c in channels)],
-                            row_height=180)
+    tiles = np.concatenate([_input_tiles(run, [row], None if z is None else [z]), recon])
+    first = "input image" if z is None else f"axial slice {z + 1}"
+    fig = image_grid_figure(tiles, cols=NEURON_COLS, titles=[first, *(f"ch {c}" for c in channels)], row_height=180)
     figure(fig, export_name(run, f"neurons-{label}-{_file(run, row)}"), key="layers_neurons")
-    how = ("the 8 channels with the highest mean activation on this image" if mode == "top"
+    how = (f"the 8 channels with the highest mean activation on this {'image' if z is None else 'slice'}"
+           if mode == "top"
            else f"8 channels drawn at random (seed {seed}), as in Wan")
+    if z is not None:
+        caption(
+            f"Wan et al. fig. 9 in 3-D: what 8 neurons of {label} respond to in this volume, drawn on its "
+            f"{_slice_text(run, row, z)} (first tile). For each of {how}, the neuron at the "
+            "channel's most activated position in the layer's slice nearest this one is guided-backpropagated to the "
+            "input volume with Captum's NeuronGuidedBackprop (Springenberg et al.; Wan eq. 6), and the gradient's "
+            "slice is drawn in gray (the volume has one channel). " + STRETCH
+        )
+        return
     caption(
         f"Wan et al. fig. 9: what 8 neurons of {label} respond to in this image (first tile). For each of {how}, "
         "the neuron at the channel's most activated position is guided-backpropagated to the input (Springenberg et "
@@ -169,7 +238,7 @@ def _across_layers_tab(run: engine.Run, choices: dict[str, str], block_layers: l
     draw = url_widget(c2.number_input, "Image draw", range(1000), key="layers_fig10_draw", param="draw", default=0,
                       min_value=0, max_value=999, help="Seed of the random choice of images, as Wan chose them at "
                                                        "random.")
-    mode, seed, gray = _neuron_pickers(*st.columns(PICKER_WIDTHS))
+    mode, seed, gray = _neuron_pickers(*st.columns(PICKER_WIDTHS), volume=is_volume_run(run))
     rows = sample_rows(preds, split, label, N_IMAGES, int(draw))
     if not rows:
         st.info(f"The {split} split has no image of class {run.classes[label]}.")
@@ -181,32 +250,37 @@ def _across_layers_tab(run: engine.Run, choices: dict[str, str], block_layers: l
         return
     recon, channels = result
     n_layers, n_images = recon.shape[:2]
+    slices = [cached(case_slice, run, r) for r in rows] if is_volume_run(run) else None
     # One row per image: the image, then its reconstruction by each layer's neuron.
-    tiles = np.concatenate([_input_tiles(run, rows)[:, None], recon.swapaxes(0, 1)], axis=1)
-    columns = ["input image"] + ["<br>".join(textwrap.wrap(f"{choices[name]} · ch {c}", TITLE_WIDTH))
-                                 for name, c in zip(block_layers, channels, strict=True)]
+    tiles = np.concatenate([_input_tiles(run, rows, slices)[:, None], recon.swapaxes(0, 1)], axis=1)
+    first = "input image" if slices is None else "input (axial slice)"
+    columns = [first] + ["<br>".join(textwrap.wrap(f"{choices[name]} · ch {c}", TITLE_WIDTH))
+                         for name, c in zip(block_layers, channels, strict=True)]
     fig = image_grid_figure(tiles.reshape(-1, *tiles.shape[2:]), cols=n_layers + 1, column_titles=columns,
-                            row_titles=[Path(_file(run, r)).stem for r in rows], row_height=150)
+                            row_titles=[volume_stem(_file(run, r)) for r in rows], row_height=150)
     figure(fig, export_name(run, f"one-neuron-per-layer-{run.classes[label]}-draw{draw}"), key="layers_across")
     pick = "the highest mean activation over these images" if mode == "top" else f"drawn at random (seed {seed})"
     caption(
         f"Wan et al. fig. 10: rows are {n_images} {split} images of class {run.classes[label]} drawn at random (draw "
         f"{draw}); after each image, one column per block: its last conv layer, low to high level. Per layer one "
         f"channel ({pick}) is reconstructed on every image, at each image's most activated position. " + STRETCH
-        + " Wan drew these in colour 'to clearly show the patterns'; the Grayscale toggle averages the channels."
+        + (" CT volumes: each on its axial slice with the most lesion (the middle one without a lesion), "
+           "neurons taken in each layer's slice nearest it, drawn in gray (one input channel)." if slices else
+           " Wan drew these in colour 'to clearly show the patterns'; the Grayscale toggle averages the channels.")
     )
 
 
 def _activations_tab(run: engine.Run, choices: dict[str, str]) -> None:
     c1, c2 = st.columns(2)
     row, layer = _image_picker(run, c1), _layer_picker(choices, c2)
+    z = _slice_picker(run, row, st)
     c3, c4, c5 = st.columns(PICKER_WIDTHS)
     show = url_widget(c4.radio, "Show", tuple(SHOW_LABELS), key="layers_show", param="show", default="overlay",
                       format_func=SHOW_LABELS.get, horizontal=True, help="Each map upsampled onto the image, or the maps as they are.")
     opacity = url_widget(c5.select_slider, "Opacity", OPACITIES, key="layers_opacity", param="opacity", default=0.5,
                          disabled=show != "overlay", help="Opacity of the maps over the image.")
     label = choices[layer]
-    result = background(run_activation_maps, run, row, layer, label=f"Activations of {label}",
+    result = background(run_activation_maps, run, row, layer, z, label=f"Activations of {label}",
                         name="layers_activations_job")
     if result is None:
         return
@@ -218,7 +292,8 @@ def _activations_tab(run: engine.Run, choices: dict[str, str]) -> None:
     titles = [f"ch {c}" for c in channels[:n]]
     h, w = maps.shape[1:]
     if show == "overlay":
-        overlays = cached(activation_overlays, run_images(run)[row], maps[:n], opacity)
+        image = run_images(run)[row] if z is None else run_images(run)[row][z]
+        overlays = cached(activation_overlays, image, maps[:n], opacity)
         fig = image_grid_figure(overlays, cols=OVERLAY_COLS, titles=titles, row_height=150, colorscale="Jet",
                                 colorbar="activation<br>(scaled)")
         drawn = (f"each upsampled bilinearly from {h} × {w} to the image's {overlays.shape[1]} × "
@@ -228,8 +303,11 @@ def _activations_tab(run: engine.Run, choices: dict[str, str]) -> None:
         fig = image_grid_figure(maps[:n], cols=RAW_COLS, titles=titles, row_height=115)
         drawn = f"each drawn as its {h} × {w} grid of values (bright = strong response)"
     figure(fig, export_name(run, f"activations-{label}-{_file(run, row)}"), key="layers_activations")
+    where = "the chosen image" if z is None else (
+        f"the chosen volume's {_slice_text(run, row, z)}, the layer's 3-D output interpolated linearly in depth to "
+        "that slice")
     caption(
-        f"The output of {label} ({h} × {w} per channel, {len(maps)} channels) for the chosen image: the {n} channels "
+        f"The output of {label} ({h} × {w} per channel, {len(maps)} channels) for {where}: the {n} channels "
         f"with the highest mean activation, each map min-max scaled on its own, {drawn}. The conv layer's output is "
         "taken before its ReLU."
     )

@@ -14,6 +14,8 @@ from dashboard.exports import csv_button, export_name
 from dashboard.external_section import external_section
 from dashboard.html_report import report_html
 from dashboard.performance_charts import (
+    attention_effect_figure,
+    attention_effect_table,
     comparison_styler,
     confusion_figure,
     depth_figure,
@@ -25,17 +27,39 @@ from dashboard.performance_charts import (
     table1_caption,
     tied_metrics,
 )
+from dashboard.state import after_training
 from dashboard.url_state import flag, url_tabs, url_widget
-from dashboard.widgets import all_runs, caption, depth_slider, figure, fold_runs_of, require_runs, trained_folds
+from dashboard.widgets import (
+    all_runs,
+    caption,
+    dataset,
+    depth_slider,
+    figure,
+    fold_runs_of,
+    require_runs,
+    trained_folds,
+)
 from engine.baselines import compare_methods
 from engine.crossval import SD_DDOF, fold_depth_curve, fold_metric_summary, fold_metrics, fold_roc
 from engine.evaluation import METRICS, depth_curve, evaluate_run
-from engine.jobs import Job, JobFn, Progress
+from engine.jobs import Job, JobFn, Progress, get_job
+from engine.models.names import ATTENTION_BACKBONES
+from engine.ouyang import TABLE_METRICS
 from engine.runs import related_runs
+from engine.store import stable_hash
 
 #: The page's sections, a lazy tab each (only the open one computes): URL code -> tab label.
 SECTIONS = {"table1": "Table 1: CNN vs baselines", "test": "Test split", "folds": "Cross-validation",
-            "depth": "Metric vs depth", "calibration": "Calibration", "external": "External test"}
+            "depth": "Metric vs depth", "calibration": "Calibration", "external": "External test",
+            "ouyang": "Ouyang: attention & sampling"}
+#: Ouyang et al. 2020, Table II, test set (mean ± sd AUC of their five fold models; 3-D ResNet34 on 2,796 real CT
+#: scans of COVID-19 and CAP), by our variant names.
+PAPER_TABLE2_AUC = {"RN + US": "0.934 ± 0.011", "Attention RN + US": "0.948 ± 0.003",
+                    "Attention RN + SS": "0.938 ± 0.002", "Attention RN + DS": "0.944 ± 0.003"}
+#: Criteria of Table III (Table II adds F1).
+SIZE_METRICS = ("AUC", "ACC", "sensitivity", "specificity")
+#: Height of a row of ``st.dataframe`` (px), to show a table whole.
+TABLE_ROW_PX = 35
 SECTION_KEY, SECTION_PARAM = "performance_section", "section"
 
 
@@ -86,9 +110,13 @@ def _comparison(run: engine.Run, n_test: int) -> None:
         return
     if table is None:  # computing in the background: its panel is drawn, the other tabs stay usable
         return
+    note = table.attrs.get("note", "")
+    if note:  # a method that does not apply to this run (LBP on CT volumes)
+        st.info(note, icon=":material/info:")
     st.table(comparison_styler(table))  # a static table wraps its cells: seven "value [low, high]" columns fit
     csv_button(table, export_name(run, "table-1"), key="performance_table1_csv")
-    caption(table1_caption(n_test, run.classes[run.positive], run.config.backbone, tied_metrics(table)))
+    caption(table1_caption(n_test, run.classes[run.positive], run.config.backbone, tied_metrics(table),
+                           lbp="LBP + SVM" in set(table["method"])))
     for note in sorted({n for n in table["cv_note"] if n}):
         caption(f"Cross-validation: {note}.", label="About the cross-validation")
 
@@ -203,6 +231,164 @@ def _depth(run: engine.Run, runs: dict[int, engine.Run]) -> None:
     )
 
 
+def _ouyang_name(base: engine.RunConfig, what: str) -> str:
+    """A file-name stem for an export of the Ouyang tab: ``lunglens-resnet3d18-depth2-ouyang-<what>``."""
+    return f"lunglens-{base.backbone}-depth{base.depth}-ouyang-{what}"
+
+
+def _variant_of(cfg: engine.RunConfig) -> str:
+    """The name of the Table II variant a config trains (its attention and sampling)."""
+    return next(v.name for v in engine.VARIANTS if (v.attention, v.sampling) == (cfg.attention, cfg.sampling))
+
+
+def _ouyang_key(base: engine.RunConfig) -> str:
+    """The job training the missing variants of ``base`` (one per experiment and depth, whichever session)."""
+    return "ouyang:" + stable_hash(base.key_dict(), 16)
+
+
+def _train_variants(base: engine.RunConfig, missing: list[engine.RunConfig], masks: bool, running: bool) -> None:
+    """Which variants are not trained, and the button that trains them as a background job."""
+    names = sorted({_variant_of(c) for c in missing}, key=list(engine.variant_configs(base)).index)
+    st.info(f"Not trained yet: {', '.join(names)} ({len(missing)} run(s)). Table II, the ROC curves and Table III "
+            "need all four variants.", icon=":material/pending:")
+    if not masks:
+        st.warning("Online attention and size-balanced sampling need lesion masks (and lung masks for the infection "
+                   "ratio): this data has none, so only the plain variant can be trained. Add masks/<class>/ and "
+                   "lung_masks/<class>/ beside images/ (see README).")
+        return
+    try:
+        estimate: engine.TrainingEstimate | None = cached(engine.estimate_training, missing, len(dataset(base)))
+    except engine.LungLensError:
+        estimate = None
+    label = f"Train the missing variants ({len(missing)} run(s)"
+    label += f", {engine.duration(estimate.seconds)})" if estimate is not None else ")"
+
+    def work(progress, cancelled) -> list[engine.SweepRow]:
+        return engine.train_missing(missing, progress=progress, cancel=cancelled, estimate=estimate)
+
+    if st.button(label, key="performance_ouyang_train", type="primary", icon=":material/play_arrow:",
+                 disabled=running, help="Trains in the background (dual sampling trains both of its members); Cancel "
+                                        "stops it, keeping the runs finished before."):
+        start(_ouyang_key(base), f"Training {len(missing)} variant run(s)", work)
+        st.rerun()
+    if estimate is not None:
+        st.caption(estimate.basis)
+
+
+def _variants_trained(job: Job) -> None:
+    rows: list[engine.SweepRow] = job.result
+    st.success(f"Trained {sum(not r.cached for r in rows)} variant run(s) in {job.elapsed:.0f} s.",
+               icon=":material/check_circle:")
+
+
+def _table2(base: engine.RunConfig, ds: engine.Dataset) -> None:
+    """Their Table II: the four variants' criteria, mean ± sd over the folds."""
+    table = cached(engine.variant_table, base, ds)
+    if table.empty:
+        st.info("No variant has all its folds trained yet: the tables appear as the variants finish.")
+        return
+    shown = engine.format_mean_sd(table, TABLE_METRICS)
+    st.dataframe(shown, hide_index=True, width="stretch", key="performance_ouyang_table2")
+    csv_button(table, _ouyang_name(base, "table2"), key="performance_ouyang_table2_csv")
+    k = base.folds
+    spread = (f"mean ± sd over the {k} fold models on the same test split (sample sd, ddof = {SD_DDOF})" if k > 1
+              else "one hold-out run each (choose 5 folds on Home for mean ± sd over fold models, as the paper)")
+    paper = "; ".join(f"{name} {auc}" for name, auc in PAPER_TABLE2_AUC.items())
+    caption(f"Ouyang et al. 2020, Table II, on this experiment ({base.backbone}, depth {base.depth}): RN = the CNN, "
+            "US / SS / DS = uniform / size-balanced / dual sampling, Attention = their online attention loss (eqs. "
+            f"1-4). Test split, {spread}; sensitivity, specificity and F1 of the positive class. Dual sampling "
+            "combines the uniform and size-balanced attention models by eq. 5. The paper's numbers come from a 3-D "
+            f"ResNet34 trained from scratch on 2,796 real CT scans (COVID-19 vs CAP); its test AUCs: {paper}.")
+
+
+def _variant_rocs(base: engine.RunConfig, ds: engine.Dataset) -> None:
+    """Per-fold ROC curves of each variant, two a row (their fig. 4)."""
+    rocs = cached(engine.variant_rocs, base, ds)
+    for i, (name, roc) in enumerate(rocs.items()):
+        if i % 2 == 0:
+            columns = st.columns(2)
+        with columns[i % 2]:
+            figure(fold_roc_figure(roc, name), _ouyang_name(base, "roc-" + name.lower().replace(" + ", "-").replace(" ", "-")),
+                   key=f"performance_ouyang_roc_{i}")
+    caption("ROC curves of the positive class on the test split, one per fold model of each variant (Ouyang et al. "
+            "fig. 4); the title gives the mean ± sd AUC over the folds.")
+
+
+def _table3(base: engine.RunConfig, ds: engine.Dataset) -> None:
+    """Their Table III: each variant's criteria within each infection-size group of the test split."""
+    ratios = background(engine.infection_ratios, ds, base.image_size, label="Infection ratios from the masks",
+                        name="performance_ouyang_ratios")
+    if ratios is None:
+        return
+    table = cached(engine.size_table, base, ratios, ds)
+    if table.empty:
+        st.info("No test item has both a lesion and a lung mask: the infection ratio, and so Table III, is unknown.")
+        return
+    shown = engine.format_mean_sd(table, SIZE_METRICS)
+    st.dataframe(shown, hide_index=True, width="stretch", key="performance_ouyang_table3",
+                 height=TABLE_ROW_PX * (len(shown) + 1) + 3)  # every row: four variants by three groups
+    csv_button(table, _ouyang_name(base, "table3"), key="performance_ouyang_table3_csv")
+    groups = ", ".join(name for name, _, _ in engine.SIZE_GROUPS)
+    caption(f"Ouyang et al. 2020, Table III: the test split cut by infection / lung volume ratio ({groups}; from the "
+            "lesion and lung masks at the run size), each group scored separately (mean ± sd over the fold models); "
+            "n = test items in the group, n_positive of the positive class. AUC is undefined (–) in a group holding "
+            "one class only. Sensitivity tells how the positive class fares by size, specificity the other class.")
+
+
+def _attention_effect(base: engine.RunConfig) -> None:
+    """The plain and the attention model's support regions against the lesion (and a shortcut marker)."""
+    st.subheader("Support with and without attention")
+    effect = background(engine.attention_effect, base, method="gradcam", ds=dataset(base),
+                        label="Grad-CAM of the plain and the attention model on the test split",
+                        name="performance_ouyang_effect", reports=True)
+    if effect is None:
+        return
+    left, right = st.columns(2)
+    with left:
+        figure(attention_effect_figure(effect), _ouyang_name(base, "attention-effect"),
+               key="performance_ouyang_effect_chart")
+    with right:
+        table = attention_effect_table(effect)
+        st.table(table)
+        csv_button(effect, _ouyang_name(base, "attention-effect"),
+                   key="performance_ouyang_effect_csv")
+    marker = ("; on data with the shortcut marker, the share of the support region on the marker and the accuracy "
+              "on the test images with and without it" if effect["on_marker"].notna().any() else "")
+    caption("The plain model (RN + US) and the model trained with the attention loss (Attention RN + US), fold 0: "
+            "the consistency degree (Wan et al. §3.5: the share of the lesion covered by Grad-CAM support, map > "
+            f"0.7) over the test images with a lesion mask (column 'with a lesion'){marker}. Means with 95% "
+            "percentile-bootstrap intervals over the test images (error bars); overlapping intervals mean the "
+            "difference may be chance.")
+
+
+def _ouyang(run: engine.Run) -> None:
+    """Ouyang et al.'s results for this experiment at this depth: the four training variants (Table II), their ROC
+    curves, Table III by infection size, and the support with and without attention."""
+    base = run.config.replace(fold=0, attention=False, sampling="uniform")
+    st.subheader(f"Ouyang et al.: attention and sampling variants at depth {base.depth} (Table II)")
+    if base.backbone not in ATTENTION_BACKBONES:
+        st.info(f"The online attention needs a backbone whose classifier is one linear layer on pooled features "
+                f"({', '.join(ATTENTION_BACKBONES)}); {base.backbone} has a multi-layer head. Choose another on Home.")
+        return
+    ds = dataset(base)
+    key = _ouyang_key(base)
+    job = get_job(key)
+    running = job is not None and job.running
+    after_training(job)
+    missing = engine.missing_configs(base, ds)
+    if missing:
+        _train_variants(base, missing, ds.has_masks and ds.has_lung_masks, running)
+    job_panel(key, "performance_ouyang_job", done=_variants_trained, what="the rest of the variants")
+    try:
+        _table2(base, ds)
+        _variant_rocs(base, ds)
+        st.subheader("By infection size (Table III)")
+        _table3(base, ds)
+        _attention_effect(base)
+    except engine.LungLensError as exc:
+        st.warning(str(exc))
+
+
 def _sections(run: engine.Run) -> dict[str, TabContainer]:
     """The section tabs by URL code (the open one kept in the URL as ``section``; its ``.open`` is True). Only the
     open tab's section is drawn: the others compute nothing until opened."""
@@ -216,12 +402,12 @@ depth = depth_slider(runs, key="performance_depth")
 run = runs[depth]
 n_test = int((run.predictions["split"] == "test").sum())
 st.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, init {run.config.init}; n_test = {n_test} test "
-           "images.")
+           f"{'volumes' if run.config.backbone in engine.VOLUME_BACKBONES else 'images'}.")
 _report_panel(run)
 draw: dict[str, Callable[[], None]] = {
     "table1": lambda: _comparison(run, n_test), "test": lambda: _test_split(run), "folds": lambda: _crossval(run),
     "depth": lambda: _depth(run, runs), "calibration": lambda: calibration_section(run),
-    "external": lambda: external_section(run, runs),
+    "external": lambda: external_section(run, runs), "ouyang": lambda: _ouyang(run),
 }
 for code, tab in _sections(run).items():
     if tab.open:

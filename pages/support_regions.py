@@ -4,7 +4,9 @@ mean something, whether the maps are faithful and pass the sanity check, which d
 and a new image (with a warning when it is unlike the training data). The image sections work on the run's test split
 or on an external folder. Methods, labels, knobs and citations all come from ``engine.explain.METHODS``; every number
 comes from the engine, and what may take long runs in the background (progress, Cancel) while the page stays usable.
-The section, image, methods, target, layer and threshold live in the URL, so a shared link reopens the same view."""
+The section, image, methods, target, layer and threshold live in the URL, so a shared link reopens the same view.
+For a 3-D CT run (Ouyang et al.) the page is a slice viewer of the test volumes with their maps by the volumetric
+methods and the run's localisation in 3-D; its case, slice, planes and point live in the URL too."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -46,12 +48,21 @@ from dashboard.support_charts import (
     short_name,
     unlike_message,
 )
-from dashboard.url_state import decode, publish, url_get, url_tabs, url_widget
+from dashboard.url_state import decode, publish, url_get, url_set, url_tabs, url_widget
+from dashboard.volume_charts import DRAW, case_label, case_name, localisation_figure, localisation_table, slice_figure
 from dashboard.widgets import caption, depth_slider, figure, presenter, require_runs
 from engine.data.imageio import IMAGE_SUFFIXES
-from engine.explain import (METHODS, SUPPORT_THRESHOLD, is_empty, run_heatmaps, run_image_explanation, run_masks,
-                            split_rows)
+from engine.explain import (
+    METHODS,
+    SUPPORT_THRESHOLD,
+    is_empty,
+    run_heatmaps,
+    run_image_explanation,
+    run_masks,
+    split_rows,
+)
 from engine.explain.gallery import wrong_reason_gallery
+from engine.explain.methods import volume_methods
 from engine.explain.report import (
     REPORT_COLUMNS,
     ReportSettings,
@@ -72,6 +83,15 @@ from engine.explain.support import (
     target_index,
 )
 from engine.explain.upload import MAX_UPLOAD_BYTES, MAX_UPLOAD_SIDE, diagnose_run_upload
+from engine.explain.volume import (
+    PLANES,
+    default_point,
+    is_volume_run,
+    view_spacing,
+    volume_localisation_view,
+    volume_maps,
+    volume_masks,
+)
 from engine.external import ExternalRun
 from engine.store import stable_hash
 
@@ -764,6 +784,158 @@ def _diagnose_section(run: engine.Run, threshold: float, opacity: float) -> None
             + " ".join(_note(n) for n in maps))
 
 
+# --- 3-D CT runs: the slice viewer ---------------------------------------------------------------------------------
+
+#: Methods that explain volumes, from the registry (URL ``method``).
+VOLUME_METHODS = volume_methods()
+#: The views the slice viewer draws (URL ``plane``: axial or all).
+VIEW_CHOICES = {"axial": ("axial",), "all": tuple(PLANES)}
+VIEW_LABELS = {"axial": "Axial", "all": "Axial, coronal and sagittal"}
+#: Per-case state and URL parameters of the slice viewer's point, forgotten when another case is picked.
+POINT_WIDGETS = (("support_volume_slice", "slice"), ("support_volume_row", "row"), ("support_volume_column", "column"))
+NOT_IN_3D = ("This run explains 3-D CT volumes: the sections for 2-D images (Explain an image with every method, the "
+             "explanation report with faithfulness and sanity checks, the wrong-reason gallery, the same image across "
+             "depths, Diagnose a new image, external folders) do not apply to volumes; the slice viewer below shows "
+             f"the volumetric methods ({', '.join(_label(n) for n in VOLUME_METHODS)}) and their localisation in 3-D.")
+
+
+def _volume_case(column: DeltaGenerator, rows: pd.DataFrame, classes: tuple[str, ...]) -> int:
+    """A test volume (row of ``split_rows``), kept in the URL as ``case`` (its file name); a new case forgets the
+    previous one's slice and point."""
+    files = rows["file"].astype(str)
+    row = url_widget(column.selectbox, f"Test volume ({len(rows)})", rows.index.tolist(), key="support_volume_case",
+                     param="case", default=0, always=True, encode=lambda i: files[i],
+                     format_func=lambda i: case_label(rows.loc[i], classes))
+    state = st.session_state
+    if state.get("support_volume_seen") not in (None, files[row]):
+        for key, param in POINT_WIDGETS:
+            state.pop(key, None)
+            url_set(param, None)
+    state["support_volume_seen"] = files[row]
+    return row
+
+
+def _volume_point(shape: tuple[int, ...], lesion: np.ndarray | None, three: bool) -> tuple[int, int, int]:
+    """The viewed point (slice, row, column): an axial slider (default: the slice with most lesion) and, with three
+    views, row and column sliders (default: the lesion's busiest row and column in that slice); 1-based on screen."""
+    defaults = default_point(lesion, shape)
+    labels = ("Axial slice (superior to inferior)", "Coronal row (anterior to posterior)",
+              "Sagittal column (patient's right to left)")
+    columns = st.columns(3 if three else 1)
+    point = []
+    for k, ((key, param), label) in enumerate(zip(POINT_WIDGETS, labels)):
+        if k and not three:
+            point.append(defaults[k])
+            continue
+        n = int(shape[k])
+        value = url_widget(columns[k].slider, label, range(1, n + 1), key=key, param=param, default=defaults[k] + 1,
+                           min_value=1, max_value=n,
+                           help="The default is the one with the most lesion voxels." if k == 0 else None)
+        point.append(int(value) - 1)
+    return point[0], point[1], point[2]
+
+
+def _volume_scores(table: pd.DataFrame, row: int, label: str) -> None:
+    """The case's consistency degree, pointing game and relevance mass, each with its lung baseline."""
+    r = table[table["row"] == row]
+    if r.empty or np.isnan(r.iloc[0]["consistency"]):
+        st.info("This volume has no lesion mask: its map cannot be scored against a lesion.")
+        return
+    r = r.iloc[0]
+    cols = st.columns(4)
+    cols[0].metric("Consistency degree", _percent(r["consistency"]),
+                   help=f"Share of the lesion's voxels where {label} > the threshold (Wan §3.5, in 3-D). Support of "
+                        "the same volume spread uniformly in the lungs covers "
+                        f"{_percent(r['lung_area_matched_baseline'])}; a smooth random map "
+                        f"{_percent(r['random_baseline'])}.")
+    cols[1].metric("Pointing game", _percent(r["pointing_game"]),
+                   help="Share of the map's maximal voxels inside the lesion (1 for a unique peak in it). A peak "
+                        f"placed uniformly in the lungs hits with probability {_percent(r['lung_pointing_baseline'])}.")
+    cols[2].metric("Relevance mass", _percent(r["relevance_mass"]),
+                   help="Share of the map's total inside the lesion (Arras et al.); a map uniform over the lungs "
+                        f"puts {_percent(r['lung_relevance_mass_baseline'])} there.")
+    cols[3].metric("Infection ratio", _percent(r["infection_ratio"]),
+                   help="Lesion volume inside the lungs / lung volume (Ouyang et al.'s size groups: < 0.5%, "
+                        "0.5-3%, > 3%).")
+    caption(f"This volume's support covers {_percent(r['support_volume'])} of the volume and its lesion "
+            f"{_percent(r['lesion_volume'])}. Baselines, in the order consistency / pointing game / relevance mass: "
+            f"support of the same size uniform in the lungs {_percent(r['lung_area_matched_baseline'])} / "
+            f"{_percent(r['lung_pointing_baseline'])} / {_percent(r['lung_relevance_mass_baseline'])} (the first "
+            f"reaches 100% once the support is as large as the lungs); a smooth random map "
+            f"{_percent(r['random_baseline'])} / {_percent(r['random_pointing_game'])} / "
+            f"{_percent(r['random_relevance_mass'])}.", label="Baselines of this volume")
+
+
+def _volume_run_localisation(run: engine.Run, summary: pd.DataFrame, name: str, threshold: float) -> None:
+    """The run's localisation in 3-D: means with 95% intervals against the baselines, as a table and a chart."""
+    st.markdown(f"**Localisation of {_label(name)} in 3-D over the test volumes** (mean and 95% bootstrap interval)")
+    st.dataframe(localisation_table(summary), hide_index=True, width="stretch", key="support_volume_table")
+    figure(localisation_figure(summary, _label(name)), export_name(run, f"volume-localisation-{name}"),
+           key="support_volume_localisation")
+    caption(f"Consistency degree: share of the lesion's voxels where the map exceeds {threshold:g} (Wan §3.5, in "
+            "3-D); pointing game: share of the map's maximal voxels inside the lesion; relevance mass: share of the "
+            "map's total inside the lesion. Baselines scored the same way: support of the same volume spread "
+            "uniformly inside the lungs (its expectation), and a smooth random map (blurred noise, seeded per "
+            "volume). Beats chance: the mean is above both baselines' and the paired 95% intervals do not overlap.")
+
+
+def _volume_page(run: engine.Run, threshold: float, opacity: float) -> None:
+    """Slice viewer of a 3-D run's test volumes with their maps, the case's scores and the run's localisation."""
+    caption(NOT_IN_3D, label="Sections for 2-D images")
+    rows, classes = split_rows(run, "test"), run.classes
+    if rows.empty:
+        st.info("This run has no test volumes.")
+        return
+    c1, c2, c3 = st.columns([3, 2, 2])
+    row = _volume_case(c1, rows, classes)
+    name = url_widget(c2.selectbox, "Method", VOLUME_METHODS, key="support_volume_method", param="method",
+                      default=VOLUME_METHODS[0], format_func=_label,
+                      help="\n\n".join(_note(n) for n in VOLUME_METHODS))
+    draw = url_widget(c3.radio, "Draw", list(DRAW), key="support_volume_draw", param="draw", default=next(iter(DRAW)),
+                      encode=DRAW.get, horizontal=True)
+    views = url_widget(st.radio, "Views", list(VIEW_CHOICES), key="support_volume_planes", param="plane",
+                       default="axial", format_func=VIEW_LABELS.get, horizontal=True,
+                       help="Coronal and sagittal sections through the same point as the axial slice.")
+    masks = background(volume_masks, run, "test", reports=True, name="support_job_volume_masks",
+                       label="Reading the lesion and lung masks of the test volumes")
+    if masks is None:
+        return
+    lesion = masks["lesion"][row] if masks["has_lesion"][row] else None
+    lung = masks["lung"][row] if masks["has_lung"][row] and masks["lung"][row].any() else None
+    image = _images(run)[row]
+    point = _volume_point(image.shape, lesion, views == "all")
+    maps = background(volume_maps, run, name, [row], reports=True, name="support_job_volume_maps",
+                      label=f"{_label(name)} of every test volume (depth {run.config.depth})")
+    heatmap = None if maps is None or is_empty(maps)[0] else maps[0]
+    if maps is not None and heatmap is None:
+        st.warning(f"The {_label(name)} map of this volume is empty (all zero or constant): the method found no "
+                   "positive evidence for the predicted class, so there is no support region to draw.",
+                   icon=":material/visibility_off:")
+    r = rows.loc[row]
+    three = VIEW_CHOICES[views]
+    fig = slice_figure(image, heatmap, lesion, lung, point, three, spacing=view_spacing(run), threshold=threshold,
+                       opacity=opacity, draw=DRAW[draw], panel_px=520 if len(three) == 1 else 360,
+                       title_size=18 if presenter() else 14)
+    figure(fig, export_name(run, f"volume-{name}-{case_name(r['file'])}"), key="support_volume_views")
+    caption(f"{_label(name)} of the predicted class ({classes[int(r['pred'])]}) on the CT in gray, on the page's "
+            f"one colour scale (0 to 1). Magenta line: support (map > {threshold:g}). Green: annotated lesion. Dotted "
+            "cyan: lungs. Dotted white lines: where the other views cut. Coronal and sagittal views are drawn at "
+            "the volumes' voxel spacing. " + _note(name))
+    found = background(volume_localisation_view, run, name, "test", threshold=threshold, reports=True,
+                       name="support_job_volume_localisation",
+                       label=f"Scoring {_label(name)} against the lesion masks of every test volume")
+    if found is None:
+        return
+    table, summary = found
+    _volume_scores(table, row, _label(name))
+    _volume_run_localisation(run, summary, name, threshold)
+    with st.expander("Per test volume"):
+        st.dataframe(table.drop(columns=["row", "y", "pred"]), hide_index=True, width="stretch",
+                     key="support_volume_cases",
+                     column_config={c: st.column_config.NumberColumn(format="percent") for c in table.columns
+                                    if table[c].dtype == float})
+
+
 # --- the page -------------------------------------------------------------------------------------------------------
 
 def _section() -> tuple[DeltaGenerator, str]:
@@ -772,10 +944,31 @@ def _section() -> tuple[DeltaGenerator, str]:
     return tabs[code], next(name for name, c in SECTIONS.items() if c == code)
 
 
+def _display_settings(run: engine.Run, items: str) -> tuple[float, float]:
+    """The support threshold (URL ``threshold``) and the overlay opacity, with a line on the run."""
+    c1, c2 = st.columns(2)
+    threshold = url_widget(c1.select_slider, "Support threshold", THRESHOLDS, key="support_threshold",
+                           param="threshold", default=SUPPORT_THRESHOLD, encode=lambda v: f"{v:g}",
+                           format_func=lambda v: f"{v:g}",
+                           help=f"Pixels whose heatmap value exceeds this form the support region, drawn as a "
+                                f"magenta contour. Default {SUPPORT_THRESHOLD:g} from Wan et al. §3.5: pixels with "
+                                "heatmap > 0.7 are support pixels.")
+    opacity = c2.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="support_opacity")
+    c2.caption(f"Run `{run.id}`: {run.config.backbone}, depth {run.config.depth}, {run.config.image_size} px, "
+               f"{len(split_rows(run, 'test'))} test {items}.")
+    return threshold, opacity
+
+
 st.title("Support Regions")
 sel, runs = require_runs("Support Regions")
 depth = depth_slider(runs, key="support_depth")
 run = runs[depth]
+if is_volume_run(run):
+    try:
+        _volume_page(run, *_display_settings(run, "volumes"))
+    except engine.LungLensError as exc:
+        st.error(f"The slice viewer cannot be shown for this run: {exc}")
+    st.stop()
 source = st.radio("Images", IMAGE_SOURCES, horizontal=True, key="support_images",
                   help="The sections that explain images (an image, consistency, gallery, across depths) work on the "
                        "run's own test split or on every image of another folder of the run's classes, read and "
@@ -795,15 +988,7 @@ if source == IMAGE_SOURCES[1]:
         view = None
     if view is None:
         shown = None
-c1, c2 = st.columns(2)
-threshold = url_widget(c1.select_slider, "Support threshold", THRESHOLDS, key="support_threshold", param="threshold",
-                       default=SUPPORT_THRESHOLD, encode=lambda v: f"{v:g}", format_func=lambda v: f"{v:g}",
-                       help=f"Pixels whose heatmap value exceeds this form the support region, drawn as a magenta "
-                            f"contour. Default {SUPPORT_THRESHOLD:g} from Wan et al. §3.5: pixels with heatmap > 0.7 "
-                            "are support pixels.")
-opacity = c2.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="support_opacity")
-c2.caption(f"Run `{run.id}`: {run.config.backbone}, depth {depth}, {run.config.image_size} px, "
-           f"{len(split_rows(run, 'test'))} test images.")
+threshold, opacity = _display_settings(run, "images")
 
 
 def _on_images(draw_section: Callable[[engine.Run], None]) -> Callable[[], None]:

@@ -7,14 +7,17 @@ import streamlit as st
 
 import engine
 from dashboard.exports import csv_button, export_name
+from dashboard.state import size_text
 from dashboard.training_charts import (
+    MAX_BACKBONES,
     QUANTITIES,
     SPLIT_NAMES,
+    attention_loss_figure,
     compare_figure,
     compare_table,
     criteria_figure,
     fold_curves_figure,
-    MAX_BACKBONES,
+    has_attention_loss,
     loss_figure,
     run_label,
 )
@@ -63,8 +66,19 @@ def _cards(run: engine.Run) -> None:
             else f"ran all {result['epochs_run']} epochs")
     fold = f"fold {cfg.fold} of a {cfg.folds}-fold cross-validation, " if cfg.folds > 1 else ""
     caption(f"Run `{run.id}`: {fold}{cfg.backbone}, last {cfg.depth} of {engine.N_BLOCKS} conv blocks and the head "
-            f"trained, {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, {cfg.image_size} px; {stop}.",
+            f"trained, {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, {size_text(cfg)}{_ouyang(cfg)}; {stop}.",
             label="About this run")
+
+
+def _ouyang(cfg: engine.RunConfig) -> str:
+    """Ouyang et al.'s training options of a run in words (nothing for a plain run with uniform sampling)."""
+    parts = [f"online attention (λ = {cfg.attention_lambda:g})"] if cfg.attention else []
+    if cfg.sampling == "dual":
+        parts.append("dual sampling (the curves are its uniform-sampling member's; the test scores its eq. 5 "
+                     "ensemble's)")
+    elif cfg.sampling != "uniform":
+        parts.append(f"{cfg.sampling} sampling")
+    return "".join(f", {p}" for p in parts)
 
 
 def _folds_name(run: engine.Run, what: str) -> str:
@@ -77,6 +91,8 @@ def _single(run: engine.Run) -> None:
     st.subheader("Loss per epoch")
     figure(loss_figure(history, best, stopped), export_name(run, "loss"), key="training_loss")
     caption(f"Train solid, validation dotted, test dashed. {DROPOUT_CAPTION} {MARKS_CAPTION}")
+    if has_attention_loss(history):
+        _attention_loss(run)
 
     st.subheader("The five criteria per epoch")
     prefix = ""
@@ -92,6 +108,20 @@ def _single(run: engine.Run) -> None:
             "PPV = TP/(TP+FP), NPV = TN/(TN+FN). Train solid, test dashed; a gap is a missing value (e.g. no "
             "predicted positive yet, so PPV is undefined).")
     csv_button(history, export_name(run, "history"), key="training_history_csv")
+
+
+def _attention_loss(run: engine.Run) -> None:
+    """Ouyang et al.'s attention loss per epoch, for a run trained with it."""
+    cfg = run.config
+    st.subheader("Attention loss per epoch (Ouyang et al. eq. 3)")
+    figure(attention_loss_figure(run.history, run.result["best_epoch"], run.result["stopped_early"]),
+           export_name(run, "attention-loss"), key="training_attention_loss")
+    caption(f"L_ex = Σ (T(A) − M)² / (Σ T(A) + Σ M) (eq. 3): how far the trimmed attention map T(A) = sigmoid(α (A − "
+            f"β)) (eq. 2, α = {cfg.attention_alpha:g}, β = {cfg.attention_beta:g}) of each {run.classes[run.positive]} "
+            "training case with a lesion mask M is from that mask; 0 when they coincide. Averaged per epoch over every "
+            "training case (0 for the cases without a mask or of another class), on the batches as they were trained. "
+            f"The training loss is L_c + λ L_ex with λ = {cfg.attention_lambda:g} (eq. 4); the cross-entropy L_c is "
+            "the loss above.")
 
 
 def _compare(runs: dict[int, engine.Run]) -> None:

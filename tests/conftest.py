@@ -73,6 +73,33 @@ def trained_selection():
     return sel
 
 
+TINY_CT_RUN = dict(data="builtin-ct", builtin_per_class=10, backbone="resnet3d18", init="scratch", image_size=64,
+                   epochs=1, patience=0, batch_size=8, lr=1e-3)
+TINY_CT_DEPTHS = (0, 2)
+
+
+@pytest.fixture(scope="session")
+def trained_ct():
+    """A Selection of tiny 3-D runs (depths 0 and 2 of a 3-D ResNet-18 on the built-in CT phantoms), trained once."""
+    import engine
+    from dashboard.state import Selection
+
+    sel = Selection(engine.RunConfig(**TINY_CT_RUN), TINY_CT_DEPTHS)
+    engine.run_sweep(sel.configs())
+    return sel
+
+
+@pytest.fixture(scope="session")
+def ouyang_variants(trained_ct):
+    """The tiny 3-D experiment at depth 2 in Ouyang's four variants (plain, attention + US / SS / DS), trained once."""
+    import engine
+    from engine.ouyang import variant_configs
+
+    base = engine.RunConfig(**TINY_CT_RUN).replace(depth=2)
+    engine.run_sweep(list(variant_configs(base).values()))
+    return base
+
+
 @pytest.fixture()
 def app(trained_selection):
     """An AppTest of the dashboard with the trained selection in its session state."""

@@ -1,7 +1,7 @@
 """Classical baselines: the SVM (against scikit-learn's own RBF SVC), deep features, caching and the Table 1 wrapper."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from engine.config import RunConfig
 from engine import baselines
 from engine.baselines import (
     C_GRID,
@@ -131,6 +132,7 @@ class FakeRun:
     model: StagedNet
     classes: tuple[str, ...] = ("normal", "covid")
     positive: int = 1
+    config: RunConfig = field(default_factory=RunConfig)
 
     def artifact(self, name: str) -> Path:
         return self.dir / "artifacts" / name

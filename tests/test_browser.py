@@ -301,3 +301,30 @@ def test_a_shared_link_reopens_the_same_depth_image_and_method(server, browser, 
     assert "Grad-CAM" in text and "LIME" in text
     url = urllib.parse.unquote(browser.current_url)  # the page writes its state back: the link still names the same view
     assert "depth=0" in url and f"image={file}" in url and "method=gradcam" in url and "lime" in url
+
+
+@pytest.fixture(scope="module")
+def ct_server(trained_ct, tmp_path_factory):
+    """The dashboard opened on the tiny 3-D CT experiment."""
+    yield from _serve(trained_ct, tmp_path_factory.mktemp("browser-ct"))
+
+
+def test_the_slice_viewer_of_a_ct_run(ct_server, browser, trained_ct):
+    import engine
+
+    run = engine.get_run(trained_ct.config.replace(depth=2))
+    file = str(run.predictions["file"][run.predictions["split"] == "test"].iloc[1])
+    _open(browser, f"{ct_server}/support_regions?depth=2&case={file}&slice=5&plane=all&method=gradcam",
+          "Axial slice")
+    text = _settled(browser, "Sagittal")
+    assert "Coronal" in text and f"case={file}" in urllib.parse.unquote(browser.current_url)  # the linked case kept
+    sliders = browser.find_elements(By.CSS_SELECTOR, SLIDER)
+    axial = next(s for s in sliders if s.get_attribute("aria-valuetext") == "5")  # the linked slice
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 1
+    axial.send_keys(Keys.ARROW_RIGHT)  # one slice down: the page redraws and writes the new slice into the URL
+    WebDriverWait(browser, 60).until(lambda d: "slice=6" in urllib.parse.unquote(d.current_url))
+    _settled(browser, "Sagittal")
+    _assert_no_error(browser)
+    if os.environ.get("LUNGLENS_SCREENSHOT_DIR"):
+        browser.set_window_size(1400, 1400)
+        browser.save_screenshot(str(Path(os.environ["LUNGLENS_SCREENSHOT_DIR"]) / "slice_viewer.png"))

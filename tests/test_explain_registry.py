@@ -17,6 +17,10 @@ from engine.errors import ConfigError
 from engine.explain import METHODS, attribute, cam_layer, get_method, heatmaps, is_empty, layer_choices
 from engine.explain.occlusion import occlusion_attributions, occlusion_baseline
 from engine.models.backbones import BACKBONES, N_BLOCKS, StagedNet, stage
+from engine.models.names import VOLUME_BACKBONES
+
+#: The 2-D backbones (volumes: tests/test_explain_volume.py).
+IMAGE_BACKBONES = [b for b in BACKBONES if b not in VOLUME_BACKBONES]
 
 SIZE = 64
 
@@ -46,7 +50,7 @@ def test_registry_describes_every_method():
         get_method("gradcam-xl")
 
 
-@pytest.mark.parametrize("arch", BACKBONES)
+@pytest.mark.parametrize("arch", IMAGE_BACKBONES)
 def test_every_method_runs_on_every_backbone(arch, images):
     model = tiny(arch)
     first_layer = layer_choices(model)[0][0]  # the channel-by-channel CAMs stay affordable on the first block
@@ -59,7 +63,7 @@ def test_every_method_runs_on_every_backbone(arch, images):
         assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1, name
 
 
-@pytest.mark.parametrize("arch", BACKBONES)
+@pytest.mark.parametrize("arch", IMAGE_BACKBONES)
 def test_cam_layers_are_rectified_and_named_by_block(arch):
     model = tiny(arch)
     choices = layer_choices(model)

@@ -14,6 +14,7 @@ import torchvision
 from captum.attr import NeuronGuidedBackprop
 from torch import nn
 
+from engine.config import RunConfig
 from engine.data.transforms import to_model_input
 from engine.errors import ConfigError, LungLensError
 from engine.layers import (
@@ -297,6 +298,7 @@ class FakeRun:
     before: StagedNet
     after: StagedNet
     calls: list[str] = field(default_factory=list)
+    config: RunConfig = field(default_factory=RunConfig)
 
     def images(self, split: str | None = None) -> np.ndarray:
         return self.all_images

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 
+from engine.config import RunConfig
 from engine.data.transforms import to_model_input
 from engine.errors import ConfigError, DataError
 from engine.lbp import lbp_histograms
@@ -119,6 +120,7 @@ class FakeRun:
     model: StagedNet
     classes: tuple[str, ...] = ("normal", "covid")
     positive: int = 1
+    config: RunConfig = field(default_factory=RunConfig)
     id: str = "fake"
     model_loads: list[int] = field(default_factory=list)
 

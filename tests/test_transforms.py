@@ -70,7 +70,9 @@ def test_to_display_inverts_to_model_input():
 
 def test_to_model_input_rejects_wrong_shape():
     with pytest.raises(ValueError):
-        to_model_input(np.zeros((3, 4, 4, 4), np.uint8))
+        to_model_input(np.zeros((3, 1, 4, 4, 4), np.uint8))  # 5-D: neither images nor volumes
+    with pytest.raises(ValueError):
+        to_model_input(np.zeros((3, 4, 4), np.float32))  # not uint8
 
 
 @pytest.mark.parametrize("seed", range(6))

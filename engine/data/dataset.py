@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .volume import is_volume
+
 #: Columns of ``Dataset.items``; ``path``, ``mask`` and ``lung_mask`` are absolute paths ("" when absent).
 ITEM_COLUMNS = ("file", "path", "label", "y", "group", "split", "mask", "lung_mask")
 
@@ -30,6 +32,11 @@ class Dataset:
     def has_lung_masks(self) -> bool:
         """Whether any image has a lung mask."""
         return bool((self.items["lung_mask"] != "").any())
+
+    @property
+    def ndim(self) -> int:
+        """3 when the images are CT volumes (NIfTI), else 2 (a folder never mixes the two)."""
+        return 3 if len(self.items) and is_volume(self.items["path"].iloc[0]) else 2
 
     def __len__(self) -> int:
         return len(self.items)

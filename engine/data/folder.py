@@ -10,7 +10,8 @@ Layouts, in order of precedence:
 * ``ROOT/<class>/...`` (no masks).
 
 Images are the files with a suffix in ``IMAGE_SUFFIXES`` and DICOM files of any name (the ``DICM`` marker; a
-``DICOMDIR`` index is not an image). A DICOM image's PatientID is its ``patient_id`` (the group that keeps one
+``DICOMDIR`` index is not an image), or CT volumes: NIfTI files (``VOLUME_SUFFIXES``; their masks NIfTI too, on the
+image's voxel grid). A folder holds either 2-D images or volumes, never both. A DICOM image's PatientID is its ``patient_id`` (the group that keeps one
 patient's images in one split) unless the manifest gives the row a ``patient_id`` or ``group_id`` of its own.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from scipy.sparse.csgraph import connected_components
 from engine.data.dataset import ITEM_COLUMNS, Dataset
 from engine.data.dicom import dicom_patient_id, has_dicom_marker, is_dicom
 from engine.data.imageio import IMAGE_SUFFIXES, decode_image_bytes, read_bytes
+from engine.data.volume import VOLUME_SUFFIXES, is_volume, require_mask_grid, volume_header, volume_stem
 from engine.errors import DataError
 from engine.store import stable_hash
 
@@ -48,7 +50,7 @@ def _is_image_file(path: Path) -> bool:
     """Whether ``path`` is a visible file with an image suffix, or a DICOM file (DICM marker) of any other name."""
     if not path.is_file() or path.name.startswith("."):
         return False
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.suffix.lower() in IMAGE_SUFFIXES or is_volume(path):
         return True
     if path.name.upper() == "DICOMDIR":
         return False
@@ -60,7 +62,9 @@ def _is_image_file(path: Path) -> bool:
 
 
 def _stem_key(path: Path) -> str:
-    """``path`` (POSIX) without its image suffix: what matches an image to its masks."""
+    """``path`` (POSIX) without its image or volume suffix: what matches an image to its masks."""
+    if is_volume(path):
+        return path.with_name(volume_stem(path)).as_posix()
     return (path.with_suffix("") if path.suffix.lower() in IMAGE_SUFFIXES else path).as_posix()
 
 
@@ -171,8 +175,34 @@ def _manifest_entries(root: Path) -> tuple[pd.DataFrame, list[str]]:
     return entries[list(_ENTRY_COLUMNS)], sorted(entries["label"].unique())
 
 
+def _inspect_volume(root: Path, entry: dict[str, str]) -> tuple[list[str], str] | str:
+    """Content hashes of a volume entry's image and masks ('' PatientID), or why it is unusable; reads headers only."""
+    try:
+        image_path = root / entry["file"]
+        shape, affine = volume_header(image_path)
+        hashes = [hashlib.sha256(read_bytes(image_path)).hexdigest()]
+        for column in MASK_COLUMNS:
+            if entry[column]:
+                require_mask_grid(root / entry[column], shape, affine, image_path)
+            hashes.append(hashlib.sha256(read_bytes(root / entry[column])).hexdigest() if entry[column] else "")
+    except DataError as exc:
+        return f"{entry['where']}{exc}"
+    return hashes, ""
+
+
+def _refuse_mixed_dimensions(root: Path, entries: pd.DataFrame) -> None:
+    """Raise when a dataset mixes 2-D images and 3-D volumes (one model cannot take both)."""
+    volumes = entries["file"].map(is_volume)
+    if volumes.any() and not volumes.all():
+        raise DataError(f"{root} mixes {int(volumes.sum())} volume(s) ({', '.join(VOLUME_SUFFIXES)}, e.g. "
+                        f"{entries['file'][volumes].iloc[0]}) with {int((~volumes).sum())} 2-D image(s) (e.g. "
+                        f"{entries['file'][~volumes].iloc[0]}); keep one kind per dataset folder")
+
+
 def _inspect(root: Path, entry: dict[str, str]) -> tuple[list[str], str] | str:
     """Content hashes of an entry's image and masks and its DICOM PatientID ('' if none), or why it is unusable."""
+    if is_volume(entry["file"]):
+        return _inspect_volume(root, entry)
     try:
         image_path = root / entry["file"]
         data = read_bytes(image_path)
@@ -241,11 +271,12 @@ def load_folder(root: str | Path, *, skip_bad: bool = False, min_per_class: int 
         raise DataError(f"{root} does not exist or is not a folder; give the dataset's root folder")
     entries, classes = _manifest_entries(root) if (root / MANIFEST).is_file() else _layout_entries(root)
     if entries.empty:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}; expected "
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)}) found in {root}; expected "
                         f"{root}/images/<class>/<image>, {root}/<class>/<image> or a {MANIFEST}")
     if min_classes > 1:
         _require_two_classes(root, classes)
     entries = entries.sort_values("file", ignore_index=True)
+    _refuse_mixed_dimensions(root, entries)
     records = entries.to_dict("records")
     # OpenCV's decoder releases the GIL, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:

@@ -186,14 +186,13 @@ def _remove_stale_temporaries(root: Path) -> None:
             continue  # a process of another user: it may still be writing
 
 
-def write_phantom_dataset(root: Path, spec: PhantomSpec, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write the dataset in the folder layout the loader reads (images/, masks/, lung_masks/, manifest.csv).
+def write_folder_atomically(root: Path, fill: Callable[[Path], None], marker: str = "manifest.csv") -> Path:
+    """Have ``fill`` write a dataset into a temporary folder beside ``root``, then rename it to ``root``.
 
-    It is written to a temporary folder beside ``root`` and renamed, so a reader never sees half of it; the temporary
-    folder is removed on any failure (a read-only or full disk raises a StoreError naming the folder).
+    A reader never sees half of it; a folder holding ``marker`` (written last by ``fill``) is finished and never
+    rewritten; if another process finishes first, its folder is kept. A read-only or full disk raises a StoreError.
     """
-    root = Path(root)
-    if (root / "manifest.csv").exists():
+    if (root / marker).exists():
         return root
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     with writing(root.parent):
@@ -201,15 +200,23 @@ def write_phantom_dataset(root: Path, spec: PhantomSpec, progress: Callable[[int
         _remove_stale_temporaries(root)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            _write_phantoms(tmp, spec, progress)
-        except BaseException:
+            fill(tmp)
+            os.replace(tmp, root)
+        except OSError:
+            if not (root / marker).exists():  # anything but another process having finished first
+                raise
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    try:
-        os.replace(tmp, root)
-    except OSError:  # another process wrote it first
-        shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def write_phantom_dataset(root: Path, spec: PhantomSpec, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write the dataset in the folder layout the loader reads (images/, masks/, lung_masks/, manifest.csv).
+
+    It is written to a temporary folder beside ``root`` and renamed, so a reader never sees half of it; the temporary
+    folder is removed on any failure (a read-only or full disk raises a StoreError naming the folder).
+    """
+    return write_folder_atomically(Path(root), lambda tmp: _write_phantoms(tmp, spec, progress))
 
 
 def _write_phantoms(tmp: Path, spec: PhantomSpec, progress: Callable[[int, int], None] | None) -> None:

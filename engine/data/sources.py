@@ -1,4 +1,5 @@
-"""Resolve a data source (``builtin`` or a folder path) to a Dataset, generating the built-in one on first use."""
+"""Resolve a data source (``builtin``, ``builtin-ct`` or a folder path) to a Dataset, generating a built-in one on
+first use."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,19 +10,28 @@ from ..store import home, stable_hash
 from .dataset import Dataset
 from .folder import load_folder
 from .phantom import PhantomSpec, write_phantom_dataset
+from .phantom_ct import CTPhantomSpec, write_ct_dataset
 
 BUILTIN = "builtin"
+#: The built-in 3-D CT phantoms (classes "cap", "covid"; NIfTI volumes with lesion and lung masks).
+BUILTIN_CT = "builtin-ct"
 
 
-def builtin_root(spec: PhantomSpec) -> Path:
+def builtin_root(spec: PhantomSpec | CTPhantomSpec) -> Path:
     """Cache folder of the built-in dataset made from ``spec``."""
-    return home() / "datasets" / f"builtin-{spec.task}-{stable_hash(spec.to_dict(), 12)}"
+    kind = spec.task if isinstance(spec, PhantomSpec) else "ct"
+    return home() / "datasets" / f"builtin-{kind}-{stable_hash(spec.to_dict(), 12)}"
 
 
 def builtin_dataset(spec: PhantomSpec, progress: Callable[[int, int], None] | None = None) -> Dataset:
     """The built-in phantom dataset for ``spec``, generated into the cache once."""
     root = write_phantom_dataset(builtin_root(spec), spec, progress)
     return load_folder(root)
+
+
+def builtin_ct_dataset(spec: CTPhantomSpec, progress: Callable[[int, int], None] | None = None) -> Dataset:
+    """The built-in CT phantom dataset for ``spec``, generated into the cache once."""
+    return load_folder(write_ct_dataset(builtin_root(spec), spec, progress))
 
 
 def load_dataset(
@@ -34,7 +44,10 @@ def load_dataset(
     skip_bad: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Dataset:
-    """Load the built-in dataset (``"builtin"``) or a folder dataset; the builtin options are ignored for folders."""
+    """Load a built-in dataset (``"builtin"``, ``"builtin-ct"``) or a folder dataset; the builtin options are ignored
+    for folders, and the shortcut marker options for ``builtin-ct``."""
+    if str(source) == BUILTIN_CT:
+        return builtin_ct_dataset(CTPhantomSpec(n_per_class=per_class, seed=seed), progress)
     if str(source) == BUILTIN:
         spec = PhantomSpec(
             task="lesions",
@@ -46,5 +59,6 @@ def load_dataset(
         return builtin_dataset(spec, progress)
     root = Path(source).expanduser()
     if not root.exists():
-        raise DataError(f"Data folder {root} does not exist: give 'builtin' or a folder laid out as ROOT/images/<class>/*.")
+        raise DataError(f"Data folder {root} does not exist: give '{BUILTIN}', '{BUILTIN_CT}' or a folder laid out as "
+                        "ROOT/images/<class>/*.")
     return load_folder(root, skip_bad=skip_bad)

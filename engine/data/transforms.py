@@ -43,23 +43,32 @@ def preprocess_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_model_input(batch_uint8: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """(N, H, W) uint8 gray -> (N, 3, H, W) float32: scaled to [0, 1], replicated to RGB, ImageNet-normalised."""
+    """(N, H, W) uint8 gray -> (N, 3, H, W) float32: scaled to [0, 1], replicated to RGB, ImageNet-normalised.
+
+    (N, D, H, W) uint8 CT volumes -> (N, 1, D, H, W) float32 in [0, 1] (the lung window is already applied).
+    """
     batch = torch.as_tensor(batch_uint8)
-    if batch.ndim != 3 or batch.dtype != torch.uint8:
-        raise ValueError(f"expected an (N, H, W) uint8 batch, got {tuple(batch.shape)} {batch.dtype}")
+    if batch.ndim not in (3, 4) or batch.dtype != torch.uint8:
+        raise ValueError(f"expected an (N, H, W) or (N, D, H, W) uint8 batch, got {tuple(batch.shape)} {batch.dtype}")
+    if batch.ndim == 4:
+        return v2.functional.to_dtype(batch, torch.float32, scale=True).unsqueeze(1)
     rgb = v2.functional.to_dtype(batch, torch.float32, scale=True).unsqueeze(1).expand(-1, 3, -1, -1)
     return v2.functional.normalize(rgb, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
 def gray_of(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) model input -> (N, 1, H, W) gray intensities in [0, 1] (the inverse of ``to_model_input``)."""
+    """(N, 3, H, W) model input -> (N, 1, H, W) gray intensities in [0, 1] (the inverse of ``to_model_input``);
+    (N, 1, D, H, W) volume input is already gray: returned as is."""
+    if x.ndim == 5:
+        return x[:, :1]
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x * std + mean).mean(dim=1, keepdim=True)
 
 
 def to_display(x: torch.Tensor) -> np.ndarray:
-    """Inverse of ``to_model_input``: (N, 3, H, W) model input -> (N, H, W) float32 gray in [0, 1]."""
+    """Inverse of ``to_model_input``: (N, 3, H, W) -> (N, H, W), or (N, 1, D, H, W) -> (N, D, H, W), float32 gray in
+    [0, 1]."""
     return gray_of(x.detach())[:, 0].clamp(0.0, 1.0).to(torch.float32).cpu().numpy()
 
 

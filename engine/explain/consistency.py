@@ -1,4 +1,6 @@
-"""Scores of a heatmap against annotations: Wan et al.'s consistency degree, its baselines and the pointing game."""
+"""Scores of a heatmap against annotations: Wan et al.'s consistency degree, its baselines and the pointing game.
+
+Every function takes maps and masks of any dimension, (H, W) images or (D, H, W) volumes: pixels are voxels there."""
 from __future__ import annotations
 
 import numpy as np
@@ -52,8 +54,9 @@ def pointing_game(heatmap: np.ndarray, lesion_mask: np.ndarray) -> bool:
     return bool(peak > 0 and lesion[h == peak].any())
 
 
-def random_heatmap(shape: tuple[int, int], seed: int, sigma: float | None = None) -> np.ndarray:
-    """Baseline heatmap: seeded uniform noise blurred by a Gaussian (default sigma: 1/16 of the side), scaled to [0, 1]."""
+def random_heatmap(shape: tuple[int, ...], seed: int, sigma: float | None = None) -> np.ndarray:
+    """Baseline heatmap of any dimension (an image or a volume): seeded uniform noise blurred by an isotropic Gaussian
+    (default sigma: 1/16 of the longest side), scaled to [0, 1]."""
     noise = np.random.default_rng(seed).random(shape)
     field = gaussian(noise, sigma=sigma if sigma is not None else max(shape) / 16, mode="reflect")
     lo, hi = field.min(), field.max()

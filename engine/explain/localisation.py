@@ -1,6 +1,7 @@
 """Localisation scores of one heatmap against a lesion mask, each with a baseline scored the same way, and their CIs.
 
-Maps are float (H, W) arrays in [0, 1] (non-negative relevance for the target class); masks are bool (H, W).
+Maps are float (H, W) arrays in [0, 1] (non-negative relevance for the target class); masks are bool (H, W). Every
+score works unchanged on (D, H, W) volumes (pixels are then voxels, areas volumes), as Ouyang et al.'s 3-D CT needs.
 Every per-image score is NaN where it is undefined (an empty lesion mask, or a missing lung mask for the
 lung baselines), so that means over a split skip those images instead of counting them as misses.
 """
@@ -105,8 +106,9 @@ def lung_matched_relevance_mass(lesion: np.ndarray, lung: np.ndarray) -> float:
     return lung_matched_pointing(lesion, lung)
 
 
-def smooth_random_map(shape: tuple[int, int], seed: int) -> np.ndarray:
-    """A smooth random map in [0, 1]: seeded uniform noise blurred by a Gaussian (consistency.random_heatmap)."""
+def smooth_random_map(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A smooth random map in [0, 1] of an image's or a volume's shape: seeded uniform noise blurred by a Gaussian
+    (consistency.random_heatmap)."""
     return random_heatmap(tuple(shape), seed)
 
 

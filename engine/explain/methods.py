@@ -2,7 +2,8 @@
 
 CLI choices, page labels, cache keys and the explanation report all come from ``METHODS``; nothing else lists
 methods. Every ``attribute(model, x, target, **params)`` takes model inputs ``x`` (N, 3, H, W) and returns
-non-negative maps (N, H, W) in [0, 1] (higher = more support for the target class).
+non-negative maps (N, H, W) in [0, 1] (higher = more support for the target class). Methods marked ``volumetric``
+also take 3-D volumes (N, 1, D, H, W) and return (N, D, H, W) maps (``volume_methods()`` lists them).
 """
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pytorch_grad_cam import (AblationCAM, EigenCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam import AblationCAM, EigenCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 
+from ..attention import ALPHA, BETA
 from ..data.transforms import gray_of, to_model_input
 from ..errors import ConfigError
 from ..models.backbones import StagedNet
-from .attributions import guided_backprop, guided_gradcam, gradient_shap, integrated_gradients, saliency, smoothgrad
+from ..progress import CancelCheck, Progress
+from .attributions import gradient_shap, guided_backprop, guided_gradcam, integrated_gradients, saliency, smoothgrad
 from .cam_library import library_cam
 from .gradcam import gradcam
 from .inference import Target, model_lock, target_tensor
 from .lime_maps import lime_map
 from .occlusion import occlusion_map
-from ..progress import CancelCheck, Progress
+from .volume_cams import attention_maps, gradcam_volume
 
 Kind = Literal["CAM", "gradient", "perturbation"]
 
@@ -35,6 +38,14 @@ def _lime(model: StagedNet, x: torch.Tensor, target: Target = None, **params: An
     targets = target_tensor(target, len(images))
     return np.stack([lime_map(model, img, None if targets is None else int(targets[i]), **params)["heatmap"]
                      for i, img in enumerate(images)]) if len(images) else np.zeros((0, *x.shape[-2:]), np.float32)
+
+
+def _gradcam(model: StagedNet, x: torch.Tensor, target: Target = None, layer: str | None = None,
+             batch_size: int | None = None) -> np.ndarray:
+    """Grad-CAM of images (N, 3, H, W) by the fast 2-D path, of volumes (N, 1, D, H, W) by Captum's in 3-D."""
+    if x.ndim == 5:
+        return gradcam_volume(model, x, target, layer, batch_size or 4)
+    return gradcam(model, x, target, layer, batch_size or 64)
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,8 @@ class Method:
     #: For methods with more to show than a map (LIME's signed superpixels): ``details(model, image_uint8, target,
     #: **params)`` -> dict with at least ``heatmap``; a page draws ``segments`` and the signed ``map`` when present.
     details: Callable[..., dict[str, Any]] | None = field(default=None, repr=False)
+    #: Whether ``attribute`` also takes 3-D volumes (N, 1, D, H, W) and returns (N, D, H, W) maps.
+    volumetric: bool = False
 
     def params_for(self, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` without a ``layer`` where the method reads none (so a shared layer choice does not break it)."""
@@ -63,20 +76,28 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("gradcam", "Grad-CAM", "Selvaraju et al. 2017; Wan et al. 2021 eqs. 7-9", "CAM", "fast", gradcam, True,
-           description="Gradient-weighted feature maps of the chosen layer (after its ReLU), ReLU, upsampled."),
+    Method("gradcam", "Grad-CAM", "Selvaraju et al. 2017; Wan et al. 2021 eqs. 7-9", "CAM", "fast", _gradcam, True,
+           description="Gradient-weighted feature maps of the chosen layer (after its ReLU), ReLU, upsampled; in "
+                       "3-D the gradients are averaged over depth, height and width.", volumetric=True),
+    Method("attention", "Online attention", "Ouyang et al. 2020 eqs. 1-2", "CAM", "fast", attention_maps,
+           description=f"The class activation map A = ReLU(sum_k w_k f_k) of the last block with w the classifier's "
+                       f"row of the class, upsampled and normalised, trimmed: T(A) = sigmoid(alpha (A - beta)), "
+                       f"alpha {ALPHA:g}, beta {BETA:g}; what the attention loss trains against the lesion masks. "
+                       "For a head of several layers (AlexNet, VGG) w is the gradient of the class score with "
+                       "respect to the pooled features (A is then the last block's Grad-CAM).", volumetric=True),
     Method("hirescam", "HiResCAM", "Draelos & Carin 2020", "CAM", "fast", library_cam(HiResCAM), True,
            description="Gradients times activations element-wise, summed over channels: provably faithful for "
-                       "a head that pools linearly."),
+                       "a head that pools linearly.", volumetric=True),
     Method("gradcam++", "Grad-CAM++", "Chattopadhay et al. 2018", "CAM", "fast", library_cam(GradCAMPlusPlus), True,
-           description="Grad-CAM with higher-order weights, for several instances of a class."),
+           description="Grad-CAM with higher-order weights, for several instances of a class.", volumetric=True),
     Method("xgradcam", "XGradCAM", "Fu et al. 2020", "CAM", "fast", library_cam(XGradCAM), True,
-           description="Grad-CAM with activation-normalised weights (sensitivity and conservation axioms)."),
+           description="Grad-CAM with activation-normalised weights (sensitivity and conservation axioms).",
+           volumetric=True),
     Method("layercam", "LayerCAM", "Jiang et al. 2021", "CAM", "fast", library_cam(LayerCAM), True,
-           description="Positive gradients as per-location weights; sharper on earlier layers."),
+           description="Positive gradients as per-location weights; sharper on earlier layers.", volumetric=True),
     Method("eigencam", "EigenCAM", "Muhammad & Yeasin 2020", "CAM", "fast", library_cam(EigenCAM), True,
            description="First principal component of the feature maps: class-agnostic (the same map for every "
-                       "class)."),
+                       "class).", volumetric=True),
     Method("scorecam", "ScoreCAM", "Wang et al. 2020", "CAM", "slow", library_cam(ScoreCAM, channel_batch=128), True,
            report_images=32, description="Each feature map masks the image; its weight is the class score that "
                                          "masked image gets. One forward pass per channel."),
@@ -119,6 +140,20 @@ def _check_params(m: Method, fn: Callable[..., Any], params: dict[str, Any]) -> 
         raise ConfigError(f"{m.label} does not take {', '.join(unknown)}; it takes {', '.join(takes) or 'no parameters'}.")
 
 
+def volume_methods() -> tuple[str, ...]:
+    """Names of the methods that explain 3-D volumes, in registry order."""
+    return tuple(name for name, m in METHODS.items() if m.volumetric)
+
+
+def volume_method(name: str) -> Method:
+    """The registered method called ``name``, with a ConfigError unless it explains 3-D volumes."""
+    m = get_method(name)
+    if not m.volumetric:
+        raise ConfigError(f"{m.label} explains 2-D images only; for volumes choose one of "
+                          f"{', '.join(METHODS[n].label for n in volume_methods())}.")
+    return m
+
+
 def get_method(name: str) -> Method:
     """The registered method called ``name`` (or labelled so), with a ConfigError listing the choices."""
     if name in METHODS:
@@ -135,13 +170,13 @@ def check_method(name: str) -> None:
 
 
 def attribute(model: StagedNet, x: torch.Tensor, method: str, target: Target = None, **params: Any) -> np.ndarray:
-    """(N, H, W) maps in [0, 1] of model inputs ``x`` by ``method``, under the model's lock.
+    """(N, H, W) maps in [0, 1] of model inputs ``x`` by ``method`` ((N, D, H, W) of volumes), under the model's lock.
 
     The lock keeps two threads (two dashboard sessions) from attaching hooks to the same model at once.
     """
-    m = get_method(method)
+    m = volume_method(method) if x.ndim == 5 else get_method(method)
     if len(x) == 0:
-        return np.zeros((0, *x.shape[-2:]), np.float32)
+        return np.zeros((0, *x.shape[2:]), np.float32)
     params = m.params_for(params)
     _check_params(m, m.attribute, params)
     with model_lock(model):
@@ -167,7 +202,8 @@ def explain_one(model: StagedNet, image_uint8: np.ndarray, method: str, target: 
 
 def heatmaps(model: StagedNet, images_uint8: np.ndarray, method: str = "gradcam", target: Target = None,
              **params: Any) -> np.ndarray:
-    """(N, H, W) maps in [0, 1] of (N, H, W) uint8 images already preprocessed for the model."""
+    """(N, H, W) maps in [0, 1] of (N, H, W) uint8 images already preprocessed for the model ((N, D, H, W) volumes
+    give (N, D, H, W) maps)."""
     images = np.asarray(images_uint8)
     if len(images) == 0:
         check_method(method)

@@ -8,7 +8,8 @@ import torchvision
 from torch import nn
 
 from ..errors import ConfigError
-from .names import BACKBONES, N_BLOCKS
+from .names import BACKBONES, MLP_HEAD_BACKBONES, N_BLOCKS, VOLUME_BACKBONES
+from .resnet3d import monai_resnet3d
 
 #: Every backbone has this many convolutional blocks; fine-tuning depth d unfreezes the last d of them.
 
@@ -82,7 +83,15 @@ def _vgg(tv: nn.Module, n_classes: int, width: int | None, arch: str) -> StagedN
 
 
 def _resnet(tv: nn.Module, n_classes: int, width: int | None, arch: str) -> StagedNet:
-    stem = nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool)
+    """A torchvision 2-D ResNet or a MONAI 3-D ResNet (``engine.models.resnet3d``), staged alike.
+
+    Blocks: 1 the stem (conv1, bn1, ReLU, max-pool; /4), 2-5 the residual stages layer1 (/1), layer2 (/2), layer3 (/2)
+    and layer4 (/2 in 2-D; /1 in 3-D, Ouyang et al. §III-A, so block 5's maps are 1/16 of the volume). Pool: global
+    average pooling (AdaptiveAvgPool2d/3d to 1) and Flatten, giving 512 deep features for ResNet-18/34 and 2048 for
+    ResNet-50; classifier: one Linear layer (whose rows are the class activation weights).
+    """
+    act = tv.relu if hasattr(tv, "relu") else tv.act  # MONAI calls the ReLU ``act``
+    stem = nn.Sequential(tv.conv1, tv.bn1, act, tv.maxpool)
     blocks = [stem, tv.layer1, tv.layer2, tv.layer3, tv.layer4]
     return StagedNet(arch, blocks, nn.Sequential(tv.avgpool, nn.Flatten(1)), nn.Linear(tv.fc.in_features, n_classes))
 
@@ -110,6 +119,7 @@ _BUILDERS: dict[str, Callable[..., StagedNet]] = {
     "resnet18": lambda tv, n, w: _resnet(tv, n, w, "resnet18"),
     "resnet50": lambda tv, n, w: _resnet(tv, n, w, "resnet50"),
     "densenet121": lambda tv, n, w: _densenet(tv, n, w, "densenet121"),
+    **{arch: (lambda tv, n, w, arch=arch: _resnet(tv, n, w, arch)) for arch in VOLUME_BACKBONES},
 }
 
 
@@ -120,15 +130,17 @@ def check_backbone(arch: str) -> None:
 
 
 def torchvision_model(arch: str) -> nn.Module:
-    """An untrained torchvision model of ``arch`` with its ImageNet-shaped head."""
+    """An untrained torchvision model of ``arch`` with its ImageNet-shaped head (3-D backbones: MONAI's model)."""
     check_backbone(arch)
+    if arch in VOLUME_BACKBONES:
+        return monai_resnet3d(arch)
     return torchvision.models.get_model(arch, weights=None)
 
 
 def stage(tv_model: nn.Module, arch: str, n_classes: int, head_width: int | None = None) -> StagedNet:
     """Rearrange a torchvision model into a StagedNet whose last layer has ``n_classes`` outputs."""
     check_backbone(arch)
-    if head_width is not None and arch not in ("alexnet", "vgg16", "vgg19"):
+    if head_width is not None and arch not in MLP_HEAD_BACKBONES:
         raise ConfigError(f"head_width applies to AlexNet and VGG only, not {arch!r}; leave it unset.")
     return _no_inplace(_BUILDERS[arch](tv_model, n_classes, head_width))
 
@@ -144,13 +156,13 @@ def set_depth(model: StagedNet, depth: int) -> None:
     model.classifier.requires_grad_(True)
 
 
-def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Every Conv2d of the model with its qualified name, input to output."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Conv3d]]:
+    """Every Conv2d (Conv3d in a 3-D backbone) of the model with its qualified name, input to output."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
 
 
-def last_conv_layer(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The last Conv2d (Grad-CAM's default layer)."""
+def last_conv_layer(model: nn.Module) -> tuple[str, nn.Conv2d | nn.Conv3d]:
+    """The last Conv2d or Conv3d (Grad-CAM's default layer)."""
     return conv_layers(model)[-1]
 
 

@@ -13,7 +13,7 @@ from torchvision.models import get_model_weights
 
 from ..errors import WeightsError
 from .backbones import StagedNet, stage, torchvision_model
-from .names import XRV_ARCH, XRV_INIT
+from .names import VOLUME_BACKBONES, XRV_ARCH, XRV_INIT
 from .xrv import fetch_xrv_file, read_xrv_state, stdout_to_stderr, xrv_densenet, xrv_file
 
 INIT_KINDS = ("builtin", "imagenet", "scratch", XRV_INIT)
@@ -62,6 +62,7 @@ def fetch_imagenet_file(arch: str) -> Path:
 
 def init_weights_file(arch: str, init: str) -> Path | None:
     """The downloadable weights file of a named init (fetched when missing); None for inits without one."""
+    check_init(arch, init)
     if init == "imagenet":
         return fetch_imagenet_file(arch)
     if init == XRV_INIT:
@@ -71,8 +72,8 @@ def init_weights_file(arch: str, init: str) -> Path | None:
 
 def init_weights_cached(arch: str, init: str) -> bool:
     """Whether a named init's weights file is already on this machine (True for inits without one); never fetches."""
-    if init == "imagenet":
-        return imagenet_file(arch).is_file()
+    if init == "imagenet":  # never for a 3-D backbone: there are no 3-D ImageNet weights (check_init says so)
+        return arch not in VOLUME_BACKBONES and imagenet_file(arch).is_file()
     if init == XRV_INIT:
         return xrv_file().is_file()
     return True
@@ -123,6 +124,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                            "weights file). Give a torchvision state dict (.pth) or a .safetensors file.") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if isinstance(state, dict) and state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from nn.DataParallel (MedicalNet's files)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} does not hold a state dict of tensors.")
     return state
@@ -139,7 +142,12 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 def check_init(arch: str, init: str) -> None:
-    """Raise WeightsError when a named init does not exist for ``arch`` (the xrv weights are a DenseNet-121)."""
+    """Raise WeightsError when a named init does not exist for ``arch`` (xrv: a DenseNet-121; imagenet: 2-D only)."""
+    if init == "imagenet" and arch in VOLUME_BACKBONES:
+        raise WeightsError(f"init=imagenet does not exist for the 3-D backbone {arch}: torchvision publishes no 3-D "
+                           "ImageNet weights. Use init=builtin (pretrained here on 3-D CT phantoms), scratch, or the "
+                           "path of a 3-D ResNet weights file (for example MedicalNet's resnet_18/34 .pth, loaded by "
+                           "tensor name).")
     if init == XRV_INIT and arch != XRV_ARCH:
         raise WeightsError(f"init={XRV_INIT} is TorchXRayVision's DenseNet-121: use backbone={XRV_ARCH} with it, "
                            f"not {arch!r}.")
