@@ -1,6 +1,8 @@
 """Choosing an external test folder and how its classes map onto a run's: one picker for every page that scores one."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 import engine
@@ -28,11 +30,18 @@ def _folder(key: str, exclude: str | None) -> str | None:
         return str(shared[choice])
     exposed = is_exposed(st.get_option("server.address"))
     limit = data_root() if exposed else None
+    path = st.text_input("Folder", key=f"{key}_folder_path", disabled=exposed and limit is None,
+                         help=f"Only folders under {limit}." if limit else None)
+    return checked_folder(path, exposed, limit)
+
+
+def checked_folder(path: str, exposed: bool, limit: Path | None) -> str | None:
+    """``path`` resolved when this dashboard may read it; else None, after saying why (typed folders are off on a
+    dashboard reachable from the network without ``$LUNGLENS_DATA_ROOT``, or the folder lies outside it)."""
     if exposed and limit is None:
         st.info(f"Typed folders are off: this dashboard is reachable from the network. Set {DATA_ROOT_ENV} to the "
                 "folder holding the datasets it may read (see README, Reliability).")
         return None
-    path = st.text_input("Folder", key=f"{key}_folder_path", help=f"Only folders under {limit}." if limit else None)
     if not path:
         return None
     try:

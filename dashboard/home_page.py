@@ -9,10 +9,11 @@ import streamlit as st
 
 import engine
 from dashboard.background import background, cached, job_panel, start
+from dashboard.external_picker import checked_folder
 from dashboard.state import Selection, after_training, selection, set_selection, shared_datasets
 from dashboard.widgets import cached_fold_runs, dataset, runs_table
 from engine.config import SAMPLINGS
-from engine.data.access import DATA_ROOT_ENV, allowed_folder, data_root, is_exposed
+from engine.data.access import data_root, is_exposed
 from engine.data.sources import BUILTIN, BUILTIN_CT
 from engine.data.volume import HU_WINDOW, volume_shape
 from engine.jobs import Job, get_job
@@ -79,17 +80,7 @@ def _chosen_folder(current: str, shared: dict[str, Path]) -> str | None:
     st.caption("Images (PNG, JPEG, DICOM, ...) or CT volumes (NIfTI: .nii, .nii.gz), not mixed. Optional: "
                "ROOT/masks/<class>/<same name> (lesions), ROOT/lung_masks/…, ROOT/manifest.csv with "
                "file,class,patient_id,split. See README.")
-    if exposed and limit is None:
-        st.info(f"Typed folders are off: this dashboard is reachable from the network. Set {DATA_ROOT_ENV} to the "
-                "folder holding the datasets it may read (see README, Reliability).")
-        return None
-    if not path:
-        return None
-    try:
-        return allowed_folder(path, exposed)
-    except engine.LungLensError as exc:
-        st.error(str(exc))
-        return None
+    return checked_folder(path, exposed, limit)
 
 
 def data_ndim(cfg: engine.RunConfig) -> int | None:

@@ -76,7 +76,7 @@ def _summary(name: str, run: Run, consistency: np.ndarray, on_marker: np.ndarray
             "n_lesion": int(np.isfinite(consistency).sum()), "n_marker": int(np.isfinite(on_marker).sum())}
 
 
-def test_consistency(run: Run, method: str = "gradcam", threshold: float = SUPPORT_THRESHOLD, *,
+def consistency_per_image(run: Run, method: str = "gradcam", threshold: float = SUPPORT_THRESHOLD, *,
                      progress: Progress | None = None, cancel: CancelCheck | None = None) -> np.ndarray:
     """Wan's consistency degree of each test image or volume (NaN where it has no lesion), from the cached scores."""
     if is_volume_run(run):
@@ -96,7 +96,7 @@ def support_comparison(runs: dict[str, Run], method: str = "gradcam", threshold:
     out = []
     for k, (name, run) in enumerate(runs.items()):
         part = scaled(progress, k / len(runs), (k + 1) / len(runs))
-        consistency = test_consistency(run, method, threshold, progress=scaled(part, 0.0, 0.5), cancel=cancel)
+        consistency = consistency_per_image(run, method, threshold, progress=scaled(part, 0.0, 0.5), cancel=cancel)
         if has_markers(run):
             maps = run_heatmaps(run, method, "test", "pred", progress=scaled(part, 0.5, 1.0), cancel=cancel)
             markers = marker_masks(run)
