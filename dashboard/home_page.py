@@ -14,7 +14,7 @@ from dashboard.state import Selection, after_training, selection, set_selection,
 from dashboard.widgets import cached_fold_runs, dataset, runs_table
 from engine.config import SAMPLINGS
 from engine.data.access import data_root, is_exposed
-from engine.data.sources import BUILTIN, BUILTIN_CT
+from engine.data.sources import BUILTIN_CT, BUILTIN_SOURCES
 from engine.data.volume import HU_WINDOW, volume_shape
 from engine.jobs import Job, get_job
 from engine.models.names import ATTENTION_BACKBONES, MLP_HEAD_BACKBONES
@@ -36,16 +36,7 @@ POLL_SECONDS = 1.0
 #: Preview thumbnails per row of the data summary.
 PREVIEWS_PER_ROW = 6
 #: The built-in data sources as step 1 offers them, with what they hold.
-BUILTIN_CHOICES = {BUILTIN: "Built-in chest X-ray phantoms (2-D, generated, no download)",
-                   BUILTIN_CT: "Built-in CT phantoms (3-D NIfTI volumes, generated, no download)"}
-BUILTIN_CAPTIONS = {
-    BUILTIN: "Synthetic chest radiographs: normal, pneumonia (lobar consolidation), covid (bilateral peripheral "
-             "ground-glass opacities), with lesion and lung masks.",
-    BUILTIN_CT: "Synthetic chest CT volumes (NIfTI, in Hounsfield units) as in Ouyang et al. 2020: covid (several "
-                "peripheral ground-glass opacities, mostly bilateral) against community-acquired pneumonia, cap "
-                "(lobar consolidation with air bronchograms); body, lungs with vessels and airways, mediastinum, "
-                "spine and ribs; lesion and lung masks; infection sizes that overlap between the classes.",
-}
+BUILTIN_CHOICES = {name: source.label for name, source in BUILTIN_SOURCES.items()}
 FOLDER_CHOICE = "A folder on this machine"
 #: The preset an experiment starts from when the data's dimensionality changes: 2-D images or 3-D volumes.
 DIM_PRESETS = {2: "demo", 3: "ct"}
@@ -85,8 +76,8 @@ def _chosen_folder(current: str, shared: dict[str, Path]) -> str | None:
 
 def data_ndim(cfg: engine.RunConfig) -> int | None:
     """2 or 3: whether the config's data are images or volumes (None when they cannot be read)."""
-    if cfg.data in BUILTIN_CHOICES:
-        return 3 if cfg.data == BUILTIN_CT else 2
+    if cfg.data in BUILTIN_SOURCES:
+        return BUILTIN_SOURCES[cfg.data].ndim
     try:
         return dataset(cfg).ndim
     except engine.LungLensError:
@@ -137,7 +128,7 @@ def _data_picker(sel: Selection) -> Selection:
                  "probability (and with the other classes with 1 − p), to reproduce 'right for the wrong reason' "
                  "(Lee et al. 2020).")
         sel = sel.with_config(builtin_per_class=int(per_class), confounder_prob=marker)
-    st.caption(BUILTIN_CAPTIONS[data])
+    st.caption(BUILTIN_SOURCES[data].caption)
     return sel
 
 

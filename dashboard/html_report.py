@@ -37,6 +37,7 @@ from dashboard.performance_charts import (
 )
 from dashboard.report_charts import FAIL_COLOR, report_table
 from dashboard.training_charts import criteria_figure, loss_figure
+from engine.data.sources import BUILTIN_SOURCES, data_label
 from engine.store import atomic_write_bytes
 
 #: ``progress(fraction in [0, 1], what is being drawn)``.
@@ -195,7 +196,7 @@ def _run_section(run: engine.Run, fig: _Figures) -> str:
     if cfg.folds > 1:
         identity.append(("Cross-validation", f"fold {cfg.fold} of {cfg.folds}"))
     data = [
-        ("Data", "built-in phantoms" if cfg.data == "builtin" else cfg.data),
+        ("Data", BUILTIN_SOURCES[cfg.data].short if cfg.data in BUILTIN_SOURCES else cfg.data),
         ("Data folder when trained", meta.get("data_root", "n/a")),
         ("Data fingerprint", meta.get("data_fingerprint", "n/a")),
         ("Images per split", ", ".join(f"{s} {int(splits.get(s, 0))}" for s in ("train", "val", "test"))),
@@ -436,7 +437,7 @@ def report_html(run: engine.Run, progress: ReportProgress | None = None,
         body.append(f'<section id="{key}"><h2>{escape(title)}</h2>{content}</section>')
     say(1.0, "done")
     cfg = run.config
-    data = "built-in phantoms" if cfg.data == "builtin" else Path(cfg.data).name
+    data = data_label(cfg.data)
     nav = "".join(f'<a href="#{k}">{escape(t)}</a>' for k, t in SECTIONS.items())
     generated = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
     return (

@@ -13,7 +13,7 @@ import streamlit as st
 
 import engine
 from engine.data.access import allowed_folder, is_exposed
-from engine.data.sources import BUILTIN, BUILTIN_CT
+from engine.data.sources import BUILTIN_SOURCES, data_label
 from engine.data.volume import volume_shape
 from engine.jobs import Job
 
@@ -23,8 +23,6 @@ from .url_state import url_set
 KEY = "selection"
 #: Real datasets shipped beside the repository for integration tests and demos, when present.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-#: The built-in data sources (generated, no download) by name, with their short name for captions.
-BUILTIN_SOURCES = {BUILTIN: "built-in phantoms", BUILTIN_CT: "built-in CT phantoms"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class Selection:
     @property
     def data_label(self) -> str:
         """Short name of the data source for captions."""
-        return BUILTIN_SOURCES.get(self.config.data) or Path(self.config.data).name
+        return data_label(self.config.data)
 
     @property
     def volumes(self) -> bool:

@@ -19,9 +19,11 @@ T = TypeVar("T")
 PAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "training": ("compare", "quantity", "splits", "runs", "backbones", "average", "fold_quantity", "fold_split"),
     "features": ("method", "dims", "colour", "image"),
-    "performance": ("section", "metric", "normalise", "temperature", "preset", "cutoff", "external_metric"),
+    "performance": ("section", "metric", "normalise", "temperature", "preset", "cutoff", "external_metric",
+                    "cheng_backbones", "cheng_depth", "cheng_figure", "cheng_class"),
     "layers": ("filters", "section", "view", "image", "layer", "slice", "neurons", "seed", "gray", "class", "draw",
-               "maps", "show", "opacity"),
+               "maps", "show", "opacity", "tree_inputs", "tree_depth", "tree_image", "tree_leaf",
+               "topo_view", "topo_channels", "topo_edges", "topo_blocks"),
     "support_regions": ("section", "image", "method", "target", "threshold", "layer", "case", "slice", "plane", "row",
                         "column", "draw"),
 }

@@ -37,6 +37,12 @@ _EXPORTS: dict[str, str] = {
     "size_table": "ouyang", "variant_configs": "ouyang", "variant_rocs": "ouyang", "variant_table": "ouyang",
     "infection_ratios": "guidance",
     "attention_effect": "ouyang", "support_comparison": "shortcut",
+    "TOPOLOGY_VIEWS": "topology", "run_block_change": "topology", "run_topology": "topology",
+    "surrogate_fidelity": "surrogate", "surrogate_inputs": "surrogate", "surrogate_path": "surrogate",
+    "surrogate_tree": "surrogate",
+    "augmentation_effect": "cheng", "augmentation_table": "cheng", "backbone_configs": "cheng",
+    "backbone_runs": "cheng", "check_backbones": "cheng", "class_order": "cheng", "improved": "cheng",
+    "table1_view": "cheng", "untrained_configs": "cheng",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

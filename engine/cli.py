@@ -25,6 +25,10 @@ TABLE_COLUMNS = ["run", "backbone", "depth", "init", "fold", "best_epoch", "acc"
                  "ppv", "npv", "auc", "wall_seconds", "cached"]
 
 
+#: ``--augment``'s values: on, off, or both (``sweep`` trains every run with and without it).
+AUGMENT_MODES = ("on", "off", "both")
+
+
 def _depths(text: str) -> list[int]:
     try:
         return [int(d) for d in text.split(",") if d.strip()]
@@ -34,6 +38,15 @@ def _depths(text: str) -> list[int]:
 
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _backbone_list(text: str) -> list[str]:
+    from .cheng import check_backbones
+
+    try:
+        return check_backbones(_names(text))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _experiment_args(s: argparse.ArgumentParser) -> None:
@@ -60,8 +73,11 @@ def _experiment_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--weight-decay", type=float, dest="weight_decay")
     s.add_argument("--batch-size", type=int, dest="batch_size")
     s.add_argument("--clahe", action="store_true", default=None, help="contrast-limited histogram equalisation (Lee et al.)")
-    s.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="Cheng et al.'s augmentation with a random crop (on in the folder preset; --no-augment: off)")
+    s.add_argument("--augment", nargs="?", const="on", choices=AUGMENT_MODES, default=None,
+                   help="Cheng et al.'s augmentation with a random crop: on (also a bare --augment; the folder "
+                        "preset's), off (also --no-augment), or both (sweep only: every run with and without it, "
+                        "the comparison of Cheng's Table 1)")
+    s.add_argument("--no-augment", action="store_const", const="off", dest="augment", help="the same as --augment off")
     s.add_argument("--confounder", type=float, dest="confounder_prob", help="built-in data: P(marker | covid), 0 = off")
     s.add_argument("--per-class", type=int, dest="builtin_per_class", help="built-in data: images per class")
     s.add_argument("--skip-bad", action="store_true", default=None, dest="skip_bad", help="skip unreadable images (reported)")
@@ -96,7 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-run", type=float, dest="cpus_per_run",
                    help="--executor ray: CPU cores per run (default: a node's cores shared among its GPUs, or all of "
                         "them without GPUs; lower it to train several runs in parallel on CPU cores)")
-    s.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    s.add_argument("--backbones", type=_backbone_list, metavar="A,B,...",
+                   help="several backbones, comma-separated (instead of --backbone), all on the same data and split: "
+                        "one of " + ", ".join(BACKBONES) + ". With --backbones or --augment both the sweep ends "
+                        "with Cheng et al.'s Table 1: accuracy and per-class precision / recall / F1 with 95%% CIs "
+                        "per backbone and augmentation, and the change augmentation makes")
+    s.add_argument("--json", action="store_true",
+                   help="print the rows as a JSON list (with --backbones or --augment both: an object whose 'runs' "
+                        "are those rows, 'table' the scores with their CIs per run and 'effect' the changes "
+                        "augmentation makes)")
 
     pr = sub.add_parser("prepare", help="compute and cache every view the dashboard shows of every depth of an "
                                         "experiment (training missing runs first), so that a live demo answers at once")
@@ -178,19 +202,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _experiment(args: argparse.Namespace, default_preset: str | None = None) -> tuple[RunConfig, list[int]]:
+def _experiment(args: argparse.Namespace, default_preset: str | None = None,
+                both: bool = False) -> tuple[RunConfig, list[int]]:
     """The base config and depths the experiment options name (without --preset: folder for --data PATH, ct for
-    --data builtin-ct unless ``default_preset`` is a 3-D one, else ``default_preset``, else RunConfig's defaults)."""
+    --data builtin-ct unless ``default_preset`` is a 3-D one, else ``default_preset``, else RunConfig's defaults).
+    ``--augment both`` is accepted when ``both`` (the base then keeps the preset's augmentation)."""
+    if args.augment == "both" and not both:
+        raise ConfigError("--augment both (every run with and without augmentation) applies to `sweep` only: give "
+                          "--augment on or off here.")
     volume_default = default_preset if default_preset and preset(default_preset).config.data == BUILTIN_CT else "ct"
     by_data = {BUILTIN: default_preset, None: default_preset, BUILTIN_CT: volume_default}
     name = args.preset or by_data.get(args.data, "folder")
     base = preset(name).config if name else RunConfig()
     depths = args.depths or (list(preset(name).depths) if name else list(range(N_BLOCKS + 1)))
     fields = ["data", "backbone", "init", "epochs", "image_size", "head_width", "patience", "seed", "optimizer", "lr",
-              "scheduler", "weight_decay", "batch_size", "clahe",
-              "augment", "confounder_prob", "builtin_per_class", "skip_bad", "prefix_cache", "attention",
-              "attention_alpha", "attention_beta", "attention_lambda", "sampling"]
+              "scheduler", "weight_decay", "batch_size", "clahe", "confounder_prob", "builtin_per_class", "skip_bad",
+              "prefix_cache", "attention", "attention_alpha", "attention_beta", "attention_lambda", "sampling"]
     changes = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    if args.augment in ("on", "off"):
+        changes["augment"] = args.augment == "on"
     if args.folds is not None:
         changes["folds"] = args.folds
     if "init" in changes and changes["init"] != "builtin" and "head_width" not in changes and base.head_width:
@@ -214,7 +244,8 @@ class _Bars:
             if p.phase == RUN_DONE:
                 return
             if i not in self.bars:
-                label = "pretrain builtin backbone" if kind == "pretrain" else f"{cfg.backbone} depth {cfg.depth}"
+                label = ("pretrain builtin backbone" if kind == "pretrain"
+                         else f"{cfg.backbone} depth {cfg.depth}" + (" augmented" if cfg.augment else ""))
                 self.bars[i] = (kind, tqdm(total=p.epochs * p.batches, desc=f"[{i + 1}/{len(self.configs)}] {label}",
                                            unit="batch", file=sys.stderr, dynamic_ncols=True))
             current = self.bars[i][1]
@@ -231,9 +262,53 @@ class _Bars:
             open_bar.close()
 
 
+def _sweep_configs(args: argparse.Namespace) -> tuple[list[RunConfig], bool]:
+    """The sweep's configs, and whether it compares backbones or augmentation (``--backbones``, ``--augment both``):
+    then one run per backbone x augmentation x depth (x fold), on the same data and split."""
+    base, depths = _experiment(args, both=True)
+    if args.backbones is None and args.augment != "both":
+        return sweep_configs(base, depths), False
+    if args.backbones is not None and args.backbone is not None:
+        raise ConfigError("--backbone names one backbone, --backbones several: give one of them.")
+    from .cheng import AUGMENT, backbone_configs
+
+    sides = AUGMENT if args.augment == "both" else (base.augment,)
+    return backbone_configs(base, args.backbones or [base.backbone], depths, sides), True
+
+
+def _null_nan(table: pd.DataFrame) -> list[dict]:
+    """A table's rows as JSON-able dicts, undefined values as None."""
+    return table.astype(object).where(table.notna(), None).to_dict("records")
+
+
+def _comparison(rows: list, as_json: bool) -> int:
+    """Print Cheng et al.'s Table 1 of a sweep's runs: per class, with and without augmentation and the change."""
+    from .cheng import augmentation_effect, augmentation_table, class_order, improved, table1_view
+
+    runs = [r.run for r in rows]
+    table, effect = augmentation_table(runs), augmentation_effect(runs)
+    sweep = [{**r.as_dict(), "augment": r.run.config.augment} for r in rows]
+    if as_json:
+        print(json.dumps({"runs": sweep, "table": _null_nan(table), "effect": _null_nan(effect)}, indent=2,
+                         default=float))
+        return 0
+    columns = [*TABLE_COLUMNS[:3], "augment", *TABLE_COLUMNS[3:]]
+    print(pd.DataFrame(sweep)[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    n_test = ", ".join(str(n) for n in table["n_test"].unique())
+    for name in class_order(runs[0]):
+        print(f"\nCheng et al.'s Table 1 on this data, {name} one-vs-rest: test split (n = {n_test}), 95% "
+              "percentile-bootstrap CIs (1000 resamples of the test images; the change's are paired); seconds: "
+              "training wall time")
+        print(table1_view(table, effect, name).astype(object).fillna("").to_string(index=False))
+    gained, pairs, mean = improved(effect)
+    if pairs:
+        print(f"\nWith augmentation the test accuracy rose in {gained} of {pairs} backbone run(s); mean change "
+              f"{mean:+.3f} (Cheng et al.: 7 of 10 backbones, about +0.01).")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
-    base, depths = _experiment(args)
-    configs = sweep_configs(base, depths)
+    configs, compare = _sweep_configs(args)
     bars = _Bars(configs)
     progress = bars.progress
 
@@ -252,6 +327,8 @@ def _sweep(args: argparse.Namespace) -> int:
         bars.close()
         if executor is not None:
             executor.close()
+    if compare:
+        return _comparison(rows, args.json)
     table = [r.as_dict() for r in rows]
     if args.json:
         print(json.dumps(table, indent=2, default=float))

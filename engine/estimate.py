@@ -20,15 +20,8 @@ from .config import RunConfig
 from .data.volume import volume_shape
 from .device import pick_device
 from .errors import LungLensError
-from .models.names import N_BLOCKS, VOLUME_BACKBONES
-from .pretrain import (
-    CT_SOURCE_MAX_SIZE,
-    CT_SOURCE_VOLUMES,
-    SOURCE_EPOCHS,
-    SOURCE_IMAGES,
-    SOURCE_MAX_SIZE,
-    builtin_backbone_path,
-)
+from .models.names import N_BLOCKS, REGISTRY, VOLUME_BACKBONES
+from .pretrain import CT_SOURCE_VOLUMES, SOURCE_EPOCHS, SOURCE_IMAGES, builtin_backbone_path, pretrain_size
 from .runs import Run, list_runs, runs_root
 from .store import home
 
@@ -44,8 +37,8 @@ REFERENCE_VOLUME_SIZE = 64
 #: what a 2-core laptop CPU takes, so the estimate errs long; other backbones scale by their relative compute (the
 #: 3-D ResNets per volume-epoch at 32 × 64 × 64 voxels: about 0.2 s for a 3-D ResNet-18 on a busy 2-core CPU).
 DEFAULT_RATE = 0.007
-BACKBONE_COST = {"alexnet": 0.4, "vgg16": 8.5, "vgg19": 10.8, "resnet18": 1.0, "resnet50": 2.3, "densenet121": 1.6,
-                 "resnet3d18": 40.0, "resnet3d34": 75.0}
+#: Relative cost per image-epoch of each backbone (the registry's ``cost``, ``engine.models.names.REGISTRY``).
+BACKBONE_COST = {name: b.cost for name, b in REGISTRY.items()}
 #: Ouyang's attention loss (the class activation map upsampled to the input, L_ex and its backward pass) costs about
 #: half as much again per image (measured: 1.5-2x on the built-in CT phantoms).
 ATTENTION_FACTOR = 1.5
@@ -155,8 +148,8 @@ def _pretraining(cfg: RunConfig, rate: float) -> tuple[float, str]:
     if cfg.init != "builtin" or builtin_backbone_path(cfg.backbone, cfg.image_size, cfg.head_width).exists():
         return 0.0, ""
     volumes = cfg.backbone in VOLUME_BACKBONES
-    images, largest = (CT_SOURCE_VOLUMES, CT_SOURCE_MAX_SIZE) if volumes else (SOURCE_IMAGES, SOURCE_MAX_SIZE)
-    work = images * SOURCE_EPOCHS * input_scale(cfg.backbone, min(cfg.image_size, largest))
+    images = CT_SOURCE_VOLUMES if volumes else SOURCE_IMAGES
+    work = images * SOURCE_EPOCHS * input_scale(cfg.backbone, pretrain_size(cfg.backbone, cfg.image_size))
     timed = _pretrain_rates(cfg.backbone)
     if timed:
         how = (f"timed from {len(timed)} earlier pretraining(s) of {cfg.backbone} here, scaled by "

@@ -155,15 +155,24 @@ def external_view(run: Run, data: str | Path, mapping: Mapping[str, str] | None 
 
 
 #: Class names other sites use for one of the built-in classes (COVID-QU-Ex's non_covid are other pneumonias).
-SYNONYMS = {"non_covid": "pneumonia", "noncovid": "pneumonia", "non-covid": "pneumonia", "viral_pneumonia": "pneumonia",
-            "bacterial_pneumonia": "pneumonia", "healthy": "normal", "negative": "normal", "covid19": "covid",
-            "covid-19": "covid", "covid_19": "covid"}
+#: Common class names a run may call otherwise, each with its candidates in order of preference.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "non_covid": ("pneumonia",), "noncovid": ("pneumonia",), "non-covid": ("pneumonia",),
+    "viral_pneumonia": ("viral", "pneumonia"), "bacterial_pneumonia": ("bacterial", "pneumonia"),
+    "viral": ("pneumonia",), "bacterial": ("pneumonia",),
+    "healthy": ("normal",), "negative": ("normal",),
+    "covid19": ("covid",), "covid-19": ("covid",), "covid_19": ("covid",),
+}
 
 
 def suggest_mapping(source_classes: Sequence[str], run_classes: Sequence[str]) -> dict[str, str]:
     """A starting mapping for the folder's classes the run lacks, from common synonyms (the user may change it)."""
-    return {c: SYNONYMS[c.lower()] for c in source_classes
-            if c not in run_classes and SYNONYMS.get(c.lower()) in run_classes}
+    out = {}
+    for c in source_classes:
+        target = next((t for t in SYNONYMS.get(c.lower(), ()) if t in run_classes), None)
+        if c not in run_classes and target is not None:
+            out[c] = target
+    return out
 
 
 def _finite(x: float) -> float | None:

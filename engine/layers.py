@@ -23,6 +23,7 @@ from .errors import ConfigError, DataError
 from .explain.overlay import heatmap_overlay
 from .explain.volume import busiest_slice, is_volume_run
 from .models.backbones import conv_layers
+from .models.names import REGISTRY
 from .progress import CancelCheck, Progress, step
 from .store import cached_arrays
 
@@ -89,25 +90,30 @@ def _conv(model: nn.Module, layer_name: str) -> nn.Conv2d:
 
 def _conv_label(arch: str, name: str, nth: int) -> str:
     """The human name of conv layer ``name``, the ``nth`` conv of its block, as the architecture's papers name it
-    (``"conv5 (block 5)"``, ``"layer2 unit 1 · conv2 (block 3)"``), with its block among LungLens's five."""
+    (``"conv5 (block 5)"``, ``"layer2 unit 1 · conv2 (block 3)"``; timm's DPN, EfficientNet and Inception by timm's
+    module names, ``"conv3_1.c1x1_a (block 3)"``), with its block among LungLens's five."""
     parts = name.split(".")
     block = int(parts[1]) + 1
     where = f"(block {block})"
-    if arch == "alexnet":
+    family = REGISTRY[arch].family if arch in REGISTRY else ""
+    if family == "alexnet":
         return f"conv{block} {where}"
-    if arch.startswith("vgg"):
+    if family == "vgg":
         return f"conv{block}_{nth} {where}"
-    if block == 1 and (arch.startswith("resnet") or arch.startswith("densenet")):
-        return f"stem {'conv1' if arch.startswith('resnet') else 'conv0'} {where}"
-    if arch.startswith("resnet") and len(parts) >= 4:
+    if block == 1 and family in ("resnet", "densenet"):
+        return f"stem {'conv1' if family == 'resnet' else 'conv0'} {where}"
+    if family == "resnet" and len(parts) >= 4:
         conv = "shortcut conv" if parts[3] == "downsample" else parts[3]
         return f"layer{block - 1} unit {int(parts[2]) + 1} · {conv} {where}"
-    if arch.startswith("densenet") and len(parts) >= 4:
+    if family == "densenet" and len(parts) >= 4:
         if parts[2] == "1":  # the transition after the dense block
             return f"transition {block - 1} {where}"
         layer = parts[3].removeprefix("denselayer")
         return f"dense block {block - 1} · layer {layer} · {parts[-1]} {where}"
-    return f"block {block} · conv {nth}"
+    path = ".".join(p for p in parts[2:] if p != "conv")  # timm's own names, without the wrapped ".conv"
+    if path[:1].isdigit():  # Inception-v4's modules are timm's features.0 ... features.21
+        path = f"features.{path}"
+    return f"{path or f'conv {nth}'} {where}"
 
 
 def layer_choices(model: nn.Module) -> list[tuple[str, str]]:

@@ -28,7 +28,7 @@ from .data.transforms import to_model_input
 from .device import pick_device
 from .integrity import file_problem
 from .models.backbones import stage, torchvision_model
-from .models.names import VOLUME_BACKBONES
+from .models.names import VOLUME_BACKBONES, backbone_spec
 from .models.weights import state_bytes
 from .store import atomic_write_bytes, atomic_write_json, home, lock, stable_hash
 from .training import Progress, ProgressFn
@@ -41,23 +41,27 @@ SOURCE_HELD_OUT = 0.1
 SOURCE_EPOCHS = 3
 SOURCE_BATCH = 32
 SOURCE_LR = 2e-3
-#: Pretraining runs at most at this size: convolution filters carry over to larger inputs, and time grows with area.
-SOURCE_MAX_SIZE = 128
 #: The 3-D backbones' source corpus: CT phantoms with multi-label findings (ground glass and consolidation among them,
 #: so the frozen blocks learn what tells covid from cap), sized for about five minutes on a 2-core CPU.
 CT_SOURCE_VOLUMES = 480
 CT_SOURCE_EPOCHS = 4
 CT_SOURCE_BATCH = 8
-CT_SOURCE_MAX_SIZE = 64
 log = logging.getLogger(__name__)
+
+
+def pretrain_size(arch: str, image_size: int) -> int:
+    """The side ``arch`` is pretrained at for runs of ``image_size``: at most its registry's ``pretrain_size`` (128 px
+    for most 2-D backbones, 64 px for DPN-92, DPN-SE and SE-ResNet-50, 80 px for Inception-v4, 64 for 3-D volumes):
+    convolution filters carry over to larger inputs, and time grows with the area."""
+    return min(image_size, backbone_spec(arch).pretrain_size)
 
 
 def _recipe(arch: str, image_size: int, head_width: int | None) -> dict:
     if arch in VOLUME_BACKBONES:
-        return {"arch": arch, "size": min(image_size, CT_SOURCE_MAX_SIZE), "head": head_width,
+        return {"arch": arch, "size": pretrain_size(arch, image_size), "head": head_width,
                 "images": CT_SOURCE_VOLUMES, "seed": SOURCE_SEED, "epochs": CT_SOURCE_EPOCHS, "batch": CT_SOURCE_BATCH,
                 "lr": SOURCE_LR, "targets": list(CT_SOURCE_TARGETS)}
-    return {"arch": arch, "size": min(image_size, SOURCE_MAX_SIZE), "head": head_width, "images": SOURCE_IMAGES,
+    return {"arch": arch, "size": pretrain_size(arch, image_size), "head": head_width, "images": SOURCE_IMAGES,
             "seed": SOURCE_SEED, "epochs": SOURCE_EPOCHS, "batch": SOURCE_BATCH, "lr": SOURCE_LR,
             "targets": list(SOURCE_TARGETS)}
 

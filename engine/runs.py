@@ -18,10 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .config import RunConfig
-from .data.arrays import image_array
+from .data.arrays import image_array, mask_arrays
 from .data.dataset import Dataset
 from .data.sources import load_dataset
 from .data.splits import assign_splits
+from .data.transforms import load_size
 from .device import pick_device
 from .errors import ConfigError, DamagedRunError, LungLensError
 from .integrity import UNREADABLE, Level, file_problem, record_files
@@ -34,7 +35,7 @@ from .store import DAMAGED_READ_ERRORS, atomic_write_bytes, atomic_write_json, h
 from .dual import dual_predictions
 from .guidance import guidance_for, infection_ratios
 from .models.names import BACKBONES, VOLUME_BACKBONES
-from .training import Progress, ProgressFn, train
+from .training import LoadSized, Progress, ProgressFn, train
 from .version import ENGINE_VERSION, code_version, training_code_hash
 
 RESULT = "result.json"
@@ -42,6 +43,8 @@ RESULT = "result.json"
 ARTIFACTS = ("config.json", "meta.json", "history.json", "predictions.csv", "model.safetensors")
 log = logging.getLogger(__name__)
 NEGATIVE_NAMES = {"normal", "non_covid", "noncovid", "healthy", "negative", "clear"}
+#: Spellings of the default positive class, compared without case or separators.
+COVID_NAMES = {"covid", "covid19", "sarscov2"}
 
 
 def runs_root() -> Path:
@@ -61,7 +64,15 @@ def positive_index(cfg: RunConfig, classes: tuple[str, ...]) -> int:
         return classes.index(cfg.positive_class)
     if cfg.positive_class != RunConfig.positive_class:
         raise ConfigError(f"positive_class={cfg.positive_class!r} is not a class of this data: {', '.join(classes)}.")
+    named = [i for i, c in enumerate(classes) if _squashed(c) in COVID_NAMES]  # "COVID-19", "covid_19", ...
+    if named:
+        return named[0]
     return next((i for i, c in enumerate(classes) if c.lower() not in NEGATIVE_NAMES), len(classes) - 1)
+
+
+def _squashed(name: str) -> str:
+    """A class name lower-cased without separators, so "COVID-19" and "covid_19" compare equal."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 def check_dimensions(cfg: RunConfig, ds: Dataset) -> None:
@@ -379,9 +390,10 @@ def _train_and_store(cfg: RunConfig, ds: Dataset, path: Path, progress: Progress
     atomic_write_json(path / "config.json", cfg.to_dict())
     _set_aside_bad_checkpoint(path / "checkpoint.pt", status)
     guidance = guidance_for(cfg, ds)
+    load = _load_sized(cfg, ds, guidance is not None and cfg.attention)
     status(f"Training {cfg.backbone} at depth {cfg.depth} on {device.type}")
     result = train(cfg, model, images, y, split, len(classes), positive, device, path / "checkpoint.pt", progress,
-                   guidance)
+                   guidance, load)
 
     preds = ds.items[["file", "path", "label", "group", "mask", "lung_mask"]].copy()
     preds.insert(1, "split", split)
@@ -393,6 +405,14 @@ def _train_and_store(cfg: RunConfig, ds: Dataset, path: Path, progress: Progress
     return _store(path, ds, positive, preds, result.history, state_bytes(result.model), meta,
                   {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                    "stopped_early": result.stopped_early, "seconds": time.perf_counter() - t0})
+
+
+def _load_sized(cfg: RunConfig, ds: Dataset, lesion: bool) -> LoadSized | None:
+    """With ``cfg.augment``: the films (and, for attention, lesion masks) decoded at Cheng's load size; else None."""
+    if not cfg.augment:
+        return None
+    size = load_size(cfg.image_size)
+    return LoadSized(image_array(ds, size, clahe=cfg.clahe), mask_arrays(ds, size)[0] if lesion else None)
 
 
 def _store(path: Path, ds: Dataset, positive: int, preds: pd.DataFrame, history: list[dict[str, float]],
@@ -447,8 +467,8 @@ def _dual_store(cfg: RunConfig, ds: Dataset, path: Path, progress: ProgressFn | 
 
 
 #: What a resumable checkpoint holds (see ``training.train``).
-CHECKPOINT_KEYS = frozenset({"model", "optimizer", "generator", "torch_rng", "history_keys", "history", "best_loss",
-                             "best_epoch", "best_state", "bad"})
+CHECKPOINT_KEYS = frozenset({"model", "optimizer", "generator", "aug_generator", "torch_rng", "history_keys", "history",
+                             "best_loss", "best_epoch", "best_state", "bad"})
 
 
 def _set_aside_bad_checkpoint(path: Path, status: Callable[[str], None]) -> None:

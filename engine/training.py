@@ -13,11 +13,10 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from torchvision import tv_tensors
 
 from .attention import attention_map, attention_loss, trimmed
 from .config import RunConfig
-from .data.transforms import augmentation, to_model_input
+from .data.transforms import cheng_augment, to_model_input
 from .errors import ConfigError
 from .metrics import classification_metrics
 from .models.backbones import N_BLOCKS, StagedNet, set_depth
@@ -27,6 +26,8 @@ from .store import atomic_write_bytes
 SPLITS = ("train", "val", "test")
 #: Above this size (bytes) the frozen-prefix activations are recomputed per batch instead of kept in memory.
 PREFIX_CACHE_LIMIT = 4 * 1024**3
+#: Added to the run's seed for the augmentation's generator, so its draws are not the epoch orders' numbers.
+AUGMENT_SEED_OFFSET = 2**32
 
 
 @dataclass
@@ -70,51 +71,71 @@ class TrainResult:
     prefix_cached: bool
 
 
-class _Inputs:
-    """Gives the trainable tail its inputs: cached prefix activations, or images run through the frozen prefix."""
+@dataclass(frozen=True)
+class LoadSized:
+    """Cheng's training films at the load size (``transforms.load_size``), cropped to the input size per batch.
 
-    def __init__(self, model: StagedNet, images: np.ndarray, start: int, device: torch.device,
-                 use_cache: bool, augment: nn.Module | None, batch_size: int):
+    Decoded from the source files at that size (``engine.data.arrays.image_array``), not enlarged from the input-size
+    arrays; only the training rows are read from them: evaluation keeps the input-size images.
+    """
+
+    images: np.ndarray                # uint8 (N, L, L), rows as in ``train``'s ``images``
+    lesion: np.ndarray | None = None  # bool (N, L, L) lesion masks for the attention loss (None: not needed)
+
+
+class _Inputs:
+    """Gives the trainable tail its inputs: cached prefix activations, or images run through the frozen prefix.
+
+    With ``load`` (augmentation) the training batches are cropped and augmented from the load-size films each time, so
+    their prefix is recomputed; evaluation images are unchanged, so the cache still serves them.
+    """
+
+    def __init__(self, model: StagedNet, images: np.ndarray, start: int, device: torch.device, use_cache: bool,
+                 batch_size: int, load: LoadSized | None = None, generator: torch.Generator | None = None):
         self.model, self.images, self.start, self.device = model, images, start, device
-        self.augment = augment
+        self.load, self.generator = load, generator
+        self.size = images.shape[-1]
         self.cache: torch.Tensor | None = None
-        if use_cache and start > 0 and augment is None:
+        if use_cache and start > 0:
             with torch.no_grad():
-                probe = model.forward_blocks(to_model_input(images[:1]).to(device), 0, start)
+                probe = self._prefix(torch.from_numpy(images[:1]))
             if probe.numel() * probe.element_size() * len(images) <= PREFIX_CACHE_LIMIT:
-                chunks = [self._prefix(np.arange(i, min(i + batch_size, len(images))))[0]
+                chunks = [self._prefix(torch.from_numpy(images[i : i + batch_size]))
                           for i in range(0, len(images), batch_size)]
                 self.cache = torch.cat(chunks)
 
-    def _prefix(self, idx: np.ndarray, train: bool = False,
-                masks: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = torch.from_numpy(self.images[idx])
-        m = None if masks is None else torch.from_numpy(masks[idx])
-        if train and self.augment is not None:
-            if m is None:
-                x = torch.stack([self.augment(img[None])[0] for img in x])
-            else:  # the lesion mask gets the image's random draw (nearest neighbour), so it stays aligned
-                pairs = [self.augment(img[None], tv_tensors.Mask(mask[None])) for img, mask in zip(x, m)]
-                x = torch.stack([p[0][0] for p in pairs])
-                m = torch.stack([p[1][0] for p in pairs])
-        x = to_model_input(x).to(self.device, non_blocking=True)
+    def _prefix(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W) images -> the tail's inputs (the frozen blocks' output)."""
+        x = to_model_input(batch).to(self.device, non_blocking=True)
         if self.start > 0:
             with torch.no_grad():
                 x = self.model.forward_blocks(x, 0, self.start)
-        return x, m
+        return x
+
+    def _augmented(self, idx: np.ndarray, with_lesion: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images ``idx`` (and their lesion masks) cut from the load-size films by one draw each (Cheng's recipe)."""
+        lesion = self.load.lesion if with_lesion else None
+        if with_lesion and lesion is None:
+            raise ValueError("augmented attention training needs the lesion masks at the load size (LoadSized.lesion)")
+        outs = [cheng_augment(self.load.images[i], *(() if lesion is None else (lesion[i],)), size=self.size,
+                              generator=self.generator) for i in idx]
+        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs]) if with_lesion else None
 
     def get(self, idx: np.ndarray, train: bool = False) -> torch.Tensor:
-        """Inputs of the tail for images ``idx``."""
+        """Inputs of the tail for images ``idx`` (augmented when ``train`` and training augments)."""
+        if train and self.load is not None:
+            return self._prefix(self._augmented(idx, False)[0])
         if self.cache is not None:
             return self.cache[torch.from_numpy(idx)]
-        return self._prefix(idx, train)[0]
+        return self._prefix(torch.from_numpy(self.images[idx]))
 
     def get_with_masks(self, idx: np.ndarray, masks: np.ndarray, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs of the tail and the lesion masks of images ``idx``, augmented alike when training augments."""
-        if self.cache is not None:
-            return self.cache[torch.from_numpy(idx)], torch.from_numpy(masks[idx])
-        x, m = self._prefix(idx, train, masks)
-        return x, torch.from_numpy(masks[idx]) if m is None else m
+        """Inputs of the tail and the lesion masks of images ``idx``: ``masks`` (input size) as they are, or, when
+        training augments, the load-size lesion masks cropped and augmented with their image's draw."""
+        if train and self.load is not None:
+            x, m = self._augmented(idx, True)
+            return self._prefix(x), m
+        return self.get(idx, train), torch.from_numpy(masks[idx])
 
 
 def _optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -208,20 +229,28 @@ def train(
     checkpoint: Path | None = None,
     progress: ProgressFn | None = None,
     guidance: Guidance | None = None,
+    load: LoadSized | None = None,
 ) -> TrainResult:
     """Train ``model`` at ``cfg.depth`` on the ``train`` rows, stop early on ``val`` loss, score ``test`` every epoch.
 
     With ``checkpoint`` set, the state after every epoch is saved there atomically and a later call resumes from it.
-    ``guidance`` (lesion masks and infection ratios) serves ``cfg.attention`` and size-balanced sampling.
+    ``guidance`` (lesion masks and infection ratios) serves ``cfg.attention`` and size-balanced sampling. With
+    ``cfg.augment`` the training batches are cut from ``load`` (the films at the load size) by Cheng's augmentation,
+    each image and its lesion mask by one draw of a generator seeded from ``cfg.seed``; ``val``, ``test`` and the
+    final predictions use ``images`` as they are.
     """
     torch.manual_seed(cfg.seed)
     start = N_BLOCKS - cfg.depth
     set_depth(model, cfg.depth)
     model.to(device)
     amp = device.type == "cuda"
-    aug = augmentation(cfg.image_size) if cfg.augment else None
+    if cfg.augment and load is None:
+        raise ValueError("augment needs the training films at the load size (load=LoadSized(...))")
+    # The augmentation's own generator: epoch orders and dropout draw the same numbers with and without augmentation.
+    aug_gen = torch.Generator().manual_seed(cfg.seed + AUGMENT_SEED_OFFSET)
     _set_modes(model, start, False)
-    inputs = _Inputs(model, images, start, device, cfg.prefix_cache, aug, cfg.batch_size)
+    inputs = _Inputs(model, images, start, device, cfg.prefix_cache, cfg.batch_size,
+                     load if cfg.augment else None, aug_gen)
     idx = {s: np.flatnonzero(split == s) for s in SPLITS}
     train_idx = idx["train"]
     _check_guidance(cfg, guidance, y, train_idx, positive)
@@ -249,6 +278,7 @@ def train(
         if sched is not None and ck.get("scheduler"):
             sched.load_state_dict(ck["scheduler"])
         gen.set_state(ck["generator"])
+        aug_gen.set_state(ck["aug_generator"])
         torch.set_rng_state(ck["torch_rng"])
         history = [dict(zip(ck["history_keys"], row.tolist())) for row in ck["history"]]
         best = {"loss": float(ck["best_loss"]), "epoch": int(ck["best_epoch"]), "state": ck["best_state"], "bad": int(ck["bad"])}
@@ -315,7 +345,7 @@ def train(
             atomic_write_bytes(checkpoint, _state_bytes({
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else {},
-                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "generator": gen.get_state(), "aug_generator": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "history_keys": keys,
                 "history": torch.tensor([[r.get(k, math.nan) for k in keys] for r in history], dtype=torch.float64),
                 "best_loss": best["loss"], "best_epoch": best["epoch"], "best_state": best["state"], "bad": best["bad"],

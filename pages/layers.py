@@ -16,6 +16,8 @@ from dashboard.background import background, cached
 from dashboard.exports import export_name
 from dashboard.features_charts import image_labels
 from dashboard.layers_charts import filter_figure, filters_unchanged, gray_as_rgb, image_grid_figure
+from dashboard.surrogate_section import surrogate_section
+from dashboard.topology_section import topology_section
 from dashboard.url_state import flag, url_tabs, url_widget
 from dashboard.widgets import caption, depth_slider, figure, require_runs, run_images
 from engine.data.volume import volume_stem
@@ -358,3 +360,5 @@ caption(f"Run `{run.id}`: {run.config.backbone}, fine-tuning depth {depth}, init
         f"{run.config.image_size} px.", label="About this run")
 _filters_section(run, depth)
 _hidden_section(run)
+surrogate_section(run, runs)
+topology_section(run, runs)

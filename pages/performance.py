@@ -1,4 +1,5 @@
-"""Diagnostic performance: Wan et al.'s Table 1 with CIs, confusion, ROC / PR, per-class scores, metric vs depth."""
+"""Diagnostic performance: Wan et al.'s Table 1 with CIs, confusion, ROC / PR, per-class scores, metric vs depth,
+Ouyang et al.'s variants and Cheng et al.'s backbones with and without augmentation."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from streamlit.elements.lib.mutable_tab_container import TabContainer
 import engine
 from dashboard.background import background, cached, job_panel, start
 from dashboard.calibration_section import calibration_section
+from dashboard.cheng_section import cheng_section, train_button, trained_message
 from dashboard.exports import csv_button, export_name
 from dashboard.external_section import external_section
 from dashboard.html_report import report_html
@@ -51,7 +53,7 @@ from engine.store import stable_hash
 #: The page's sections, a lazy tab each (only the open one computes): URL code -> tab label.
 SECTIONS = {"table1": "Table 1: CNN vs baselines", "test": "Test split", "folds": "Cross-validation",
             "depth": "Metric vs depth", "calibration": "Calibration", "external": "External test",
-            "ouyang": "Ouyang: attention & sampling"}
+            "ouyang": "Ouyang: attention & sampling", "cheng": "backbones x augmentation"}
 #: Ouyang et al. 2020, Table II, test set (mean ± sd AUC of their five fold models; 3-D ResNet34 on 2,796 real CT
 #: scans of COVID-19 and CAP), by our variant names.
 PAPER_TABLE2_AUC = {"RN + US": "0.934 ± 0.011", "Attention RN + US": "0.948 ± 0.003",
@@ -256,29 +258,9 @@ def _train_variants(base: engine.RunConfig, missing: list[engine.RunConfig], mas
                    "ratio): this data has none, so only the plain variant can be trained. Add masks/<class>/ and "
                    "lung_masks/<class>/ beside images/ (see README).")
         return
-    try:
-        estimate: engine.TrainingEstimate | None = cached(engine.estimate_training, missing, len(dataset(base)))
-    except engine.LungLensError:
-        estimate = None
-    label = f"Train the missing variants ({len(missing)} run(s)"
-    label += f", {engine.duration(estimate.seconds)})" if estimate is not None else ")"
-
-    def work(progress, cancelled) -> list[engine.SweepRow]:
-        return engine.train_missing(missing, progress=progress, cancel=cancelled, estimate=estimate)
-
-    if st.button(label, key="performance_ouyang_train", type="primary", icon=":material/play_arrow:",
-                 disabled=running, help="Trains in the background (dual sampling trains both of its members); Cancel "
-                                        "stops it, keeping the runs finished before."):
-        start(_ouyang_key(base), f"Training {len(missing)} variant run(s)", work)
-        st.rerun()
-    if estimate is not None:
-        st.caption(estimate.basis)
-
-
-def _variants_trained(job: Job) -> None:
-    rows: list[engine.SweepRow] = job.result
-    st.success(f"Trained {sum(not r.cached for r in rows)} variant run(s) in {job.elapsed:.0f} s.",
-               icon=":material/check_circle:")
+    train_button(_ouyang_key(base), missing, len(dataset(base)), what="variants", key="performance_ouyang_train",
+                 running=running, help="Trains in the background (dual sampling trains both of its members); Cancel "
+                                       "stops it, keeping the runs finished before.")
 
 
 def _table2(base: engine.RunConfig, ds: engine.Dataset) -> None:
@@ -378,7 +360,7 @@ def _ouyang(run: engine.Run) -> None:
     missing = engine.missing_configs(base, ds)
     if missing:
         _train_variants(base, missing, ds.has_masks and ds.has_lung_masks, running)
-    job_panel(key, "performance_ouyang_job", done=_variants_trained, what="the rest of the variants")
+    job_panel(key, "performance_ouyang_job", done=trained_message("variant"), what="the rest of the variants")
     try:
         _table2(base, ds)
         _variant_rocs(base, ds)
@@ -408,6 +390,7 @@ draw: dict[str, Callable[[], None]] = {
     "table1": lambda: _comparison(run, n_test), "test": lambda: _test_split(run), "folds": lambda: _crossval(run),
     "depth": lambda: _depth(run, runs), "calibration": lambda: calibration_section(run),
     "external": lambda: external_section(run, runs), "ouyang": lambda: _ouyang(run),
+    "cheng": lambda: cheng_section(run),
 }
 for code, tab in _sections(run).items():
     if tab.open:

@@ -31,3 +31,9 @@ def plotly_array(v: Any, dtype: Any = None) -> np.ndarray:
         a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
         return a.reshape([int(n) for n in v["shape"].split(",")]) if "shape" in v else a
     return np.array(v, dtype=dtype)
+
+
+def layer_charts(at: AppTest) -> set[str]:
+    """Keys of the Layers page's drawn filter and hidden-layer charts (its topology and surrogate sections have their
+    own tests: tests/test_page_topology.py, tests/test_page_surrogate.py)."""
+    return {c.key for c in at.get("plotly_chart") if c.key.startswith("layers_") and c.key != "layers_topology"}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import torch
+from test_cheng import cheng_runs  # noqa: F401 (a session fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +103,79 @@ def test_a_folder_without_preset_trains_the_folder_recipe(tiny_folder, tmp_path)
     config = json.loads((tmp_path / "runs" / row["run"] / "config.json").read_text())
     assert (row["backbone"], config["scheduler"], config["weight_decay"]) == ("resnet18", "cosine", 1e-4)
     assert config["augment"] is False and config["epochs"] == 1  # flags override the preset
+
+
+# --- Cheng et al.'s comparison: several backbones with and without augmentation -------------------------------------
+
+def _sweep_parse(*args: str):
+    from engine.cli import _parser, _sweep_configs
+
+    return _sweep_configs(_parser().parse_args(["sweep", *args]))
+
+
+def test_backbones_and_augment_both_make_one_config_per_backbone_and_side():
+    import engine
+
+    configs, compare = _sweep_parse("--backbones", "alexnet,resnet18", "--augment", "both", "--depths", "5",
+                                    "--init", "scratch", "--image-size", "64", "--head-width", "16", "--seed", "3")
+    assert compare and [(c.backbone, c.augment, c.depth) for c in configs] == [
+        ("alexnet", False, 5), ("alexnet", True, 5), ("resnet18", False, 5), ("resnet18", True, 5)]
+    base = engine.RunConfig(init="scratch", image_size=64, seed=3, depth=5)
+    assert [c.replace(backbone="alexnet", augment=False, head_width=None) for c in configs] == [base] * 4
+    assert [c.head_width for c in configs] == [16, 16, None, None]
+
+
+def test_the_old_augment_flags_still_work():
+    for flags, expected in ((["--augment"], True), (["--augment", "on"], True), (["--no-augment"], False),
+                            (["--augment", "off"], False), ([], False)):
+        (cfg,), compare = _sweep_parse("--depths", "2", *flags)
+        assert (cfg.augment, cfg.depth, compare) == (expected, 2, False)
+
+
+def test_an_unknown_backbone_is_refused_naming_the_valid_ones(capsys):
+    import pytest
+
+    from engine.models.names import BACKBONES
+
+    with pytest.raises(SystemExit) as stop:
+        _sweep_parse("--backbones", "alexnet,resnet9000", "--depths", "5")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "'resnet9000'" in err and all(b in err for b in BACKBONES)
+
+
+def test_augment_both_is_for_sweep_only():
+    import pytest
+
+    import engine
+    from engine.cli import _experiment, _parser
+
+    for command in ("prepare", "ouyang"):
+        with pytest.raises(engine.ConfigError, match="--augment both .* applies to `sweep` only"):
+            _experiment(_parser().parse_args([command, "--augment", "both", "--depths", "0"]))
+
+
+def test_the_comparison_prints_chengs_table_from_cached_runs(cheng_runs, capsys):  # noqa: F811
+    import numpy as np
+    import pandas as pd
+
+    import engine
+    from engine.cli import main
+
+    # in this process, on the session's cache where the fixture trained these runs
+    args = ["sweep", "--data", "builtin", "--per-class", "20", "--init", "scratch", "--image-size", "64",
+            "--head-width", "16", "--epochs", "2", "--patience", "0", "--batch-size", "16", "--lr", "1e-3",
+            "--backbones", "alexnet", "--augment", "both", "--depths", "0"]
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    alexnet = [r for r in cheng_runs if r.config.backbone == "alexnet"]
+    assert [(r["run"], r["augment"], r["cached"]) for r in result["runs"]] == [(r.id, r.config.augment, True)
+                                                                            for r in alexnet]
+    table = pd.DataFrame(result["table"]).astype({"value": float, "low": float, "high": float})
+    pd.testing.assert_frame_equal(table, engine.augmentation_table(alexnet), check_dtype=False)
+    change = pd.DataFrame(result["effect"])["change"].to_numpy(dtype=float)
+    np.testing.assert_allclose(change, engine.augmentation_effect(alexnet)["change"].to_numpy(dtype=float))
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "Cheng et al.'s Table 1 on this data, covid one-vs-rest" in text
+    assert "change" in text and "With augmentation the test accuracy rose in" in text

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 import engine
 from engine.lbp import LBP_VOLUME_REASON
 from engine.projections import run_features
-from tests.apptest_helpers import chart_spec, open_page, plotly_array
+from tests.apptest_helpers import chart_spec, layer_charts, open_page, plotly_array
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum")
 
@@ -55,7 +55,7 @@ def test_features_show_deep_features_and_say_why_lbp_is_absent(ct_app, trained_c
 
 def test_layers_show_kernel_sections_and_slice_views(ct_app, trained_ct):
     at = open_page(ct_app, trained_ct, "../pages/layers.py")
-    assert {c.key for c in at.get("plotly_chart")} == {"layers_filters", "layers_neurons"}
+    assert layer_charts(at) == {"layers_filters", "layers_neurons"}
     assert at.radio(key="layers_section").value == "axial"
     captions = _captions(at)
     assert "3-D kernels of 7 × 7 × 7 weights" in captions and "central axial section (slice 4 of 7)" in captions
@@ -73,7 +73,7 @@ def test_layers_show_kernel_sections_and_slice_views(ct_app, trained_ct):
     at.session_state["layers_view"] = "Activation maps"
     at.run()
     assert not at.exception
-    assert {c.key for c in at.get("plotly_chart")} == {"layers_filters", "layers_activations"}
+    assert layer_charts(at) == {"layers_filters", "layers_activations"}
     tiles = chart_spec(at, "layers_activations")["data"]
     assert len([t for t in tiles if t["type"] == "image"]) == at.slider(key="layers_top_n").value
     at.slider(key=f"layers_slice_{row}").set_value(1).run()

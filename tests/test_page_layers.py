@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 import engine
 from dashboard.state import Selection
 from engine.data.transforms import to_model_input
-from tests.apptest_helpers import chart_spec, open_page, plotly_array
+from tests.apptest_helpers import chart_spec, layer_charts, open_page, plotly_array
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum")
 
@@ -45,7 +45,7 @@ def _tab(at: AppTest, label: str) -> AppTest:
     at.session_state["layers_view"] = label
     at.run()
     assert not at.exception
-    assert {c.key for c in at.get("plotly_chart")} == {"layers_filters", TABS[label]}
+    assert layer_charts(at) == {"layers_filters", TABS[label]}
     return at
 
 
@@ -106,7 +106,7 @@ def _jet_overlay(gray: np.ndarray, fmap: np.ndarray) -> np.ndarray:
 
 def test_filters_before_after_and_the_frozen_first_layer(app, trained_selection, runs):
     at = _open(app, trained_selection)
-    assert {c.key for c in at.get("plotly_chart")} == {"layers_filters", "layers_neurons"}  # the first tab only
+    assert layer_charts(at) == {"layers_filters", "layers_neurons"}  # the first tab only
     before, after = _conv1(runs[5].initial_model()), _conv1(runs[5].load_model())
     assert not np.allclose(before, after)  # depth 5 trains conv1
     k = before.shape[1]
@@ -194,7 +194,7 @@ def test_every_figure_saves_a_named_png_without_zoom_or_pan_buttons(app, trained
     configs, layouts = {}, {}
     for label in TABS:
         _tab(at, label)
-        configs |= {c.key: json.loads(c.proto.config) for c in at.get("plotly_chart")}
+        configs |= {c.key: json.loads(c.proto.config) for c in at.get("plotly_chart") if c.key in layer_charts(at)}
         layouts |= {key: _chart(at, key)["layout"] for key in CHARTS & set(configs) - set(layouts)}
     assert set(configs) == CHARTS
     names = {k: c["toImageButtonOptions"]["filename"] for k, c in configs.items()}
@@ -229,7 +229,7 @@ def test_a_link_reopens_the_view_image_layer_neurons_and_maps(app, trained_selec
                     layer="blocks.4.10", neurons="random", seed="3", filters="after", gray="1", **{"class": other},
                     draw="2", maps="4", show="raw", opacity="0.8")
     assert at.select_slider(key="layers_depth").value == 0 and at.radio(key="layers_filter_view").value == "after"
-    assert {c.key for c in at.get("plotly_chart")} == {"layers_filters", "layers_activations"}
+    assert layer_charts(at) == {"layers_filters", "layers_activations"}
     assert at.selectbox(key="layers_image").value == row and at.selectbox(key="layers_layer").value == "blocks.4.10"
     assert at.slider(key="layers_top_n").value == 4 and at.radio(key="layers_show").value == "raw"
     assert at.select_slider(key="layers_opacity").value == 0.8

@@ -198,3 +198,19 @@ def test_bad_label_and_corpus_arguments_are_config_errors():
         _render("flu", 0)
     with pytest.raises(ConfigError, match="image_size"):
         source_corpus(4, 8, seed=0)
+
+
+def test_the_four_class_task_leaves_the_three_class_cache_key_alone():
+    assert PhantomSpec().to_dict() == {"task": "lesions", "n_per_class": 300, "image_size": 256, "seed": 0,
+                                       "confounder_class": None, "confounder_prob": 0.0, "generator": 3}
+    four = PhantomSpec(task="4class").to_dict()
+    assert four["task"] == "4class" and four["generator_4class"] == ph_module.FOUR_CLASS_VERSION
+    assert PhantomSpec(task="4class").classes == ("normal", "bacterial", "viral", "covid")
+
+
+def test_four_class_lesions_lie_inside_the_lungs():
+    for label in ph_module.FOUR_CLASSES:
+        for seed in range(4):
+            ph = _render(label, seed)
+            assert not (ph.lesion_mask & ~ph.lung_mask).any()
+            assert ph.lesion_mask.any() == (label != "normal")

@@ -1,14 +1,11 @@
-"""Preprocessing, model input normalisation and the augmentation's image/mask alignment."""
+"""Preprocessing and model input normalisation (the augmentation: tests/test_augmentation.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-from torchvision import tv_tensors
 
-from engine.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, augmentation, preprocess, preprocess_mask,
-                                    to_display, to_model_input)
+from engine.data.transforms import IMAGENET_MEAN, IMAGENET_STD, preprocess, preprocess_mask, to_display, to_model_input
 
 RNG = np.random.default_rng(0)
 
@@ -73,34 +70,3 @@ def test_to_model_input_rejects_wrong_shape():
         to_model_input(np.zeros((3, 1, 4, 4, 4), np.uint8))  # 5-D: neither images nor volumes
     with pytest.raises(ValueError):
         to_model_input(np.zeros((3, 4, 4), np.float32))  # not uint8
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_augmentation_keeps_mask_aligned(seed):
-    torch.manual_seed(seed)
-    image = torch.zeros(1, 40, 56, dtype=torch.uint8)
-    image[0, 6:24, 6:28] = 255  # off centre, so a flip or rotation of one but not the other shows
-    mask = tv_tensors.Mask(image > 0)
-    out_image, out_mask = augmentation(32)(image, mask)
-    assert out_image.shape == out_mask.shape == (1, 32, 32)
-    assert isinstance(out_mask, tv_tensors.Mask) and out_image.dtype == torch.uint8
-    bright, kept = out_image[0].numpy() > 127, out_mask[0].numpy().astype(bool)
-    assert kept.sum() > 100
-    # Bilinear resampling blurs the square's edge while nearest keeps the mask sharp, so thresholded image and mask
-    # may differ only next to the mask's edge (distance to the other side of the edge at most one diagonal pixel).
-    to_edge = np.where(kept, ndimage.distance_transform_edt(kept), ndimage.distance_transform_edt(~kept))
-    assert to_edge[bright != kept].max(initial=0) <= np.sqrt(2) + 1e-9
-
-
-def test_augmentation_really_crops_an_image_already_at_size():
-    # A centred 16x16 square on a 64x64 image: flips and +-10 degree rotations keep its area near 256 pixels and the
-    # affine scaling alone (0.95-1.05) at most 256 * 1.05**2 = 282; only a crop of part of the film, resized back to
-    # 64, enlarges it further (a crop of 70% of the area zooms by 1/0.7 in area).
-    image = torch.zeros(1, 64, 64, dtype=torch.uint8)
-    image[0, 24:40, 24:40] = 255
-    areas = []
-    for seed in range(30):
-        torch.manual_seed(seed)
-        areas.append(int((augmentation(64)(image)[0] > 127).sum()))
-    assert max(areas) > 256 * 1.05**2 * 1.1
-    assert min(areas) > 0.8 * 256

@@ -1,8 +1,9 @@
 """Built-in dataset: synthetic chest radiographs (phantoms) with lesion and lung masks, deterministic per seed.
 
-This module holds the public API: the classes and targets of the two tasks, the difficulty knobs, what to generate
-(PhantomSpec), rendering one radiograph (render_phantom), the in-memory source corpus and writing a dataset folder.
-The drawing itself (anatomy, findings, acquisition and exposure, burnt-in text) is in engine.data.phantom_draw.
+This module holds the public API: the classes and targets of the tasks (three lesion classes, Cheng et al.'s four,
+the pretraining source corpus), the difficulty knobs, what to generate (PhantomSpec), rendering one radiograph
+(render_phantom), the in-memory source corpus and writing a dataset folder. The drawing itself (anatomy, findings,
+acquisition and exposure, burnt-in text) is in engine.data.phantom_draw.
 """
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ from ..store import writing
 from .phantom_draw import Anatomy, Film, FindingKnobs, draw_film, random_anatomy, random_film
 
 LESION_CLASSES: tuple[str, ...] = ("normal", "pneumonia", "covid")
-SOURCE_CLASSES: tuple[str, ...] = ("clear", "nodules", "effusion", "cardiomegaly")
+#: Cheng et al.'s four classes (task "4class"): pneumonia split into bacterial (lobar or segmental consolidation) and
+#: viral (bilateral perihilar interstitial haze), beside normal and covid.
+FOUR_CLASSES: tuple[str, ...] = ("normal", "bacterial", "viral", "covid")
+#: The tasks of PhantomSpec and their classes.
+TASK_CLASSES: dict[str, tuple[str, ...]] = {"lesions": LESION_CLASSES, "4class": FOUR_CLASSES,
+                                            "source": ("clear", "nodules", "effusion", "cardiomegaly")}
+SOURCE_CLASSES: tuple[str, ...] = TASK_CLASSES["source"]
 #: Multi-label targets of the source corpus: six findings, then acquisition and anatomy attributes.
 SOURCE_TARGETS: tuple[str, ...] = ("nodule", "mass", "effusion", "cardiomegaly", "consolidation", "ground_glass",
                                    "ap_view", "female", "rotated", "marker_left", "low_exposure", "devices")
@@ -34,21 +41,29 @@ GGO_STRENGTH = (0.35, 0.55)            # covid: faint ground glass (vessels stay
 GGO_PATCHES = (1, 3)                   # covid: patches per lung (both lungs), peripheral and basal
 CONSOLIDATION_STRENGTH = (0.75, 1.00)  # pneumonia: dense lobar consolidation with air bronchograms
 PNEUMONIA_BILATERAL = 0.15             # share of pneumonias with a second, smaller focus in the other lung
+VIRAL_STRENGTH = (0.2, 0.45)           # viral (4class): hazy perihilar opacity, fainter than consolidation
+VIRAL_FOCUS = 0.5                      # viral: share with a small patchy consolidation focus too (as bacterial)
+BACTERIAL_HAZE = 0.35                  # bacterial (4class): share with peribronchial haze on one side (as viral)
 FINDING_PREVALENCE = 0.2               # source corpus: each finding present independently (0.8**6 = 26% clear)
 AP_SHARE = 0.35                        # share of portable AP films (all classes alike, so the view is no shortcut)
 REPEAT_PATIENT_SHARE = 0.3             # share of patients imaged 2-3 times
 #: Bump when the images change, so datasets and backbones cached from an older generator are not reused.
 GENERATOR_VERSION = 3
+#: The same for what only the four-class task draws (viral haze, bacterial haze), so a change there leaves "builtin"
+#: alone.
+FOUR_CLASS_VERSION = 1
 
 _FINDINGS_OF_LABEL = {"normal": (), "clear": (), "pneumonia": ("consolidation",), "covid": ("ground_glass",),
+                      "bacterial": ("consolidation", "peribronchial"), "viral": ("interstitial",),
                       "nodules": ("nodule",), "effusion": ("effusion",), "cardiomegaly": ("cardiomegaly",)}
 
 
 @dataclass(frozen=True)
 class PhantomSpec:
-    """What to generate: the lesion task (or the pretraining source corpus), size, seed and shortcut marker."""
+    """What to generate: a lesion task (three classes, or Cheng's four: "4class") or the pretraining source corpus;
+    size, seed and shortcut marker."""
 
-    task: Literal["lesions", "source"] = "lesions"
+    task: Literal["lesions", "4class", "source"] = "lesions"
     n_per_class: int = 300
     image_size: int = 256
     seed: int = 0
@@ -56,8 +71,8 @@ class PhantomSpec:
     confounder_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.task not in ("lesions", "source"):
-            raise ConfigError(f"task={self.task!r}: use 'lesions' or 'source'.")
+        if self.task not in TASK_CLASSES:
+            raise ConfigError(f"task={self.task!r}: use one of {', '.join(map(repr, TASK_CLASSES))}.")
         if self.n_per_class < 1:
             raise ConfigError(f"n_per_class={self.n_per_class}: generate at least one image per class.")
         if not 32 <= self.image_size <= 2048:
@@ -70,11 +85,17 @@ class PhantomSpec:
     @property
     def classes(self) -> tuple[str, ...]:
         """Class names of this task."""
-        return LESION_CLASSES if self.task == "lesions" else SOURCE_CLASSES
+        return TASK_CLASSES[self.task]
+
+    @property
+    def has_lesions(self) -> bool:
+        """Whether the task has lesion masks (the lesion tasks; the source corpus has multi-label targets instead)."""
+        return self.task != "source"
 
     def to_dict(self) -> dict:
-        """JSON-able fields and the generator version (used in cache keys)."""
-        return {**asdict(self), "generator": GENERATOR_VERSION}
+        """JSON-able fields and the generator version(s) (used in cache keys)."""
+        versions = {"generator_4class": FOUR_CLASS_VERSION} if self.task == "4class" else {}
+        return {**asdict(self), "generator": GENERATOR_VERSION, **versions}
 
 
 @dataclass(frozen=True)
@@ -89,7 +110,8 @@ class Phantom:
 
 def _finding_knobs() -> FindingKnobs:
     """The finding knobs as they are now (read at each call, so edits and monkeypatches of this module apply)."""
-    return FindingKnobs(GGO_STRENGTH, GGO_PATCHES, CONSOLIDATION_STRENGTH, PNEUMONIA_BILATERAL)
+    return FindingKnobs(GGO_STRENGTH, GGO_PATCHES, CONSOLIDATION_STRENGTH, PNEUMONIA_BILATERAL, VIRAL_STRENGTH,
+                        VIRAL_FOCUS, BACTERIAL_HAZE)
 
 
 def _random_film(rng: np.random.Generator, ap: bool | None = None, rotated: bool | None = None,
@@ -103,7 +125,7 @@ def _render(rng: np.random.Generator, size: int, a: Anatomy, film: Film, finding
     """Render one film with ``findings``; returns the phantom and each finding's mask."""
     image, lung_mask, box, masks = draw_film(rng, size, a, film, findings, marker, _finding_knobs())
     lesion_mask = np.zeros((size, size), bool)
-    for k in ("ground_glass", "consolidation"):  # the lesions of the lesion task
+    for k in ("ground_glass", "consolidation", "interstitial", "peribronchial"):  # the lesions of the lesion tasks
         if k in masks:
             lesion_mask |= masks[k]
     return Phantom(image, lesion_mask, lung_mask, box), masks
@@ -225,7 +247,7 @@ def _write_phantoms(tmp: Path, spec: PhantomSpec, progress: Callable[[int, int],
     total = spec.n_per_class * len(spec.classes)
     rows, done = [], 0
     for label in spec.classes:
-        for sub in ("images", "lung_masks") + (("masks",) if spec.task == "lesions" else ()):
+        for sub in ("images", "lung_masks") + (("masks",) if spec.has_lesions else ()):
             (tmp / sub / label).mkdir(parents=True, exist_ok=True)
         made, patient = 0, 0
         while made < spec.n_per_class:
@@ -239,7 +261,7 @@ def _write_phantoms(tmp: Path, spec: PhantomSpec, progress: Callable[[int, int],
                 row = {"file": f"images/{label}/{name}", "class": label, "patient_id": pid, "split": "",
                        "mask_file": "", "lung_mask_file": f"lung_masks/{label}/{name}", "marker": int(marker),
                        "marker_box": ""}
-                if spec.task == "lesions":
+                if spec.has_lesions:
                     ph = render_phantom(rng, label, spec.image_size, marker=marker, anatomy=anatomy)
                     _write_png(tmp / "masks" / label / name, ph.lesion_mask.astype(np.uint8) * 255)
                     row["mask_file"] = f"masks/{label}/{name}"

@@ -63,6 +63,9 @@ class FindingKnobs:
     ggo_patches: tuple[int, int]
     consolidation_strength: tuple[float, float]
     pneumonia_bilateral: float
+    viral_strength: tuple[float, float]
+    viral_focus: float
+    bacterial_haze: float
 
 
 def random_anatomy(rng: np.random.Generator) -> Anatomy:
@@ -360,6 +363,30 @@ def _consolidation(rng: np.random.Generator, canvas: _Canvas, s: int, side: int,
     return opac, bronchi
 
 
+def _interstitial(rng: np.random.Generator, canvas: _Canvas, s: int, lung_side: dict, a: Anatomy, mid: float,
+                  strength: float, sides: tuple[int, ...] = (-1, 1)) -> np.ndarray:
+    """Viral pneumonia: a hazy opacity in both lungs (or ``sides``), densest around the hila and fading towards the
+    periphery, with peribronchial cuffing (streaks fanning out from the hila) and a fine reticular texture."""
+    out = np.zeros((s, s), np.float32)
+    h = a.base_y - a.apex_y
+    xs = np.arange(s, dtype=np.float32)[None, :]
+    ys = np.arange(s, dtype=np.float32)[:, None]
+    streaks = canvas.layer()
+    for side in sides:
+        hx, hy = mid + side * 0.11, a.apex_y + h * rng.uniform(0.38, 0.5)
+        cx, cy = (float(v) / 16 for v in canvas.px((hx, hy)))
+        rx, ry = rng.uniform(0.2, 0.3) * a.lung_w * canvas.unit, rng.uniform(0.22, 0.32) * h * canvas.unit
+        haze = np.exp(-0.5 * (((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2)) * lung_side[side]
+        np.maximum(out, haze * rng.uniform(0.65, 1.0), out=out)  # both lungs, not equally
+        ang = np.radians(np.where(side < 0, 180.0, 0.0) + rng.uniform(-75, 75, 9))
+        ln = rng.uniform(0.08, 0.16, 9) * h / 0.68
+        segs = np.stack([np.full(9, hx), np.full(9, hy), hx + np.cos(ang) * ln, hy + np.sin(ang) * ln], 1)
+        canvas.lines(streaks, segs.reshape(-1, 2, 2).astype(np.float32), 0.012, 1.0)
+    texture = 0.6 + 0.4 * _smooth_noise(rng, s, max(8, s // 6))
+    streaks = _blur(streaks, 1.2 * s / 256) * (lung_side[-1] | lung_side[1])  # out is 0 on the other side
+    return np.clip(out * texture + 0.5 * streaks * out, 0, 1) * strength
+
+
 def _effusion(canvas: _Canvas, s: int, side: int, a: Anatomy, mid: float, level: float) -> np.ndarray:
     """Layering pleural fluid: from the base up to a meniscus that climbs along the lateral chest wall, densest
     at the bottom; it hides the costophrenic angle and the hemidiaphragm."""
@@ -522,6 +549,23 @@ def _findings(rng: np.random.Generator, cv_: _Canvas, a: Anatomy, film: Film, mi
         frac = np.clip(opac / strength, 0, 1)
         lesion += opac - _blur(bronchi, 0.6 * s / 256) * frac * strength * 0.45  # air bronchograms
         wipe = np.maximum(wipe, frac * 0.85)
+    if "interstitial" in findings:
+        strength = rng.uniform(*knobs.viral_strength)
+        opac = _interstitial(rng, cv_, s, lay.lung_side, a, mid, strength)
+        if rng.random() < knobs.viral_focus:  # a small patchy focus of consolidation besides the haze
+            focus, _ = _consolidation(rng, cv_, s, int(rng.choice([-1, 1])), lay.lung_side, a, film, mid,
+                                      min(1.0, strength * 1.8), rng.uniform(0.55, 0.8))
+            opac = np.maximum(opac, focus)
+        opac = opac * lungfrac
+        masks["interstitial"] = (opac > 0.3 * strength) & lung_mask
+        lesion += opac
+        wipe = np.maximum(wipe, np.clip(opac / strength, 0, 1) * 0.5)  # the hila and vessels blur in the haze
+    if "peribronchial" in findings and rng.random() < knobs.bacterial_haze:  # bronchopneumonia: haze on one side
+        strength = rng.uniform(*knobs.viral_strength)
+        haze_side = side if "consolidation" in findings else int(rng.choice([-1, 1]))  # the consolidation's side
+        haze = _interstitial(rng, cv_, s, lay.lung_side, a, mid, strength, (haze_side,)) * lungfrac
+        masks["peribronchial"] = (haze > 0.3 * strength) & lung_mask
+        lesion += haze
     if "effusion" in findings:
         side = int(rng.choice([-1, 1]))
         fluid = _effusion(cv_, s, side, a, mid, rng.uniform(0.62, 0.85)) * rng.uniform(0.85, 1.05)

@@ -1,4 +1,5 @@
-"""Initial weights of a backbone: ImageNet (torchvision), TorchXRayVision, scratch, a local file, or the built-in one."""
+"""Initial weights of a backbone: ImageNet (torchvision's or timm's), TorchXRayVision, scratch, a local file, or the
+built-in one."""
 from __future__ import annotations
 
 import hashlib
@@ -11,21 +12,31 @@ import torch
 from safetensors.torch import load_file, save
 from torchvision.models import get_model_weights
 
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import WeightsError
 from .backbones import StagedNet, stage, torchvision_model
-from .names import VOLUME_BACKBONES, XRV_ARCH, XRV_INIT
+from .names import TIMM_BACKBONES, VOLUME_BACKBONES, XRV_ARCH, XRV_INIT
 from .xrv import fetch_xrv_file, read_xrv_state, stdout_to_stderr, xrv_densenet, xrv_file
 
 INIT_KINDS = ("builtin", "imagenet", "scratch", XRV_INIT)
 
 
 def imagenet_url(arch: str) -> str:
-    """Where torchvision publishes ``arch``'s default ImageNet weights."""
+    """Where torchvision (or, for a timm backbone, the Hugging Face hub) publishes ``arch``'s ImageNet weights."""
+    if arch in TIMM_BACKBONES:
+        from .timm_backbones import hf_url
+
+        return hf_url(arch)
     return get_model_weights(arch).DEFAULT.url
 
 
 def imagenet_file(arch: str) -> Path:
-    """Where torchvision's weights API looks for ``arch``'s ImageNet weights (``$TORCH_HOME/hub/checkpoints``)."""
+    """Where ``arch``'s ImageNet weights are looked for: torchvision's ``$TORCH_HOME/hub/checkpoints``, or for a timm
+    backbone the Hugging Face hub cache (``engine.models.timm_backbones.timm_imagenet_file``)."""
+    if arch in TIMM_BACKBONES:
+        from .timm_backbones import timm_imagenet_file
+
+        return timm_imagenet_file(arch)
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet_url(arch)).name
 
 
@@ -52,12 +63,28 @@ def _imagenet_state(arch: str) -> dict[str, torch.Tensor]:
                            f"another file. Delete it so it is downloaded again, or replace it with {url}.") from None
 
 
+def _imagenet_model(arch: str) -> tuple[torch.nn.Module, list[str]]:
+    """The library's model of ``arch`` with its ImageNet weights, and the tensors they leave at their initial values.
+
+    A timm model trained on inputs normalised otherwise than LungLens's (ImageNet statistics) gets the difference
+    folded into its first layer (``engine.models.timm_backbones.fold_input_normalisation``).
+    """
+    if arch in TIMM_BACKBONES:
+        from .timm_backbones import fold_input_normalisation, timm_imagenet_model
+
+        model, not_loaded = timm_imagenet_model(arch)
+        fold_input_normalisation(model, arch, IMAGENET_MEAN, IMAGENET_STD)
+        return model, not_loaded
+    model = torchvision_model(arch)
+    model.load_state_dict(_imagenet_state(arch))
+    return model, []
+
+
 def fetch_imagenet_file(arch: str) -> Path:
-    """The cached ImageNet weights file of ``arch``, downloaded through torchvision first if it is not cached."""
-    path = imagenet_file(arch)
-    if not path.is_file():
-        _imagenet_state(arch)
-    return path
+    """The cached ImageNet weights file of ``arch``, downloaded through torchvision (timm) first if it is not cached."""
+    if not imagenet_file(arch).is_file():
+        _imagenet_model(arch)
+    return imagenet_file(arch)  # a timm file lands in a snapshot folder of the hub cache, named once downloaded
 
 
 def init_weights_file(arch: str, init: str) -> Path | None:
@@ -174,11 +201,10 @@ def build_model(arch: str, n_classes: int, init: str, *, head_width: int | None 
     """
     check_init(arch, init)
     if init == "imagenet":
-        tv = torchvision_model(arch)
-        tv.load_state_dict(_imagenet_state(arch))
+        tv, not_loaded = _imagenet_model(arch)
         path = imagenet_file(arch)
-        return stage(tv, arch, n_classes, head_width), {"init": "imagenet", "file": str(path),
-                                                        "sha256": file_digest(path)}
+        record = {"init": "imagenet", "file": str(path), "sha256": file_digest(path)}
+        return stage(tv, arch, n_classes, head_width), {**record, **({"not_loaded": not_loaded} if not_loaded else {})}
     if init == XRV_INIT:
         path = fetch_xrv_file()
         model, not_loaded = xrv_densenet(n_classes, read_xrv_state(path))
