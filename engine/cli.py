@@ -12,7 +12,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .config import PRESETS, SAMPLINGS, RunConfig, preset
-from .data.sources import BUILTIN, BUILTIN_CT
+from .data.sources import BUILTIN, BUILTIN_4CLASS, BUILTIN_CT, PHANTOM_TASKS
 from .errors import ConfigError, LungLensError
 from .explain.methods import METHODS
 from .models.names import BACKBONES, N_BLOCKS
@@ -53,8 +53,9 @@ def _experiment_args(s: argparse.ArgumentParser) -> None:
     """The options that define an experiment (shared by ``sweep`` and ``prepare``)."""
     s.add_argument("--preset", choices=sorted(PRESETS),
                    help="start from a named experiment (demo: the dashboard's default; folder: the default for --data PATH)")
-    s.add_argument("--data", help="'builtin' (2-D phantoms), 'builtin-ct' (3-D CT phantoms, NIfTI) or a folder "
-                                  "ROOT/images/<class>/* of images or NIfTI volumes (default builtin)")
+    s.add_argument("--data", help="'builtin' (2-D phantoms), 'builtin-4class' (2-D phantoms in Cheng et al.'s four "
+                                  "classes), 'builtin-ct' (3-D CT phantoms, NIfTI) or a folder ROOT/images/<class>/* "
+                                  "of images or NIfTI volumes (default builtin)")
     s.add_argument("--backbone", choices=BACKBONES)
     s.add_argument("--depths", type=_depths,
                    help="fine-tuning depths, e.g. 0,2,5 (default: the preset's, else all of 0-5)")
@@ -147,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True)
     mk = dsub.add_parser("make-demo", help="write the built-in phantom dataset to a folder")
     mk.add_argument("path", type=Path)
+    mk.add_argument("--data", choices=list(PHANTOM_TASKS), default=BUILTIN,
+                    help=f"{BUILTIN}: normal, pneumonia, covid; {BUILTIN_4CLASS}: Cheng et al.'s normal, bacterial, "
+                         "viral, covid")
     mk.add_argument("--per-class", type=int, default=300)
     mk.add_argument("--size", type=int, default=256)
     mk.add_argument("--seed", type=int, default=0)
@@ -211,7 +215,8 @@ def _experiment(args: argparse.Namespace, default_preset: str | None = None,
         raise ConfigError("--augment both (every run with and without augmentation) applies to `sweep` only: give "
                           "--augment on or off here.")
     volume_default = default_preset if default_preset and preset(default_preset).config.data == BUILTIN_CT else "ct"
-    by_data = {BUILTIN: default_preset, None: default_preset, BUILTIN_CT: volume_default}
+    by_data = {BUILTIN: default_preset, BUILTIN_4CLASS: default_preset, None: default_preset,
+               BUILTIN_CT: volume_default}
     name = args.preset or by_data.get(args.data, "folder")
     base = preset(name).config if name else RunConfig()
     depths = args.depths or (list(preset(name).depths) if name else list(range(N_BLOCKS + 1)))
@@ -460,9 +465,10 @@ def _make_demo(args: argparse.Namespace) -> int:
 
     if args.data_command == "make-demo-ct":
         return _make_demo_ct(args)
-    spec = PhantomSpec(n_per_class=args.per_class, image_size=args.size, seed=args.seed,
-                       confounder_class="covid" if args.confounder > 0 else None, confounder_prob=args.confounder)
-    with tqdm(total=args.per_class * 3, desc="phantoms", unit="img", file=sys.stderr) as bar:
+    spec = PhantomSpec(task=PHANTOM_TASKS[args.data], n_per_class=args.per_class, image_size=args.size,
+                       seed=args.seed, confounder_class="covid" if args.confounder > 0 else None,
+                       confounder_prob=args.confounder)
+    with tqdm(total=args.per_class * len(spec.classes), desc="phantoms", unit="img", file=sys.stderr) as bar:
         root = write_phantom_dataset(args.path, spec, lambda done, total: bar.update(done - bar.n))
     print(root)
     return 0

@@ -45,7 +45,9 @@ from .ood import ood_reference
 from .projections import METHODS as PROJECTIONS
 from .projections import run_feature_sets, run_features, run_projection
 from .runs import Run, dataset_for, get_run
+from .surrogate import default_depth, image_choices, input_choices, surrogate_fidelity, surrogate_path, surrogate_tree
 from .sweep import run_sweep, sweep_configs
+from .topology import TOPOLOGY_VIEWS, run_block_change, run_topology
 from .training import Progress
 
 #: ``progress(fraction in [0, 1], what is being done)``, as engine.jobs passes it.
@@ -239,6 +241,22 @@ def _neurons(run: Run, ctx: StepContext) -> None:
             run_guided_backprop_across_layers(run, rows, mode, 0)
 
 
+def _surrogate(run: Run, ctx: StepContext) -> None:
+    for inputs in input_choices(run):
+        ctx.check()
+        table = surrogate_fidelity(run, inputs)
+        depth = default_depth(table)
+        surrogate_tree(run, depth, inputs)
+        surrogate_path(run, depth, inputs, next(iter(image_choices(run))))
+
+
+def _topology(run: Run, ctx: StepContext) -> None:
+    for view in TOPOLOGY_VIEWS:
+        ctx.check()
+        run_topology(run, view)
+    run_block_change(run)
+
+
 def _split_maps(targets: tuple[str, ...]) -> StepFn:
     def compute(run: Run, ctx: StepContext) -> None:
         run_masks(run, "test")
@@ -320,6 +338,8 @@ STEPS: tuple[Step, ...] = (
     Step("projections", "Feature projections (Features)", 30.0, _projections),
     Step("filters", "First-layer filters (Layers)", 1.0, _filters),
     Step("neurons", "Guided backpropagation and activations (Layers)", 8.0, _neurons),
+    Step("surrogate", "Decision-tree surrogate (Layers)", 4.0, _surrogate),
+    Step("topology", "Network topology (Layers)", 4.0, _topology),
     Step("heatmaps", "Explanation maps of the test split (Support Regions)", 40.0, _split_maps(("pred",)),
          volumes=_volume_maps),
     Step("across-depths", "Same image across depths (Support Regions)", 40.0, _split_maps(("true",)),

@@ -176,6 +176,17 @@ def test_features_and_layers(server, browser):
     _move_depth_slider(browser)
 
 
+def test_layers_topology_and_surrogate_and_the_backbone_bench(server, browser):
+    text = _open(browser, f"{server}/layers?depth=5", "convolutions along its main path as columns")
+    assert "Network topology (Wan et al. §4)" in text and "Decision-tree surrogate (Wan et al. §4)" in text
+    charts = browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+    assert len(charts) >= 5  # filters, neurons, fidelity, tree, topology
+    topology = charts[-1]
+    assert topology.find_elements(By.CSS_SELECTOR, ".scatterlayer .trace")  # channels and bundled edges drawn
+    text = _open(browser, f"{server}/performance?section=cheng", "Backbones with and without augmentation")
+    assert "Cheng et al." in text
+
+
 def test_support_regions_with_an_upload(server, browser, tmp_path):
     _open(browser, f"{server}/support_regions", "Support Regions")
     _move_depth_slider(browser)

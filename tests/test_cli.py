@@ -57,6 +57,15 @@ def test_make_demo_writes_the_folder_layout(tmp_path):
     assert len(list((root / "masks" / "covid").glob("*.png"))) == 10
 
 
+def test_make_demo_writes_cheng_four_classes(tmp_path):
+    out = _cli(tmp_path, "data", "make-demo", str(tmp_path / "four"), "--data", "builtin-4class", "--per-class", "10",
+               "--size", "64")
+    assert out.returncode == 0, out.stderr
+    root = tmp_path / "four"
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["bacterial", "covid", "normal", "viral"]
+    assert all(len(list((root / kind / "viral").glob("*.png"))) == 10 for kind in ("images", "masks", "lung_masks"))
+
+
 def test_bad_input_is_a_one_line_error_not_a_traceback(tmp_path):
     out = _cli(tmp_path, *_sweep_args(tmp_path / "missing", "--depths", "1"))
     assert out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
