@@ -292,7 +292,8 @@ def test_csv_buttons_hold_the_tables_shown(app, trained_selection, runs, downloa
     _, data = _download(_tab(at, "depth"), downloads, "performance_depth_csv")
     csv = pd.read_csv(io.BytesIO(data))
     line = next(t for t in _chart(at, "performance_depth_curve")["data"] if t["name"] == "alexnet")
-    np.testing.assert_allclose(csv.sort_values("depth")["value"], _array(line["y"]))
+    mine = csv[csv["backbone"] == "alexnet"]  # other tests' runs of other backbones may be cached beside it
+    np.testing.assert_allclose(mine.sort_values("depth")["value"], _array(line["y"]))
 
 
 def test_the_report_button_builds_the_html_report_in_the_background(app, trained_selection, runs, downloads):
