@@ -445,7 +445,8 @@ def home() -> None:
         "and neurons, and the image regions that support each decision. "
         "It follows the interpretation architecture of Wan et al. (Entropy 2021) and the fine-tuning-depth study of "
         "Lee et al. (J Pers Med 2020); for CT, the 3-D system of Ouyang et al. (IEEE TMI 2020): online attention "
-        "trained against infection masks, dual sampling and results by infection size."
+        "trained against infection masks, dual sampling and results by infection size; and Cheng et al.'s DPN-SE "
+        "with their comparison of backbones with and without augmentation on four classes."
     )
     with st.expander("How to read the pages"):
         st.markdown(
@@ -455,9 +456,10 @@ def home() -> None:
             "confusion matrices; metric vs fine-tuning depth; with k folds, per-fold ROC curves and mean ± sd AUC; "
             "calibration and operating points; an external test on another site's folder; Ouyang et al.'s four "
             "training variants (Table II), results by infection size (Table III) and the support regions with and "
-            "without attention.\n"
+            "without attention; Cheng et al.'s backbones with and without augmentation (Table 1).\n"
             "- **Features**: deep and LBP features projected to 2-D/3-D (PCA, kernel PCA, t-SNE) with separability scores.\n"
-            "- **Layers**: first-layer filters before/after fine-tuning, hidden neurons by guided backpropagation.\n"
+            "- **Layers**: first-layer filters before/after fine-tuning, hidden neurons by guided backpropagation; "
+            "the network's topology and a decision tree that imitates the CNN (Wan et al.'s future work).\n"
             "- **Support Regions**: Grad-CAM, LIME and occlusion maps, their overlap with lesion masks (consistency "
             "degree), and cases right for the wrong reason, on the test split or an external folder; a new image is "
             "diagnosed with a warning when it is unlike the training data."

@@ -62,15 +62,20 @@ TINY_RUN = dict(data="builtin", builtin_per_class=20, init="scratch", image_size
 TINY_DEPTHS = (0, 5)
 
 
-@pytest.fixture(scope="session")
-def trained_selection():
-    """A Selection whose runs (depths 0 and 5 on tiny built-in data) are trained in the session's cache."""
+def trained(run: dict, depths: tuple[int, ...]):
+    """A Selection of the config ``run`` at ``depths`` whose runs (every fold) are trained in the session's cache."""
     import engine
     from dashboard.state import Selection
 
-    sel = Selection(engine.RunConfig(**TINY_RUN), TINY_DEPTHS)
+    sel = Selection(engine.RunConfig(**run), depths)
     engine.run_sweep(sel.configs())
     return sel
+
+
+@pytest.fixture(scope="session")
+def trained_selection():
+    """A Selection whose runs (depths 0 and 5 on tiny built-in data) are trained in the session's cache."""
+    return trained(TINY_RUN, TINY_DEPTHS)
 
 
 TINY_CT_RUN = dict(data="builtin-ct", builtin_per_class=10, backbone="resnet3d18", init="scratch", image_size=64,
@@ -81,12 +86,7 @@ TINY_CT_DEPTHS = (0, 2)
 @pytest.fixture(scope="session")
 def trained_ct():
     """A Selection of tiny 3-D runs (depths 0 and 2 of a 3-D ResNet-18 on the built-in CT phantoms), trained once."""
-    import engine
-    from dashboard.state import Selection
-
-    sel = Selection(engine.RunConfig(**TINY_CT_RUN), TINY_CT_DEPTHS)
-    engine.run_sweep(sel.configs())
-    return sel
+    return trained(TINY_CT_RUN, TINY_CT_DEPTHS)
 
 
 @pytest.fixture(scope="session")

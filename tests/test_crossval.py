@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import trained
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score, roc_curve
 
 import engine
@@ -34,11 +35,7 @@ FOLD_DEPTHS = (0, 1)
 @pytest.fixture(scope="session")
 def three_fold_selection():
     """A Selection of 3 folds at depths 0 and 1 whose 6 runs are trained in the session's cache."""
-    from dashboard.state import Selection
-
-    sel = Selection(engine.RunConfig(**FOLD_RUN), FOLD_DEPTHS)
-    engine.run_sweep(sel.configs())
-    return sel
+    return trained(FOLD_RUN, FOLD_DEPTHS)
 
 
 @pytest.fixture(scope="module")
